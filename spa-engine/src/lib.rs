@@ -1,0 +1,130 @@
+//! The sans-I/O core of the SPA system: fwknop's wire format (FKO protocol 3.0.0), its crypto,
+//! access policy, replay protection and verdicts.
+//!
+//! Nothing here touches a socket, a file, a thread or the clock: the caller passes the payload,
+//! the addresses, the time, the randomness and the replay store. That keeps the packet path
+//! testable in memory, fuzzable, and identical in the client, the daemon and the tests.
+//!
+//! - Client: build a [`message::SpaMessage`], then [`packet::seal`] it.
+//! - Server: compile [`stanza::AccessStanza`]s into a [`verify::Verifier`] and call
+//!   [`verify::Verifier::verify`] for each datagram.
+//! - Debugging: [`packet::open`] decodes one packet with one set of keys.
+
+pub mod access;
+pub mod b64;
+pub mod cipher;
+pub mod digest;
+pub mod keys;
+pub mod message;
+pub mod packet;
+pub mod replay;
+pub mod stanza;
+pub mod verdict;
+pub mod verify;
+
+pub use access::{NatHost, Proto, ProtoPort};
+pub use cipher::EncryptionMode;
+pub use digest::DigestType;
+pub use keys::{EncryptionKey, HmacKey};
+pub use message::{MessageType, SpaMessage};
+pub use replay::{MemoryReplayStore, ReplayStore};
+pub use stanza::{AccessStanza, Settings};
+pub use verdict::{Access, Action, GrantRequest, Nat, RejectReason, Snat, Verdict};
+pub use verify::{PacketMeta, Verifier};
+
+/// A source of cryptographic randomness, passed in so the engine stays free of I/O (and tests
+/// can be deterministic).
+pub trait Entropy {
+    /// Fills `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+/// Draws fwknop's 16-digit random field uniformly from `0..10^16`.
+///
+/// fwknop seeds libc `rand()` with 32 bits; we draw 64 bits per try and reject the biased top.
+pub fn random_value(rng: &mut dyn Entropy) -> String {
+    const N: u64 = 10_000_000_000_000_000;
+    const LIMIT: u64 = u64::MAX - u64::MAX % N;
+    loop {
+        let mut b = [0u8; 8];
+        rng.fill(&mut b);
+        let v = u64::from_le_bytes(b);
+        if v < LIMIT {
+            return format!("{:016}", v % N);
+        }
+    }
+}
+
+/// Everything that can go wrong outside the packet path: building packets and loading keys
+/// and stanzas. (Packet-path failures are [`RejectReason`]s.)
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An encryption key over fwknop's 32-byte limit.
+    #[error("encryption key is {len} bytes; at most {max} are allowed")]
+    KeyTooLong {
+        /// Bytes given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An empty HMAC key.
+    #[error("hmac key is empty")]
+    HmacKeyEmpty,
+    /// An HMAC key over the limit.
+    #[error("hmac key is {len} bytes; at most {max} are allowed")]
+    HmacKeyTooLong {
+        /// Bytes given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A `*_base64` key that does not decode.
+    #[error("key is not valid base64")]
+    KeyNotBase64,
+    /// A message field that breaks fwknop's format.
+    #[error("invalid {0} field")]
+    InvalidField(verdict::Field),
+    /// The packet would be too long for a Rijndael fwknop server.
+    #[error("packet would be {len} characters; fwknop servers read at most {max} as Rijndael")]
+    PacketTooLong {
+        /// Length the packet would have.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A stanza with neither `key` nor `key_base64`.
+    #[error("neither key nor key_base64 is set")]
+    MissingKey,
+    /// Two keys that exclude each other are both set.
+    #[error("both {a} and {b} are set")]
+    ConflictingKeys {
+        /// First key.
+        a: &'static str,
+        /// Second key.
+        b: &'static str,
+    },
+    /// The encryption key equals the HMAC key, which fwknopd also refuses.
+    #[error("encryption key equals hmac key")]
+    KeysEqual,
+    /// A key that only makes sense with another setting.
+    #[error("{key} requires {needs}")]
+    Requires {
+        /// The key set.
+        key: &'static str,
+        /// What it needs.
+        needs: &'static str,
+    },
+    /// No access stanza at all.
+    #[error("no access stanzas")]
+    NoStanzas,
+    /// An error in one stanza.
+    #[error("access stanza {name}")]
+    Stanza {
+        /// The stanza's name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
+}

@@ -1,0 +1,667 @@
+//! Access stanzas: who may knock, with which keys, for what.
+//!
+//! The keys mirror fwknop's `access.conf` variables in lower snake case, so an fwknop admin
+//! recognises every line. Values are typed and checked while deserializing, so a TOML error
+//! points at the exact key; rules that span several keys are checked by [`Stanza::compile`].
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use zeroize::Zeroizing;
+
+use crate::Error;
+use crate::access::{ProtoPort, parse_port, parse_port_list};
+use crate::cipher::EncryptionMode;
+use crate::digest::{DigestType, HmacState};
+use crate::keys::{EncryptionKey, HmacKey, keys_equal};
+
+/// fwknop's default `FW_ACCESS_TIMEOUT`.
+pub const DEFAULT_FW_ACCESS_TIMEOUT: u32 = 30;
+/// fwknop's default `MAX_FW_TIMEOUT`.
+pub const DEFAULT_MAX_FW_TIMEOUT: u32 = 300;
+
+/// One `[[access]]` table as written by the admin.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessStanza {
+    /// A name for logs and the audit trail (default `stanza-N`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Packet sources this stanza applies to (`any`, addresses, CIDRs).
+    pub source: AddrList,
+    /// Packet destinations this stanza applies to (default: any).
+    #[serde(default)]
+    pub destination: Option<AddrList>,
+    /// If set, every requested port must be listed here.
+    #[serde(default)]
+    pub open_ports: Option<PortList>,
+    /// A request naming any of these ports is refused.
+    #[serde(default)]
+    pub restrict_ports: Option<PortList>,
+    /// Rijndael passphrase as text (at most 32 bytes).
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// Rijndael key in base64.
+    #[serde(default)]
+    pub key_base64: Option<Secret>,
+    /// HMAC key as text; setting an HMAC key makes the HMAC mandatory.
+    #[serde(default)]
+    pub hmac_key: Option<Secret>,
+    /// HMAC key in base64.
+    #[serde(default)]
+    pub hmac_key_base64: Option<Secret>,
+    /// HMAC algorithm (default sha256).
+    #[serde(default)]
+    pub hmac_digest_type: Option<DigestType>,
+    /// Rijndael mode (default cbc).
+    #[serde(default)]
+    pub encryption_mode: EncryptionMode,
+    /// How long a grant lasts when the client does not ask (default 30 s).
+    #[serde(default)]
+    pub fw_access_timeout: Option<Seconds>,
+    /// Cap on client-requested timeouts (default 300 s).
+    #[serde(default)]
+    pub max_fw_timeout: Option<Seconds>,
+    /// Only this username is accepted.
+    #[serde(default)]
+    pub require_username: Option<String>,
+    /// Refuse `0.0.0.0` ("use my packet's source").
+    #[serde(default)]
+    pub require_source_address: bool,
+    /// The stanza stops matching after this date (`YYYY-MM-DD`, `MM/DD/YYYY`, UTC midnight) or
+    /// Unix time.
+    #[serde(default)]
+    pub access_expire: Option<Expiry>,
+    /// Translate every accepted request to this internal `address port`.
+    #[serde(default)]
+    pub force_nat: Option<NatTarget>,
+    /// Source-NAT forwarded traffic to this address.
+    #[serde(default)]
+    pub force_snat: Option<IpAddr>,
+    /// Masquerade forwarded traffic.
+    #[serde(default)]
+    pub force_masquerade: bool,
+    /// Forward without destination NAT.
+    #[serde(default)]
+    pub disable_dnat: bool,
+    /// Forward all traffic from the client, whatever the port.
+    #[serde(default)]
+    pub forward_all: bool,
+    /// Accept command messages (type 0).
+    #[serde(default)]
+    pub enable_cmd_exec: bool,
+    /// Run this instead of changing the firewall when access is granted.
+    #[serde(default)]
+    pub cmd_cycle_open: Option<CommandLine>,
+    /// Run this when the access ends.
+    #[serde(default)]
+    pub cmd_cycle_close: Option<CommandLine>,
+    /// Seconds between open and close commands (the client timeout overrides).
+    #[serde(default)]
+    pub cmd_cycle_timer: Option<Seconds>,
+}
+
+/// Settings that apply to every stanza (fwknopd.conf's part of the decision).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `MAX_SPA_PACKET_AGE`: seconds a timestamp may differ from now, either way.
+    pub max_packet_age: u64,
+    /// `ENABLE_IPT_FORWARDING`: allow NAT access requests.
+    pub enable_forwarding: bool,
+    /// `ENABLE_IPT_LOCAL_NAT`: allow local NAT requests.
+    pub enable_local_nat: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { max_packet_age: 120, enable_forwarding: false, enable_local_nat: false }
+    }
+}
+
+/// A secret string from the configuration, wiped on drop and never printed.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(Zeroizing::new(s.into()))
+    }
+
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A list of networks: `"any"`, an address, a CIDR, or IPv4 `a.b.c.d/m.m.m.m`; written as one
+/// comma-separated string (fwknop style) or a TOML array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrList(pub Vec<IpNet>);
+
+impl AddrList {
+    /// Whether `ip` is inside any of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as a dual-stack socket reports IPv4
+/// peers) to plain IPv4, so a stanza written for IPv4 matches them.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn parse_net(s: &str) -> Result<Vec<IpNet>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("any") {
+        return Ok(vec![
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).map_err(|e| e.to_string())?),
+            IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).map_err(|e| e.to_string())?,
+        ]);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(vec![IpNet::from(ip)]);
+    }
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(vec![net.trunc()]);
+    }
+    if let Some((a, m)) = s.split_once('/')
+        && let (Ok(a), Ok(m)) = (a.parse::<Ipv4Addr>(), m.parse::<Ipv4Addr>())
+        && let Ok(net) = Ipv4Net::with_netmask(a, m)
+    {
+        return Ok(vec![IpNet::V4(net.trunc())]);
+    }
+    Err(format!("invalid address or network {s:?} (expected any, an address or a CIDR)"))
+}
+
+impl FromStr for AddrList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            out.extend(parse_net(part)?);
+        }
+        if out.is_empty() {
+            return Err("empty address list".into());
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Deserializes either a comma-separated string or an array of strings into `T` via `FromStr`
+/// on the joined text.
+struct StringOrList<T>(std::marker::PhantomData<T>);
+
+impl<'de, T> Visitor<'de> for StringOrList<T>
+where
+    T: FromStr<Err = String>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of strings")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse().map_err(E::custom)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        let mut joined = String::new();
+        while let Some(item) = seq.next_element::<String>()? {
+            if item.contains(',') {
+                return Err(de::Error::custom(format!("{item:?}: use one array element per entry")));
+            }
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            joined.push_str(&item);
+        }
+        joined.parse().map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for AddrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrList(std::marker::PhantomData))
+    }
+}
+
+/// A list of `proto/port` pairs, as a string (`"tcp/22, udp/53"`) or an array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(pub Vec<ProtoPort>);
+
+impl FromStr for PortList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ports = parse_port_list(s).map_err(|e| e.to_string())?;
+        if ports.is_empty() {
+            return Err("empty port list".into());
+        }
+        Ok(Self(ports))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrList(std::marker::PhantomData))
+    }
+}
+
+/// A duration in whole seconds: an integer, or a string with a unit (`30s`, `5m`, `2h`, `1d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u32);
+
+impl FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let mult = match unit.trim() {
+            "" | "s" | "sec" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
+        };
+        n.checked_mul(mult)
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Seconds)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds or a duration like \"5m\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u32::try_from(v).map(Seconds).map_err(|_| E::custom(format!("duration {v} out of range")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                u32::try_from(v).map(Seconds).map_err(|_| E::custom(format!("duration {v} out of range")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// When a stanza stops matching: Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry(pub u64);
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl FromStr for Expiry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid date {s:?} (expected YYYY-MM-DD or MM/DD/YYYY)");
+        let s = s.trim();
+        let (y, m, d) = if let Some((y, rest)) = s.split_once('-') {
+            let (m, d) = rest.split_once('-').ok_or_else(bad)?;
+            (y, m, d)
+        } else {
+            let mut it = s.split('/');
+            let (m, d, y) = (it.next(), it.next(), it.next());
+            if it.next().is_some() {
+                return Err(bad());
+            }
+            (y.ok_or_else(bad)?, m.ok_or_else(bad)?, d.ok_or_else(bad)?)
+        };
+        let y: i64 = y.parse().map_err(|_| bad())?;
+        let m: u32 = m.parse().map_err(|_| bad())?;
+        let d: u32 = d.parse().map_err(|_| bad())?;
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d < 1 || d > dim[(m - 1) as usize] {
+            return Err(bad());
+        }
+        Ok(Expiry((days_from_civil(y, m, d) * 86_400) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Expiry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a date (\"YYYY-MM-DD\") or Unix seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Expiry, E> {
+                u64::try_from(v).map(Expiry).map_err(|_| E::custom("negative time"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Expiry, E> {
+                Ok(Expiry(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Expiry, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An internal address and port, written fwknop style (`"192.168.1.2 22"`) or as
+/// `"192.168.1.2:22"` / `"[fd00::2]:22"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatTarget {
+    /// The internal address.
+    pub ip: IpAddr,
+    /// The internal port.
+    pub port: u16,
+}
+
+impl FromStr for NatTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid NAT target {s:?} (expected \"ADDRESS PORT\")");
+        let t = s.trim();
+        if let Ok(sa) = t.parse::<std::net::SocketAddr>() {
+            return (sa.port() != 0).then(|| NatTarget { ip: sa.ip(), port: sa.port() }).ok_or_else(bad);
+        }
+        let (ip, port) = t.split_once(char::is_whitespace).ok_or_else(bad)?;
+        Ok(NatTarget { ip: ip.parse().map_err(|_| bad())?, port: parse_port(port.trim()).ok_or_else(bad)? })
+    }
+}
+
+impl<'de> Deserialize<'de> for NatTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A command as an argument vector. A string is split on white space (no shell: write
+/// `["sh", "-c", "..."]` to get one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandLine(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for CommandLine {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Argv(Vec<String>),
+        }
+        let argv = match Raw::deserialize(d)? {
+            Raw::One(s) => s.split_whitespace().map(str::to_owned).collect(),
+            Raw::Argv(v) => v,
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(de::Error::custom("empty command"));
+        }
+        Ok(CommandLine(argv))
+    }
+}
+
+/// A stanza checked and ready for the packet path: keys decoded, HMAC keyed.
+#[derive(Clone, Debug)]
+pub struct Stanza {
+    pub(crate) name: Arc<str>,
+    pub(crate) source: AddrList,
+    pub(crate) destination: Option<AddrList>,
+    pub(crate) open_ports: Option<Vec<ProtoPort>>,
+    pub(crate) restrict_ports: Vec<ProtoPort>,
+    pub(crate) key: EncryptionKey,
+    pub(crate) mode: EncryptionMode,
+    pub(crate) hmac: Option<HmacState>,
+    pub(crate) fw_access_timeout: u32,
+    pub(crate) max_fw_timeout: u32,
+    pub(crate) require_username: Option<String>,
+    pub(crate) require_source_address: bool,
+    pub(crate) expires: Option<u64>,
+    pub(crate) force_nat: Option<NatTarget>,
+    pub(crate) snat: Option<crate::verdict::Snat>,
+    pub(crate) disable_dnat: bool,
+    pub(crate) forward_all: bool,
+    pub(crate) enable_cmd_exec: bool,
+    /// The cmd-cycle settings, carried for the daemon.
+    pub cmd_cycle: Option<CmdCycle>,
+}
+
+/// fwknop's `CMD_CYCLE_*`: commands run instead of a firewall change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CmdCycle {
+    /// Run at grant time.
+    pub open: CommandLine,
+    /// Run when the grant ends (none: fwknop's `CMD_CYCLE_CLOSE NONE`).
+    pub close: Option<CommandLine>,
+    /// Seconds between the two, unless the client asked for a timeout.
+    pub timer: u32,
+}
+
+impl Stanza {
+    /// Checks the rules that span several keys and prepares the stanza; `index` counts from 0.
+    pub fn compile(raw: &AccessStanza, index: usize, settings: &Settings) -> Result<Stanza, Error> {
+        let name: Arc<str> = raw.name.clone().unwrap_or_else(|| format!("stanza-{}", index + 1)).into();
+        let wrap = |source: Error| Error::Stanza { name: name.to_string(), source: Box::new(source) };
+        Self::compile_inner(raw, name.clone(), settings).map_err(wrap)
+    }
+
+    fn compile_inner(raw: &AccessStanza, name: Arc<str>, settings: &Settings) -> Result<Stanza, Error> {
+        let key = match (&raw.key, &raw.key_base64) {
+            (Some(k), None) => EncryptionKey::new(k.expose().as_bytes().to_vec())?,
+            (None, Some(k)) => EncryptionKey::from_base64(k.expose())?,
+            (None, None) => return Err(Error::MissingKey),
+            (Some(_), Some(_)) => return Err(Error::ConflictingKeys { a: "key", b: "key_base64" }),
+        };
+        let hmac_key = match (&raw.hmac_key, &raw.hmac_key_base64) {
+            (Some(k), None) => Some(HmacKey::new(k.expose().as_bytes().to_vec())?),
+            (None, Some(k)) => Some(HmacKey::from_base64(k.expose())?),
+            (None, None) => None,
+            (Some(_), Some(_)) => return Err(Error::ConflictingKeys { a: "hmac_key", b: "hmac_key_base64" }),
+        };
+        if let Some(h) = &hmac_key
+            && keys_equal(&key, h)
+        {
+            return Err(Error::KeysEqual);
+        }
+        let hmac = hmac_key.map(|h| HmacState::new(raw.hmac_digest_type.unwrap_or_default(), h.as_bytes()));
+        let snat = match (raw.force_snat, raw.force_masquerade) {
+            (Some(ip), false) => Some(crate::verdict::Snat::To(ip)),
+            (None, true) => Some(crate::verdict::Snat::Masquerade),
+            (None, false) => None,
+            (Some(_), true) => return Err(Error::ConflictingKeys { a: "force_snat", b: "force_masquerade" }),
+        };
+        if snat.is_some() && raw.force_nat.is_none() && !raw.forward_all {
+            return Err(Error::Requires {
+                key: "force_snat/force_masquerade",
+                needs: "force_nat or forward_all",
+            });
+        }
+        if raw.forward_all && raw.force_nat.is_none() && !raw.disable_dnat {
+            return Err(Error::Requires { key: "forward_all", needs: "force_nat or disable_dnat" });
+        }
+        if (raw.force_nat.is_some() || raw.forward_all) && !settings.enable_forwarding {
+            return Err(Error::Requires { key: "force_nat/forward_all", needs: "[nat] enable_forwarding" });
+        }
+        if raw.cmd_cycle_close.is_some() && raw.cmd_cycle_open.is_none() {
+            return Err(Error::Requires { key: "cmd_cycle_close", needs: "cmd_cycle_open" });
+        }
+        let fw_access_timeout = raw.fw_access_timeout.map_or(DEFAULT_FW_ACCESS_TIMEOUT, |s| s.0);
+        let max_fw_timeout = raw.max_fw_timeout.map_or(DEFAULT_MAX_FW_TIMEOUT, |s| s.0);
+        if fw_access_timeout == 0 {
+            return Err(Error::Requires { key: "fw_access_timeout", needs: "a value above 0" });
+        }
+        let cmd_cycle = raw.cmd_cycle_open.clone().map(|open| CmdCycle {
+            open,
+            close: raw.cmd_cycle_close.clone(),
+            timer: raw.cmd_cycle_timer.map_or(fw_access_timeout, |s| s.0),
+        });
+        Ok(Stanza {
+            name,
+            source: raw.source.clone(),
+            destination: raw.destination.clone(),
+            open_ports: raw.open_ports.clone().map(|p| p.0),
+            restrict_ports: raw.restrict_ports.clone().map(|p| p.0).unwrap_or_default(),
+            key,
+            mode: raw.encryption_mode,
+            hmac,
+            fw_access_timeout,
+            max_fw_timeout,
+            require_username: raw.require_username.clone(),
+            require_source_address: raw.require_source_address,
+            expires: raw.access_expire.map(|e| e.0),
+            force_nat: raw.force_nat,
+            snat,
+            disable_dnat: raw.disable_dnat,
+            forward_all: raw.forward_all,
+            enable_cmd_exec: raw.enable_cmd_exec,
+            cmd_cycle,
+        })
+    }
+
+    /// The stanza's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Whether this stanza applies to a packet between these addresses.
+    pub fn matches(&self, src: IpAddr, dst: IpAddr) -> bool {
+        self.source.contains(src) && self.destination.as_ref().is_none_or(|d| d.contains(dst))
+    }
+
+    /// The keys this stanza opens packets with.
+    pub fn keys(&self) -> crate::packet::OpenKeys<'_> {
+        crate::packet::OpenKeys { key: &self.key, mode: self.mode, hmac: self.hmac.as_ref() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<AccessStanza, toml::de::Error> {
+        toml::from_str(s)
+    }
+
+    #[test]
+    fn fwknop_style_and_toml_style_values() {
+        let a = parse(
+            r#"
+            source = "ANY"
+            open_ports = "tcp/22, udp/53"
+            key = "k"
+            fw_access_timeout = "5m"
+            access_expire = "12/31/2030"
+            force_nat = "192.168.1.2 22"
+            "#,
+        )
+        .unwrap();
+        assert!(a.source.contains("10.1.2.3".parse().unwrap()));
+        assert!(a.source.contains("2001:db8::1".parse().unwrap()));
+        assert_eq!(a.open_ports.unwrap().0.len(), 2);
+        assert_eq!(a.fw_access_timeout, Some(Seconds(300)));
+        assert_eq!(a.access_expire, Some(Expiry(1924905600)));
+        assert_eq!(a.force_nat.unwrap().port, 22);
+
+        let b = parse(
+            r#"
+            source = ["10.0.0.0/8", "fd00::/8", "192.168.0.0/255.255.0.0"]
+            open_ports = ["tcp/22"]
+            key_base64 = "dGVzdGtleTEyMw=="
+            access_expire = 1924905600
+            "#,
+        )
+        .unwrap();
+        assert!(b.source.contains("192.168.7.7".parse().unwrap()));
+        assert!(b.source.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!b.source.contains("11.0.0.1".parse().unwrap()));
+        assert_eq!("2030-12-31".parse::<Expiry>().unwrap(), Expiry(1924905600));
+    }
+
+    #[test]
+    fn bad_values_name_the_problem() {
+        for (text, needle) in [
+            ("source = \"10.0.0.300\"\nkey = \"k\"", "invalid address"),
+            ("source = \"any\"\nopen_ports = \"tcp/99999\"", "invalid proto/port"),
+            ("source = \"any\"\nfw_access_timeout = \"5 weeks\"", "duration unit"),
+            ("source = \"any\"\nhmac_digest_type = \"sha999\"", "unknown digest type"),
+            ("source = \"any\"\nencryption_mode = \"pcbc\"", "unknown encryption mode"),
+            ("source = \"any\"\nkye = \"k\"", "unknown field"),
+            ("source = \"any\"\naccess_expire = \"02/30/2030\"", "invalid date"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    fn compile(s: &str, settings: Settings) -> Result<Stanza, Error> {
+        Stanza::compile(&parse(s).unwrap(), 0, &settings)
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        let ok = Settings::default();
+        assert!(compile("source = \"any\"\nkey = \"k\"", ok).is_ok());
+        let msg = |s: &str, st| {
+            let e = compile(s, st).unwrap_err();
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                src = s.source();
+            }
+            text
+        };
+        assert!(msg("source = \"any\"", ok).contains("neither key nor key_base64"));
+        assert!(msg("source = \"any\"\nkey = \"same\"\nhmac_key = \"same\"", ok).contains("equals"));
+        assert!(msg("source = \"any\"\nkey = \"k\"\nkey_base64 = \"aw\"", ok).contains("both"));
+        assert!(msg("source = \"any\"\nkey = \"0123456789012345678901234567890123\"", ok).contains("32"));
+        assert!(
+            msg("source = \"any\"\nkey = \"k\"\nforce_nat = \"10.0.0.2 22\"", ok)
+                .contains("enable_forwarding")
+        );
+        assert!(
+            msg("name = \"x\"\nsource = \"any\"\nkey = \"k\"\nforward_all = true", ok)
+                .starts_with("access stanza x")
+        );
+    }
+}

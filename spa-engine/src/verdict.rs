@@ -1,0 +1,304 @@
+//! What the verifier decides: a grant request, or a reason to drop the packet.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::access::{NatHost, ProtoPort};
+
+/// The verifier's answer for one datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The packet authenticated and a stanza allows what it asks for.
+    Accept(GrantRequest),
+    /// The packet is dropped, silently, for this reason.
+    Reject(Rejection),
+}
+
+/// A rejection: the reason, and the stanza that got furthest with the packet, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: RejectReason,
+    /// The name of the stanza whose check produced the reason (none for the cheap gates).
+    pub stanza: Option<Arc<str>>,
+}
+
+/// A field of the SPA plaintext, to say which one was malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// The overall layout: length, characters, number of fields.
+    Framing,
+    /// The 16-digit random value.
+    Random,
+    /// The username.
+    Username,
+    /// The timestamp.
+    Timestamp,
+    /// The version string.
+    Version,
+    /// The message type number.
+    MessageType,
+    /// The message (access or command string).
+    Message,
+    /// The NAT field.
+    NatAccess,
+    /// The server-auth field.
+    ServerAuth,
+    /// The client timeout.
+    ClientTimeout,
+    /// The inner digest's text.
+    Digest,
+}
+
+impl Field {
+    /// Snake-case name for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Field::Framing => "framing",
+            Field::Random => "random",
+            Field::Username => "username",
+            Field::Timestamp => "timestamp",
+            Field::Version => "version",
+            Field::MessageType => "message_type",
+            Field::Message => "message",
+            Field::NatAccess => "nat_access",
+            Field::ServerAuth => "server_auth",
+            Field::ClientTimeout => "client_timeout",
+            Field::Digest => "digest",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a packet was dropped. Each variant is one counter and one `reason` in the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Shorter than fwknopd's 140-byte minimum.
+    #[error("packet too short")]
+    TooShort,
+    /// Longer than 1500 bytes.
+    #[error("packet too long")]
+    TooLong,
+    /// Starts with the prefix every sender strips (`U2FsdGVkX1`, or `hQ` on long packets): a
+    /// replay trick fwknopd also refuses.
+    #[error("packet carries the stripped prefix")]
+    PrefixNotStripped,
+    /// A byte outside the base64 alphabet.
+    #[error("packet is not base64")]
+    NotBase64,
+    /// No stanza's `source` (and `destination`) matches the packet's addresses.
+    #[error("no stanza for this source")]
+    NoStanzaForSource,
+    /// Seen before within the replay window.
+    #[error("replayed packet")]
+    Replay,
+    /// The replay store is full of live entries; refusing is safer than forgetting one.
+    #[error("replay store full")]
+    ReplayStoreFull,
+    /// The only matching stanzas are past `access_expire`.
+    #[error("stanza expired")]
+    StanzaExpired,
+    /// The HMAC does not verify with any matching stanza's key.
+    #[error("hmac mismatch")]
+    HmacMismatch,
+    /// The packet looks like fwknop's GPG mode, which this project does not implement.
+    #[error("gpg packets are not supported")]
+    GpgNotSupported,
+    /// Decryption failed (wrong key or mode, bad padding, bad layout).
+    #[error("decryption failed")]
+    DecryptFailed,
+    /// The inner digest does not match the plaintext.
+    #[error("digest mismatch")]
+    DigestMismatch,
+    /// A plaintext field breaks fwknop's format.
+    #[error("malformed {0} field")]
+    MalformedField(Field),
+    /// The timestamp is further from now than the allowed packet age.
+    #[error("stale timestamp")]
+    StaleTimestamp,
+    /// A requested port is in `restrict_ports` or missing from `open_ports`.
+    #[error("port not permitted")]
+    PortNotPermitted,
+    /// The username differs from the stanza's `require_username`.
+    #[error("username not permitted")]
+    UsernameMismatch,
+    /// The packet asks for its own source (`0.0.0.0`) but the stanza requires an explicit one.
+    #[error("source address required")]
+    SourceAddressRequired,
+    /// A NAT request while forwarding (or local NAT) is disabled.
+    #[error("nat not enabled")]
+    NatNotEnabled,
+    /// A command message to a stanza without `enable_cmd_exec`.
+    #[error("command execution not enabled")]
+    CommandNotEnabled,
+}
+
+impl RejectReason {
+    /// The snake-case name used in the audit log and metrics.
+    pub const fn code(self) -> &'static str {
+        match self {
+            RejectReason::TooShort => "too_short",
+            RejectReason::TooLong => "too_long",
+            RejectReason::PrefixNotStripped => "prefix_not_stripped",
+            RejectReason::NotBase64 => "not_base64",
+            RejectReason::NoStanzaForSource => "no_stanza_for_source",
+            RejectReason::Replay => "replay",
+            RejectReason::ReplayStoreFull => "replay_store_full",
+            RejectReason::StanzaExpired => "stanza_expired",
+            RejectReason::HmacMismatch => "hmac_mismatch",
+            RejectReason::GpgNotSupported => "gpg_not_supported",
+            RejectReason::DecryptFailed => "decrypt_failed",
+            RejectReason::DigestMismatch => "digest_mismatch",
+            RejectReason::MalformedField(_) => "malformed_field",
+            RejectReason::StaleTimestamp => "stale_timestamp",
+            RejectReason::PortNotPermitted => "port_not_permitted",
+            RejectReason::UsernameMismatch => "username_mismatch",
+            RejectReason::SourceAddressRequired => "source_address_required",
+            RejectReason::NatNotEnabled => "nat_not_enabled",
+            RejectReason::CommandNotEnabled => "command_not_enabled",
+        }
+    }
+
+    /// Every reason code, for metrics that must exist before the first packet.
+    pub const ALL_CODES: [&'static str; 19] = [
+        "too_short",
+        "too_long",
+        "prefix_not_stripped",
+        "not_base64",
+        "no_stanza_for_source",
+        "replay",
+        "replay_store_full",
+        "stanza_expired",
+        "hmac_mismatch",
+        "gpg_not_supported",
+        "decrypt_failed",
+        "digest_mismatch",
+        "malformed_field",
+        "stale_timestamp",
+        "port_not_permitted",
+        "username_mismatch",
+        "source_address_required",
+        "nat_not_enabled",
+        "command_not_enabled",
+    ];
+
+    /// How far a packet got before this reason: with several stanzas the furthest reason is
+    /// the one reported, so an admin sees "port not permitted" rather than the HMAC failure of
+    /// an unrelated stanza.
+    pub(crate) const fn stage(self) -> u8 {
+        match self {
+            RejectReason::StanzaExpired => 1,
+            RejectReason::HmacMismatch | RejectReason::GpgNotSupported => 2,
+            RejectReason::DecryptFailed => 3,
+            RejectReason::DigestMismatch | RejectReason::MalformedField(_) => 4,
+            _ => 5,
+        }
+    }
+}
+
+/// What an accepted packet is allowed to have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRequest {
+    /// Index of the stanza that accepted, in configuration order.
+    pub stanza_index: usize,
+    /// Its name (`name`, or `stanza-N` counting from 1).
+    pub stanza: Arc<str>,
+    /// The address to let in (the message's, or the packet's source for `0.0.0.0`).
+    pub allowed_source: IpAddr,
+    /// The packet's network-layer source.
+    pub packet_source: IpAddr,
+    /// The packet's network-layer destination.
+    pub packet_destination: IpAddr,
+    /// The username in the packet.
+    pub username: String,
+    /// The packet's timestamp (Unix seconds).
+    pub timestamp: u64,
+    /// How long the grant lasts, in seconds, after caps.
+    pub timeout: u32,
+    /// What to do.
+    pub action: Action,
+}
+
+/// The thing granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open the firewall.
+    Open {
+        /// Which ports (or everything, for `forward_all`).
+        access: Access,
+        /// Address translation, if any.
+        nat: Option<Nat>,
+    },
+    /// Run a command (`enable_cmd_exec`).
+    Command(String),
+}
+
+/// Which traffic a grant lets through. Serialized as `"all"` or `{"ports": ["tcp/22"]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// These protocol/port pairs (the externally visible ones for NAT).
+    Ports(Vec<ProtoPort>),
+    /// Everything from the source (fwknop `FORWARD_ALL`).
+    All,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Access::All => f.write_str("all"),
+            Access::Ports(ports) => {
+                for (i, p) in ports.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Address translation for a grant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Nat {
+    /// Destination NAT of the granted port(s) to an internal host, with a forward accept for
+    /// exactly the translated flow.
+    Dnat {
+        /// Internal host (a DNS name is resolved by the daemon).
+        host: NatHost,
+        /// Internal port; `None` keeps the original port (forward-all).
+        port: Option<u16>,
+        /// Source NAT on the way to the internal host.
+        snat: Option<Snat>,
+    },
+    /// Forward traffic from the source without translating it (`forward_all` with
+    /// `disable_dnat`, or a NAT request with `disable_dnat`): the client routes through us.
+    Route {
+        /// Source NAT on the way out.
+        snat: Option<Snat>,
+    },
+    /// Redirect the granted port to a local port (local NAT).
+    Redirect {
+        /// The local port.
+        port: u16,
+    },
+}
+
+/// Source NAT for forwarded traffic. Serialized as `{"to": "ip"}` or `"masquerade"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Snat {
+    /// SNAT to this address (`force_snat`).
+    To(IpAddr),
+    /// MASQUERADE (`force_masquerade`).
+    Masquerade,
+}
