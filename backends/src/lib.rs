@@ -267,7 +267,8 @@ mod tests {
 
     static A: BackendDescriptor = BackendDescriptor { name: "a", description: "", create: fail };
     static A2: BackendDescriptor = BackendDescriptor { name: "a", description: "", create: fail };
-    static B: BackendDescriptor = BackendDescriptor { name: "b", description: "", create: NoneBackend::from_table };
+    static B: BackendDescriptor =
+        BackendDescriptor { name: "b", description: "", create: NoneBackend::from_table };
 
     #[test]
     fn duplicate_names_are_refused() {
@@ -320,7 +321,8 @@ mod tests {
     #[test]
     fn grant_json_is_stable() {
         let mut g = grant();
-        g.nat = Some(Nat::Dnat { to: "10.0.0.2".parse().unwrap(), port: Some(22), snat: Some(Snat::Masquerade) });
+        g.nat =
+            Some(Nat::Dnat { to: "10.0.0.2".parse().unwrap(), port: Some(22), snat: Some(Snat::Masquerade) });
         let json = serde_json::to_string(&g).unwrap();
         assert_eq!(
             json,
