@@ -20,13 +20,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// real, and a silent skip would pass without testing anything.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc_geteuid() };
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "end-to-end tests need root (network namespaces); run scripts/test as root");
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// Runs a command, panicking with its stderr if it fails.
@@ -148,6 +143,21 @@ impl Netns {
             thread::sleep(Duration::from_millis(20));
         }
         bg
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and returns its result: for
+    /// sockets opened from Rust inside the lab (flood generators, crafted packets).
+    pub fn run_in<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd affects only this (new) thread.
+            let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
     /// Spawns `cmd` (built with [`Netns::cmd`]) in the background, killed on drop.

@@ -1,0 +1,406 @@
+//! `spad`, the SPA daemon: receives fwknop-compatible SPA packets (UDP sockets or passive
+//! capture), verifies them with `spa-engine`, and opens the firewall through a backend for a
+//! limited time. It never answers anything, keeps working under flood, keeps its grants across
+//! restarts, and writes one audit line per decision.
+//!
+//! The library holds the daemon; `main.rs` is only the command line.
+
+pub mod audit;
+pub mod config;
+pub mod linked_backends;
+pub mod ratelimit;
+pub mod receive;
+pub mod state;
+pub mod worker;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::Sender;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use spa_backends::{Backend, NoneBackend, Registry};
+use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
+use spa_engine::stanza::canonical;
+use spa_engine::{PacketMeta, RejectReason, Verdict, Verifier};
+
+use crate::audit::Audit;
+use crate::config::{Config, Mode, error_chain};
+use crate::ratelimit::RateLimiter;
+use crate::receive::{Batch, CaptureReceiver, UdpReceiver};
+use crate::state::{GrantStore, PersistentReplay};
+use crate::worker::{Msg, Worker, unix_now};
+
+fn load(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn registry() -> Result<Registry> {
+    Registry::collect().context("backend registry")
+}
+
+/// `spad check`: validates the configuration and the backend table.
+pub fn check(path: &Path) -> Result<()> {
+    let c = load(path)?;
+    registry()?.create(&c.firewall.backend, &c.firewall.table)?;
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: ok ({} access stanzas, backend {}, {} mode)",
+        path.display(),
+        c.verifier.stanzas().len(),
+        c.firewall.backend,
+        match c.listen.mode {
+            Mode::Socket => "socket",
+            Mode::Capture => "capture",
+        }
+    );
+    Ok(())
+}
+
+/// `spad backends`: the backends this build contains.
+pub fn backends() -> Result<()> {
+    for d in registry()?.descriptors() {
+        println!("{:<10} {}", d.name, d.description);
+    }
+    Ok(())
+}
+
+/// `spad list`: the active grants, from the state journal.
+pub fn list(path: &Path, json: bool) -> Result<()> {
+    let c = load(path)?;
+    let now = unix_now();
+    let grants: Vec<_> =
+        state::read_grants(&c.replay.state_dir)?.into_iter().filter(|g| g.deadline > now).collect();
+    for g in &grants {
+        if json {
+            println!("{}", serde_json::to_string(g)?);
+        } else {
+            println!(
+                "{}  {:<39} {:<24} expires {} ({}s left)  stanza {}  user {}",
+                g.id,
+                g.source,
+                g.access.to_string(),
+                audit::rfc3339(g.deadline, 0),
+                g.remaining(now),
+                g.stanza,
+                g.username
+            );
+        }
+    }
+    if !json && grants.is_empty() {
+        println!("no active grants");
+    }
+    Ok(())
+}
+
+/// `spad teardown`: removes everything the backend owns.
+pub fn teardown(path: &Path) -> Result<()> {
+    let c = load(path)?;
+    let mut b = registry()?.create(&c.firewall.backend, &c.firewall.table)?;
+    b.teardown().context("teardown")?;
+    // Nothing is granted any more.
+    let (mut store, grants) = GrantStore::open(&c.replay.state_dir)?;
+    for id in grants.keys() {
+        store.del(*id)?;
+    }
+    store.sync()?;
+    println!("removed everything the {} backend owned", c.firewall.backend);
+    Ok(())
+}
+
+/// The replay store as the engine sees it from a receiver thread: one lock per call, so
+/// cryptography runs outside the lock.
+struct Locked<'a>(&'a Mutex<PersistentReplay>);
+
+impl ReplayStore for Locked<'_> {
+    fn contains(&self, key: &ReplayKey, now: u64) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).contains(key, now)
+    }
+    fn insert(&mut self, key: ReplayKey, now: u64) -> Insert {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, now)
+    }
+}
+
+/// What the receiver threads share.
+struct Shared {
+    verifier: RwLock<Arc<Verifier>>,
+    replay: Arc<Mutex<PersistentReplay>>,
+    limiter: Mutex<RateLimiter>,
+    audit: Arc<Mutex<Audit>>,
+    worker: Sender<Msg>,
+}
+
+impl Shared {
+    fn handle_batch(&self, batch: &Batch) {
+        let verifier = self.verifier.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let now = unix_now();
+        for (i, meta) in batch.metas.iter().enumerate() {
+            let src = canonical(meta.src);
+            let reject = |reason: &'static str, detail: Option<&str>, stanza: Option<&str>| {
+                self.audit.lock().unwrap_or_else(PoisonError::into_inner).reject(src, reason, detail, stanza);
+            };
+            if meta.truncated {
+                reject(RejectReason::TooLong.code(), None, None);
+                continue;
+            }
+            if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(src) {
+                reject("rate_limited", None, None);
+                continue;
+            }
+            let pm = PacketMeta { source: src, destination: canonical(meta.dst) };
+            match verifier.verify(batch.payload(i), pm, now, &mut Locked(&self.replay)) {
+                Verdict::Accept(g) => {
+                    let _ = self.worker.send(Msg::Request(Box::new(g)));
+                }
+                Verdict::Reject(r) => {
+                    let detail = match r.reason {
+                        RejectReason::MalformedField(f) => Some(f.name()),
+                        _ => None,
+                    };
+                    reject(r.reason.code(), detail, r.stanza.as_deref());
+                }
+            }
+        }
+    }
+}
+
+fn open_audit(c: &Config) -> Result<Audit> {
+    let out: Box<dyn Write + Send> = if c.log.audit == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        let p = Path::new(&c.log.audit);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        )
+    };
+    Ok(Audit::new(out, c.log.max_rejects_per_second))
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(state);
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(path: &Path, test: bool) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPAD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = load(path)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let registry = registry()?;
+    let mut backend: Box<dyn Backend> = if test {
+        tracing::info!("test mode: decisions are logged, the firewall is not changed");
+        Box::new(NoneBackend::default())
+    } else {
+        registry.create(&config.firewall.backend, &config.firewall.table)?
+    };
+    let state_dir = if test { config.replay.state_dir.join("test") } else { config.replay.state_dir.clone() };
+    let now = unix_now();
+
+    // Reconcile: the firewall must hold exactly the recorded live grants.
+    let (mut store, recorded) = GrantStore::open(&state_dir)?;
+    let (live, expired): (Vec<_>, Vec<_>) = recorded.into_values().partition(|g| g.deadline > now);
+    backend.prepare(&live).with_context(|| format!("preparing the {} backend", backend.name()))?;
+    let audit = Arc::new(Mutex::new(open_audit(&config)?));
+    for g in &expired {
+        if let Err(e) = backend.revoke(g) {
+            tracing::warn!("revoking expired grant {}: {}", g.id, error_chain(&e));
+        }
+        audit.lock().unwrap_or_else(PoisonError::into_inner).grant("expire", g);
+        store.del(g.id)?;
+    }
+    let replay = Arc::new(Mutex::new(PersistentReplay::open(
+        &state_dir,
+        2 * config.replay.max_packet_age,
+        config.replay.capacity,
+        now,
+    )?));
+    audit.lock().unwrap_or_else(PoisonError::into_inner).daemon(
+        "start",
+        serde_json::json!({"backend": backend.name(), "live_grants": live.len(), "test": test}),
+    );
+    tracing::info!("backend {} ready with {} live grants", backend.name(), live.len());
+
+    let (wtx, wrx) = crossbeam_channel::unbounded();
+    let watchdog = sd_notify::watchdog_enabled();
+    let heartbeat = Arc::new(AtomicU64::new(unix_now()));
+    let worker = Worker::new(backend, live, store, replay.clone(), audit.clone(), heartbeat.clone());
+    let worker_thread = thread::Builder::new()
+        .name("backend".into())
+        .spawn(move || worker.run(wrx, watchdog.map(|w| w / 2)))
+        .context("starting the backend worker")?;
+
+    let shared = Arc::new(Shared {
+        verifier: RwLock::new(Arc::new(config.verifier.clone())),
+        replay,
+        limiter: Mutex::new(RateLimiter::new(
+            4096,
+            config.limits.per_source_rate,
+            config.limits.per_source_burst,
+        )),
+        audit: audit.clone(),
+        worker: wtx.clone(),
+    });
+    start_receivers(&config, &shared)?;
+
+    let (stx, srx) = crossbeam_channel::unbounded();
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]).context("signals")?;
+    thread::Builder::new().name("signals".into()).spawn(move || {
+        for s in signals.forever() {
+            if stx.send(s).is_err() {
+                break;
+            }
+        }
+    })?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("spad ready");
+
+    let mut current = config;
+    loop {
+        let sig = match watchdog {
+            Some(w) => match srx.recv_timeout(w / 2) {
+                Ok(s) => Some(s),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(_) => break,
+            },
+            None => srx.recv().ok(),
+        };
+        match sig {
+            None => {
+                // Ping the watchdog only while the worker is alive and not stuck.
+                let age = unix_now().saturating_sub(heartbeat.load(Ordering::Relaxed));
+                if watchdog.is_some_and(|w| age <= w.as_secs().max(1)) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            Some(SIGHUP) => current = reload(current, path, &shared),
+            Some(_) => break,
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping");
+    let (dtx, drx) = crossbeam_channel::bounded(1);
+    let keep = current.firewall.keep_grants_on_exit;
+    if wtx.send(Msg::Shutdown { keep, done: dtx }).is_ok() {
+        let _ = drx.recv_timeout(Duration::from_secs(60));
+    }
+    let _ = worker_thread.join();
+    audit
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .daemon("stop", serde_json::json!({"kept_grants": keep}));
+    Ok(())
+}
+
+/// SIGHUP: a new configuration replaces the access policy; live grants stay. A broken one is
+/// reported and the old one keeps running.
+fn reload(current: Config, path: &Path, shared: &Shared) -> Config {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    let result = load(path);
+    let mut audit = shared.audit.lock().unwrap_or_else(PoisonError::into_inner);
+    let next = match result {
+        Ok(new) => {
+            let mut restart_needed = Vec::new();
+            if new.listen != current.listen {
+                restart_needed.push("listen");
+            }
+            if new.firewall != current.firewall {
+                restart_needed.push("firewall");
+            }
+            if new.replay != current.replay {
+                restart_needed.push("replay");
+            }
+            if !restart_needed.is_empty() {
+                tracing::warn!(
+                    "reload: changes to [{}] take effect at the next restart",
+                    restart_needed.join("], [")
+                );
+            }
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            *shared.verifier.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new.verifier.clone());
+            tracing::info!("configuration reloaded ({} access stanzas)", new.verifier.stanzas().len());
+            audit.daemon(
+                "reload",
+                serde_json::json!({"stanzas": new.verifier.stanzas().len(), "restart_needed": restart_needed}),
+            );
+            // Keep the running listen/firewall/replay settings; take the rest.
+            Config { listen: current.listen, firewall: current.firewall, replay: current.replay, ..new }
+        }
+        Err(e) => {
+            let msg = error_chain(e.as_ref());
+            tracing::error!("reload failed, keeping the running configuration: {msg}");
+            audit.daemon("reload_failed", serde_json::json!({"error": msg}));
+            current
+        }
+    };
+    drop(audit);
+    notify(&[sd_notify::NotifyState::Ready]);
+    next
+}
+
+fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
+    match config.listen.mode {
+        Mode::Socket => {
+            for addr in &config.listen.addresses {
+                let r = UdpReceiver::bind(*addr).with_context(|| format!("cannot bind {addr}"))?;
+                tracing::info!("listening on udp {}", r.local());
+                let shared = shared.clone();
+                thread::Builder::new().name(format!("udp {addr}")).spawn(move || {
+                    let mut batch = Batch::new();
+                    loop {
+                        if let Err(e) = r.recv(&mut batch) {
+                            tracing::error!("receive on {}: {e}", r.local());
+                            continue;
+                        }
+                        shared.handle_batch(&batch);
+                    }
+                })?;
+            }
+        }
+        Mode::Capture => {
+            for ifname in &config.listen.interfaces {
+                let r = CaptureReceiver::open(ifname, config.listen.port)
+                    .with_context(|| format!("cannot capture on {ifname}"))?;
+                tracing::info!("capturing udp port {} on {}", config.listen.port, r.interface());
+                let shared = shared.clone();
+                thread::Builder::new().name(format!("capture {ifname}")).spawn(move || {
+                    let mut batch = Batch::new();
+                    loop {
+                        if let Err(e) = r.recv(&mut batch) {
+                            // A packet socket reports an error (ENETDOWN when the interface
+                            // goes away) once, then blocks again: no busy loop.
+                            tracing::error!("capture on {}: {e}", r.interface());
+                            continue;
+                        }
+                        shared.handle_batch(&batch);
+                    }
+                })?;
+            }
+        }
+    }
+    if config.listen.mode == Mode::Socket && config.listen.addresses.is_empty() {
+        bail!("no listen addresses");
+    }
+    Ok(())
+}

@@ -1,0 +1,517 @@
+//! End-to-end tests of the daemon in a network-namespace lab: the real fwknop client (and
+//! packets made with the engine) knock a running `spad`, and the assertions read its audit
+//! trail, its state and its process, as an admin would.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use spa_e2e::{GatewayLab, Netns};
+
+const KEY: &str = "testkey123";
+const HMAC_KEY: &str = "hmackey456";
+
+fn config(dir: &Path, listen: &str, extra_access: &str) -> String {
+    format!(
+        r#"
+{listen}
+
+[firewall]
+backend = "none"
+
+[replay]
+state_dir = "{dir}/state"
+max_packet_age = 120
+
+[log]
+audit = "{dir}/audit.jsonl"
+max_rejects_per_second = 1000
+
+[[access]]
+name = "clients"
+source = "10.201.1.0/24, fd00:201:1::/64"
+open_ports = ["tcp/22", "udp/53"]
+key = "{KEY}"
+hmac_key = "{HMAC_KEY}"
+fw_access_timeout = 30
+{extra_access}
+"#,
+        dir = dir.display()
+    )
+}
+
+const SOCKET: &str = "[listen]\nmode = \"socket\"\naddresses = [\"0.0.0.0:62201\", \"[::]:62201\"]";
+
+/// A running spad inside the lab's gateway.
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(gw: &Netns, dir: &Path, config_text: &str) -> Self {
+        let config = dir.join("spad.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut d = Self { child: None, dir: dir.to_owned(), config, log: Arc::default() };
+        d.spawn(gw);
+        d
+    }
+
+    fn spawn(&mut self, gw: &Netns) {
+        let mut child = gw
+            .cmd(env!("CARGO_BIN_EXE_spad"))
+            .args(["--config", self.config.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start spad");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        self.child = Some(child);
+        self.wait_log("spad ready");
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log.lock().unwrap().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {needle:?} in spad log:\n{}",
+                self.log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.join("audit.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).expect("audit lines are JSON")).collect()
+    }
+
+    /// Waits for the `n`-th (0-based) event matching `pred`.
+    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.events().into_iter().find(&pred) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {what} event; audit:\n{:#?}\nlog:\n{}",
+                self.events(),
+                self.log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.events().iter().filter(|e| pred(e)).count()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        spa_e2e::run(Command::new("kill").args([&format!("-{sig}"), &pid]));
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    fn kill9(&mut self) {
+        self.signal("KILL");
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    fn stop(&mut self) {
+        self.signal("TERM");
+        let st = self.child.take().unwrap().wait().unwrap();
+        assert!(st.success(), "spad exited with {st}");
+    }
+
+    fn spad(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_spad"))
+            .args(args)
+            .args(["--config", self.config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the real fwknop client in the client namespace against the gateway.
+fn fwknop(lab: &GatewayLab, home: &Path, args: &[&str]) -> Output {
+    let out = lab
+        .client
+        .cmd("fwknop")
+        .env("HOME", home)
+        .args(["-D", GatewayLab::GW4, "--no-save-args", "--no-rc-file", "--key-rijndael", KEY, "--use-hmac"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fwknop failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn is(e: &Value, event: &str) -> bool {
+    e["event"] == event
+}
+
+fn send_from(ns: &Netns, to: SocketAddr, payload: Vec<u8>) {
+    ns.run_in(move || {
+        let bind: SocketAddr =
+            if to.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.send_to(&payload, to).unwrap();
+    });
+}
+
+#[test]
+fn knocks_are_granted_and_bad_packets_rejected_with_reasons() {
+    let lab = GatewayLab::new("sd1");
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&lab.gw, dir.path(), &config(dir.path(), SOCKET, ""));
+
+    // A valid knock from the real fwknop client, saved so it can be replayed.
+    let saved = dir.path().join("packet");
+    fwknop(
+        &lab,
+        dir.path(),
+        &["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY, "-B", saved.to_str().unwrap()],
+    );
+    let g = d.wait_event("grant", |e| is(e, "grant"));
+    assert_eq!(g["allowed_source"], GatewayLab::CLIENT4);
+    assert_eq!(g["packet_source"], GatewayLab::CLIENT4);
+    assert_eq!(g["access"], serde_json::json!(["tcp/22"]));
+    assert_eq!(g["stanza"], "clients");
+    assert_eq!(g["username"], "root");
+    assert!(g["expires"].as_str().unwrap().ends_with('Z'));
+
+    // The same packet again is a replay.
+    let packet = std::fs::read_to_string(&saved).unwrap();
+    let packet = packet.lines().last().unwrap().trim().to_owned();
+    send_from(&lab.client, GatewayLab::addr(GatewayLab::GW4, 62201), packet.into_bytes());
+    d.wait_event("replay reject", |e| is(e, "reject") && e["reason"] == "replay");
+
+    // Wrong encryption key (same HMAC key): the HMAC passes, decryption fails.
+    let out = lab
+        .client
+        .cmd("fwknop")
+        .env("HOME", dir.path())
+        .args([
+            "-D",
+            GatewayLab::GW4,
+            "--no-save-args",
+            "--no-rc-file",
+            "--use-hmac",
+            "-A",
+            "tcp/22",
+            "-a",
+            GatewayLab::CLIENT4,
+        ])
+        .args(["--key-rijndael", "wrongkey", "--key-hmac", HMAC_KEY])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    d.wait_event("decrypt reject", |e| is(e, "reject") && e["reason"] == "decrypt_failed");
+
+    // Wrong HMAC key.
+    fwknop(&lab, dir.path(), &["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "--key-hmac", "otherhmac"]);
+    d.wait_event("hmac reject", |e| is(e, "reject") && e["reason"] == "hmac_mismatch");
+
+    // A port the stanza does not open.
+    fwknop(&lab, dir.path(), &["-A", "tcp/23", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY]);
+    d.wait_event("port reject", |e| is(e, "reject") && e["reason"] == "port_not_permitted");
+
+    // A timestamp from ten minutes ago.
+    fwknop(
+        &lab,
+        dir.path(),
+        &["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY, "--time-offset-minus", "10min"],
+    );
+    d.wait_event("stale reject", |e| is(e, "reject") && e["reason"] == "stale_timestamp");
+
+    // Junk from a host no stanza covers.
+    send_from(&lab.attacker, GatewayLab::addr(GatewayLab::GW_ATTACKER4, 62201), vec![b'A'; 200]);
+    d.wait_event("no stanza reject", |e| {
+        is(e, "reject")
+            && e["reason"] == "no_stanza_for_source"
+            && e["packet_source"] == GatewayLab::ATTACKER4
+    });
+
+    // A re-knock for the same access extends the grant instead of adding one.
+    fwknop(&lab, dir.path(), &["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY]);
+    let ext = d.wait_event("extend", |e| is(e, "extend"));
+    assert_eq!(ext["id"], g["id"]);
+    assert_eq!(d.count(|e| is(e, "grant")), 1);
+
+    // spad list shows it.
+    let out = d.spad(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(GatewayLab::CLIENT4) && text.contains("tcp/22"), "{text}");
+    // No secret ever reaches the log or the audit trail.
+    let all = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap() + &d.log.lock().unwrap();
+    assert!(!all.contains(KEY) && !all.contains(HMAC_KEY));
+}
+
+fn engine_packet(src_allow: &str, port: &str, ts_offset: i64) -> Vec<u8> {
+    use spa_engine::{DigestType, EncryptionKey, EncryptionMode, HmacKey, MessageType, SpaMessage, packet};
+    struct Os;
+    impl spa_engine::Entropy for Os {
+        fn fill(&mut self, buf: &mut [u8]) {
+            getrandom::fill(buf).unwrap();
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let msg = SpaMessage {
+        random: spa_engine::random_value(&mut Os),
+        username: "tester".into(),
+        timestamp: (now + ts_offset) as u64,
+        version: "3.0.0".into(),
+        message_type: MessageType::Access,
+        message: format!("{src_allow},{port}"),
+        nat_access: None,
+        server_auth: None,
+        client_timeout: None,
+    };
+    let key = EncryptionKey::new(KEY.as_bytes().to_vec()).unwrap();
+    let hkey = HmacKey::new(HMAC_KEY.as_bytes().to_vec()).unwrap();
+    let opts = packet::SealOptions {
+        key: &key,
+        mode: EncryptionMode::Cbc,
+        digest: DigestType::Sha256,
+        hmac: Some((&hkey, DigestType::Sha256)),
+    };
+    packet::seal(&msg, &opts, &mut Os).unwrap().into_bytes()
+}
+
+#[test]
+fn ipv6_knock_is_granted() {
+    let lab = GatewayLab::new("sd2");
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&lab.gw, dir.path(), &config(dir.path(), SOCKET, ""));
+    send_from(&lab.client, GatewayLab::addr(GatewayLab::GW6, 62201), engine_packet("::", "tcp/22", 0));
+    let g = d.wait_event("grant", |e| is(e, "grant"));
+    assert_eq!(g["allowed_source"], GatewayLab::CLIENT6);
+}
+
+#[test]
+fn restarts_keep_grants_and_the_replay_cache() {
+    let lab = GatewayLab::new("sd3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&lab.gw, dir.path(), &config(dir.path(), SOCKET, ""));
+    let packet = engine_packet(GatewayLab::CLIENT4, "tcp/22", 0);
+    send_from(&lab.client, GatewayLab::addr(GatewayLab::GW4, 62201), packet.clone());
+    let g = d.wait_event("grant", |e| is(e, "grant"));
+
+    // Crash, then start again: the grant is still recorded and the packet is still a replay.
+    d.kill9();
+    d.log.lock().unwrap().clear();
+    d.spawn(&lab.gw);
+    let starts: Vec<Value> = d.events().into_iter().filter(|e| is(e, "start")).collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[1]["detail"]["live_grants"], 1);
+    let out = d.spad(&["list", "--json"]);
+    let listed: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(listed["id"].as_u64().map(|i| format!("{i:016x}")), g["id"].as_str().map(str::to_owned));
+    send_from(&lab.client, GatewayLab::addr(GatewayLab::GW4, 62201), packet);
+    d.wait_event("replay after restart", |e| is(e, "reject") && e["reason"] == "replay");
+
+    // A clean stop revokes what was granted.
+    d.stop();
+    let r = d.wait_event("revoke", |e| is(e, "revoke"));
+    assert_eq!(r["id"], g["id"]);
+    let out = d.spad(&["list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no active grants"));
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_daemon_and_its_grants() {
+    let lab = GatewayLab::new("sd4");
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), SOCKET, "");
+    let mut d = Daemon::start(&lab.gw, dir.path(), &good);
+    send_from(
+        &lab.client,
+        GatewayLab::addr(GatewayLab::GW4, 62201),
+        engine_packet(GatewayLab::CLIENT4, "tcp/22", 0),
+    );
+    d.wait_event("grant", |e| is(e, "grant"));
+
+    std::fs::write(
+        &d.config,
+        good.replace("open_ports = [\"tcp/22\", \"udp/53\"]", "open_ports = [\"tcp/99999\"]"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    let f = d.wait_event("reload_failed", |e| is(e, "reload_failed"));
+    assert!(f["detail"]["error"].as_str().unwrap().contains("tcp/99999"), "{f}");
+    assert!(d.alive());
+    // The old configuration still grants, and the first grant is still there.
+    send_from(
+        &lab.client,
+        GatewayLab::addr(GatewayLab::GW4, 62201),
+        engine_packet(GatewayLab::CLIENT4, "udp/53", 0),
+    );
+    d.wait_event("second grant", |e| is(e, "grant") && e["access"] == serde_json::json!(["udp/53"]));
+
+    // A good new configuration takes effect without dropping grants.
+    std::fs::write(
+        &d.config,
+        good.replace(
+            "open_ports = [\"tcp/22\", \"udp/53\"]",
+            "open_ports = [\"tcp/22\", \"udp/53\", \"tcp/443\"]",
+        ),
+    )
+    .unwrap();
+    d.signal("HUP");
+    d.wait_event("reload", |e| is(e, "reload"));
+    send_from(
+        &lab.client,
+        GatewayLab::addr(GatewayLab::GW4, 62201),
+        engine_packet(GatewayLab::CLIENT4, "tcp/443", 0),
+    );
+    d.wait_event("grant 443", |e| is(e, "grant") && e["access"] == serde_json::json!(["tcp/443"]));
+    assert_eq!(d.count(|e| is(e, "revoke") || is(e, "expire")), 0);
+    let listed = String::from_utf8_lossy(&d.spad(&["list"]).stdout).into_owned();
+    for port in ["tcp/22", "udp/53", "tcp/443"] {
+        assert!(listed.contains(port), "{listed}");
+    }
+}
+
+#[test]
+fn a_valid_knock_during_a_junk_flood_is_granted() {
+    let lab = GatewayLab::new("sd5");
+    let dir = tempfile::tempdir().unwrap();
+    // The flooder is inside a stanza's source range, so its junk reaches the HMAC check.
+    let d = Daemon::start(
+        &lab.gw,
+        dir.path(),
+        &config(dir.path(), SOCKET, "\n[[access]]\nname = \"wide\"\nsource = \"any\"\nkey = \"otherkey\"\n"),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let flood = thread::spawn({
+        let path = format!("/var/run/netns/{}", lab.attacker.name());
+        move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) }, 0);
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let to: SocketAddr = GatewayLab::addr(GatewayLab::GW_ATTACKER4, 62201);
+            let mut junk = [b'A'; 204];
+            let mut sent = 0u64;
+            let start = Instant::now();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                junk[(sent % 200) as usize] = b'a' + (sent % 26) as u8;
+                let _ = s.send_to(&junk, to);
+                sent += 1;
+            }
+            sent
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+    send_from(
+        &lab.client,
+        GatewayLab::addr(GatewayLab::GW4, 62201),
+        engine_packet(GatewayLab::CLIENT4, "tcp/22", 0),
+    );
+    d.wait_event("grant under flood", |e| is(e, "grant"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    assert!(sent > 1000, "the flood sent only {sent} packets");
+    // The flood was answered with rejects (rate-limited or summarised), never with a grant.
+    assert_eq!(d.count(|e| is(e, "grant")), 1);
+}
+
+#[test]
+fn capture_mode_works_while_the_spa_port_is_dropped() {
+    let lab = GatewayLab::new("sd6");
+    lab.gw.sh("nft add table inet t && nft add chain inet t in '{ type filter hook input priority 0; }' && nft add rule inet t in udp dport 62201 drop");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = "[listen]\nmode = \"capture\"\ninterfaces = [\"c0\", \"a0\"]\nport = 62201";
+    let d = Daemon::start(&lab.gw, dir.path(), &config(dir.path(), listen, ""));
+    fwknop(&lab, dir.path(), &["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY]);
+    let g = d.wait_event("grant", |e| is(e, "grant"));
+    assert_eq!(g["allowed_source"], GatewayLab::CLIENT4);
+    // IPv6 is captured too.
+    send_from(&lab.client, GatewayLab::addr(GatewayLab::GW6, 62201), engine_packet("::", "udp/53", 0));
+    d.wait_event("ipv6 grant", |e| is(e, "grant") && e["allowed_source"] == GatewayLab::CLIENT6);
+    // Nothing listens on the port: the drop rule counted the packets, no socket got them.
+    let ss = lab.gw.sh("ss -Huln 'sport = :62201'");
+    assert!(ss.trim().is_empty(), "{ss}");
+}
+
+/// The script backend driven by the daemon: what the admin's scripts see, when they run.
+#[test]
+fn script_backend_sees_every_port_and_closes_at_expiry_and_after_a_crash() {
+    let lab = GatewayLab::new("sd7");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let script = dir.path().join("fw.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$SPA_ACTION $1 $2 $SPA_TIMEOUT\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fw = format!(
+        "[firewall]\nbackend = \"script\"\n[firewall.script]\nopen = [\"{s}\", \"{{source}}\", \"{{proto}}/{{port}}\"]\nclose = [\"{s}\", \"{{source}}\", \"{{proto}}/{{port}}\"]\n",
+        s = script.display()
+    );
+    let text = config(dir.path(), SOCKET, "")
+        .replace("[firewall]\nbackend = \"none\"\n", &fw)
+        .replace("fw_access_timeout = 30", "fw_access_timeout = 2");
+    let calls = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut d = Daemon::start(&lab.gw, dir.path(), &text);
+
+    // A multi-port knock from the real fwknop client: one open per port (fwknop itself only
+    // uses the first).
+    fwknop(&lab, dir.path(), &["-A", "tcp/22,udp/53", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY]);
+    d.wait_event("grant", |e| is(e, "grant"));
+    let c = calls();
+    assert!(c.contains("open 10.201.1.2 tcp/22 2") && c.contains("open 10.201.1.2 udp/53 2"), "{c}");
+    // At the deadline the daemon runs close for each port.
+    d.wait_event("expire", |e| is(e, "expire"));
+    let c = calls();
+    assert!(c.contains("close 10.201.1.2 tcp/22") && c.contains("close 10.201.1.2 udp/53"), "{c}");
+
+    // Crash while a grant is open, restart after its deadline: close still runs.
+    fwknop(&lab, dir.path(), &["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "--key-hmac", HMAC_KEY]);
+    let start = Instant::now();
+    while calls().matches("open").count() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", calls());
+        thread::sleep(Duration::from_millis(20));
+    }
+    d.kill9();
+    thread::sleep(Duration::from_secs(3));
+    d.spawn(&lab.gw);
+    let start = Instant::now();
+    while calls().matches("close 10.201.1.2 tcp/22").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", calls());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(calls().matches("open").count(), 3, "no open after the restart: the grant was over");
+}
