@@ -9,14 +9,14 @@ use crate::Error;
 
 /// Longest Rijndael passphrase fwknop accepts (`FKO_ERROR_INVALID_KEY_LEN` beyond).
 pub const MAX_ENCRYPTION_KEY_LEN: usize = 32;
-/// Longest HMAC key libfko accepts.
-pub const MAX_HMAC_KEY_LEN: usize = 128;
+/// Longest HMAC key libfko accepts (a SHA3-256 block, the largest `--key-gen` makes).
+pub const MAX_HMAC_KEY_LEN: usize = 136;
 
 /// The Rijndael passphrase: 0..=32 bytes, used as is by the key derivation.
 #[derive(Clone)]
 pub struct EncryptionKey(Zeroizing<Vec<u8>>);
 
-/// The HMAC key: 1..=128 bytes.
+/// The HMAC key: 1..=136 bytes.
 #[derive(Clone)]
 pub struct HmacKey(Zeroizing<Vec<u8>>);
 
@@ -43,7 +43,7 @@ impl EncryptionKey {
 }
 
 impl HmacKey {
-    /// Takes raw key bytes; empty keys and keys over 128 bytes are refused.
+    /// Takes raw key bytes; empty keys and keys over 136 bytes are refused.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, Error> {
         let bytes = Zeroizing::new(bytes.into());
         if bytes.is_empty() {
@@ -95,7 +95,7 @@ mod tests {
         assert!(EncryptionKey::new(Vec::new()).is_ok());
         assert!(matches!(EncryptionKey::new(vec![b'a'; 33]), Err(Error::KeyTooLong { .. })));
         assert!(matches!(HmacKey::new(Vec::new()), Err(Error::HmacKeyEmpty)));
-        assert!(matches!(HmacKey::new(vec![1; 129]), Err(Error::HmacKeyTooLong { .. })));
+        assert!(matches!(HmacKey::new(vec![1; 137]), Err(Error::HmacKeyTooLong { .. })));
     }
 
     #[test]

@@ -1,0 +1,699 @@
+//! Knock options from the three places fwknop takes them, and the message they make.
+//!
+//! Every source fills a [`Partial`]; the command line overrides the named rc stanza, which
+//! overrides `[default]`. [`build_request`] then turns the merged access/NAT options into the
+//! message and NAT fields exactly as fwknop's client writes them (reference section 1.4).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use spa_engine::access::parse_port_list;
+use spa_engine::{DigestType, EncryptionMode, MessageType, ProtoPort};
+use zeroize::Zeroizing;
+
+use crate::rc::RcLine;
+
+/// How the SPA packet travels to the server (`-P`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Transport {
+    /// One UDP datagram (fwknop's default).
+    #[default]
+    Udp,
+    /// Connect, then send the payload on the stream.
+    Tcp,
+    /// An HTTP GET request whose path is the payload.
+    Http,
+}
+
+impl FromStr for Transport {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "udp" => Ok(Transport::Udp),
+            "tcp" => Ok(Transport::Tcp),
+            "http" => Ok(Transport::Http),
+            "udpraw" | "tcpraw" | "icmp" => bail!("server protocol {s:?} (raw sockets) is not supported"),
+            _ => bail!("unknown server protocol {s:?} (expected udp, tcp or http)"),
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Http => "http",
+        })
+    }
+}
+
+/// Which address goes into the message (`-a`, `-s`, `-R`, `ALLOW_IP`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Allow {
+    /// A literal address.
+    Ip(IpAddr),
+    /// `0.0.0.0`: the server uses the packet's source.
+    Source,
+    /// Ask a web service for our external address.
+    Resolve,
+}
+
+impl FromStr for Allow {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "source" => Ok(Allow::Source),
+            "resolve" => Ok(Allow::Resolve),
+            other => other.parse().map(Allow::Ip).with_context(|| format!("invalid allow address {s:?}")),
+        }
+    }
+}
+
+/// Where a key comes from. The text is wiped when dropped and never shown by `Debug`.
+#[derive(Clone)]
+pub(crate) enum KeySpec {
+    /// The key itself (`--key-rijndael`, `KEY`).
+    Text(Zeroizing<String>),
+    /// Its base64 (`--key-base64-rijndael`, `KEY_BASE64`).
+    Base64(Zeroizing<String>),
+    /// A fwknop key file (`-G`, `KEY_FILE`).
+    File(PathBuf),
+}
+
+impl fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySpec::Text(_) => f.write_str("Text(<redacted>)"),
+            KeySpec::Base64(_) => f.write_str("Base64(<redacted>)"),
+            KeySpec::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// Knock options from one source; `None` means "not said here".
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Partial {
+    pub(crate) destination: Option<String>,
+    pub(crate) allow: Option<Allow>,
+    pub(crate) access: Option<String>,
+    pub(crate) server_port: Option<u16>,
+    pub(crate) server_proto: Option<Transport>,
+    pub(crate) key: Option<KeySpec>,
+    pub(crate) hmac_key: Option<KeySpec>,
+    pub(crate) use_hmac: Option<bool>,
+    pub(crate) hmac_type: Option<DigestType>,
+    pub(crate) digest_type: Option<DigestType>,
+    pub(crate) mode: Option<EncryptionMode>,
+    pub(crate) fw_timeout: Option<u32>,
+    pub(crate) resolve_url: Option<String>,
+    pub(crate) time_offset: Option<i64>,
+    pub(crate) spoof_user: Option<String>,
+    pub(crate) nat_access: Option<String>,
+    pub(crate) nat_local: Option<bool>,
+    pub(crate) nat_port: Option<u16>,
+    pub(crate) nat_rand_port: Option<bool>,
+    pub(crate) server_cmd: Option<String>,
+    pub(crate) verbose: Option<bool>,
+}
+
+impl Partial {
+    /// Field by field, `self` where set, else `lower`.
+    pub(crate) fn over(self, lower: Partial) -> Partial {
+        Partial {
+            destination: self.destination.or(lower.destination),
+            allow: self.allow.or(lower.allow),
+            access: self.access.or(lower.access),
+            server_port: self.server_port.or(lower.server_port),
+            server_proto: self.server_proto.or(lower.server_proto),
+            key: self.key.or(lower.key),
+            hmac_key: self.hmac_key.or(lower.hmac_key),
+            use_hmac: self.use_hmac.or(lower.use_hmac),
+            hmac_type: self.hmac_type.or(lower.hmac_type),
+            digest_type: self.digest_type.or(lower.digest_type),
+            mode: self.mode.or(lower.mode),
+            fw_timeout: self.fw_timeout.or(lower.fw_timeout),
+            resolve_url: self.resolve_url.or(lower.resolve_url),
+            time_offset: self.time_offset.or(lower.time_offset),
+            spoof_user: self.spoof_user.or(lower.spoof_user),
+            nat_access: self.nat_access.or(lower.nat_access),
+            nat_local: self.nat_local.or(lower.nat_local),
+            nat_port: self.nat_port.or(lower.nat_port),
+            nat_rand_port: self.nat_rand_port.or(lower.nat_rand_port),
+            server_cmd: self.server_cmd.or(lower.server_cmd),
+            verbose: self.verbose.or(lower.verbose),
+        }
+    }
+
+    /// Whether an HMAC is sent: as said, else whenever an HMAC key or type is given (as fwknop
+    /// turns `--use-hmac` on for `--key-hmac` and `HMAC_KEY`).
+    pub(crate) fn wants_hmac(&self) -> bool {
+        self.use_hmac.unwrap_or(self.hmac_key.is_some() || self.hmac_type.is_some())
+    }
+}
+
+/// fwknop's yes/no values (`Y`, `N`, and the usual spellings).
+fn parse_bool(s: &str) -> Result<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" | "1" | "on" | "true" => Ok(true),
+        "n" | "no" | "0" | "off" | "false" => Ok(false),
+        _ => bail!("expected Y or N"),
+    }
+}
+
+/// fwknop rc variables that this client knows but does not implement (GPG, raw sockets,
+/// wget, ...). Setting one is worth a warning, not an error.
+const UNSUPPORTED: &[&str] = &[
+    "SPA_SOURCE_PORT",
+    "RESOLVE_HTTP_ONLY",
+    "WGET_CMD",
+    "USE_GPG",
+    "USE_GPG_AGENT",
+    "GPG_SIGNING_PW",
+    "GPG_SIGNING_PW_BASE64",
+    "GPG_SIGNER",
+    "GPG_RECIPIENT",
+    "GPG_HOMEDIR",
+    "GPG_EXE",
+    "GPG_NO_SIGNING_PW",
+    "SPOOF_SOURCE_IP",
+    "RAND_PORT",
+    "HTTP_USER_AGENT",
+    "USE_WGET_USER_AGENT",
+    "HTTP_PROXY",
+    "SERVER_RESOLVE_IPV4",
+    "ICMP_TYPE",
+    "ICMP_CODE",
+    "KEY_GEN_FILE",
+];
+
+/// Applies one stanza's lines to `p`. Unknown or unsupported variables are reported through
+/// `warn` with file and line; bad values are errors with file and line.
+pub(crate) fn apply_rc(
+    p: &mut Partial,
+    lines: &[&RcLine],
+    file: &str,
+    warn: &mut dyn FnMut(String),
+) -> Result<()> {
+    for l in lines {
+        let at = || format!("{file}:{}: invalid value for {}", l.line, l.var);
+        apply_var(p, &l.var, &l.value).map_or_else(
+            |e| Err(e.context(at())),
+            |known| {
+                match known {
+                    Known::Yes => {}
+                    Known::Unsupported => {
+                        warn(format!("{file}:{}: {} is not supported; ignored", l.line, l.var))
+                    }
+                    Known::No => warn(format!("{file}:{}: unknown variable {}; ignored", l.line, l.var)),
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+enum Known {
+    Yes,
+    Unsupported,
+    No,
+}
+
+fn apply_var(p: &mut Partial, var: &str, v: &str) -> Result<Known> {
+    let text = || Some(v.to_owned());
+    match var {
+        "SPA_SERVER" => p.destination = text(),
+        "ALLOW_IP" => p.allow = Some(v.parse()?),
+        "RESOLVE_IP_HTTPS" => {
+            if parse_bool(v)? {
+                p.allow = Some(Allow::Resolve);
+            }
+        }
+        "ACCESS" => p.access = text(),
+        "SPA_SERVER_PORT" => p.server_port = Some(parse_nonzero_port(v)?),
+        "SPA_SERVER_PROTO" => p.server_proto = Some(v.parse()?),
+        "KEY" => p.key = Some(KeySpec::Text(Zeroizing::new(v.to_owned()))),
+        "KEY_BASE64" => p.key = Some(KeySpec::Base64(Zeroizing::new(v.to_owned()))),
+        "KEY_FILE" => p.key = Some(KeySpec::File(expand_home(v))),
+        "HMAC_KEY" => p.hmac_key = Some(KeySpec::Text(Zeroizing::new(v.to_owned()))),
+        "HMAC_KEY_BASE64" => p.hmac_key = Some(KeySpec::Base64(Zeroizing::new(v.to_owned()))),
+        "HMAC_KEY_FILE" => p.hmac_key = Some(KeySpec::File(expand_home(v))),
+        "USE_HMAC" => p.use_hmac = Some(parse_bool(v)?),
+        "HMAC_DIGEST_TYPE" => p.hmac_type = Some(v.parse()?),
+        "DIGEST_TYPE" => p.digest_type = Some(v.parse()?),
+        "ENCRYPTION_MODE" => p.mode = Some(v.parse()?),
+        "FW_TIMEOUT" => p.fw_timeout = Some(v.trim().parse().context("expected seconds")?),
+        "RESOLVE_URL" => p.resolve_url = text(),
+        "TIME_OFFSET" => {
+            p.time_offset = Some(match v.trim().strip_prefix('-') {
+                Some(minus) => -parse_time_offset(minus)?,
+                None => parse_time_offset(v.trim().trim_start_matches('+'))?,
+            })
+        }
+        "SPOOF_USER" => p.spoof_user = text(),
+        "NAT_ACCESS" => p.nat_access = text(),
+        "NAT_LOCAL" => p.nat_local = Some(parse_bool(v)?),
+        "NAT_PORT" => p.nat_port = Some(parse_nonzero_port(v)?),
+        "NAT_RAND_PORT" => p.nat_rand_port = Some(parse_bool(v)?),
+        "VERBOSE" => {
+            // fwknop writes Y/N or a level.
+            p.verbose = Some(match v.trim().parse::<u32>() {
+                Ok(n) => n > 0,
+                Err(_) => parse_bool(v)?,
+            })
+        }
+        // fwknop's own bookkeeping (it writes NO_SAVE_ARGS into stanzas); we never save args.
+        "NO_SAVE_ARGS" | "SAVE_ARGS_FILE" => {}
+        // GPG, wget, raw sockets, ...: known to fwknop, not implemented here.
+        other if UNSUPPORTED.contains(&other) => return Ok(Known::Unsupported),
+        _ => return Ok(Known::No),
+    }
+    Ok(Known::Yes)
+}
+
+/// `~/x` as fwknop's rc file allows for key files.
+fn expand_home(v: &str) -> PathBuf {
+    match (v.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(v),
+    }
+}
+
+fn parse_nonzero_port(v: &str) -> Result<u16> {
+    let p: u16 = v.trim().parse().context("expected a port number")?;
+    ensure!(p != 0, "port 0 is not allowed");
+    Ok(p)
+}
+
+/// Parses fwknop's time offsets: a number of seconds with an optional unit, such as `90`,
+/// `60sec`, `2min`, `1hour`, `3days`, `10m`.
+pub(crate) fn parse_time_offset(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    ensure!(
+        !num.is_empty() && num.len() <= 6,
+        "invalid time offset {s:?} (expected e.g. 60sec, 2min, 1hour, 1day)"
+    );
+    let n: i64 = num.parse().with_context(|| format!("invalid time offset {s:?}"))?;
+    // fwknop's bound on the number before the unit.
+    ensure!(n <= 65536, "time offset {s:?} is too large");
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86400,
+        _ => bail!("invalid time offset unit in {s:?} (expected sec, min, hour or day)"),
+    };
+    Ok(n * mult)
+}
+
+/// The username to send: `-U`/`SPOOF_USER`, else `$SPOOF_USER`, `$LOGNAME`, `$USER`, else
+/// `NO_USER`, as fwknop picks it. `env` looks up an environment variable.
+pub(crate) fn username(spoof: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> String {
+    spoof
+        .map(str::to_owned)
+        .or_else(|| env("SPOOF_USER"))
+        .or_else(|| env("LOGNAME"))
+        .or_else(|| env("USER"))
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "NO_USER".to_owned())
+}
+
+/// The NAT-related options, as merged.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NatOpts {
+    /// `-N host[:,]port` or `-N host`.
+    pub(crate) access: Option<String>,
+    /// `--nat-local`.
+    pub(crate) local: bool,
+    /// `--nat-port`.
+    pub(crate) port: Option<u16>,
+    /// `--nat-rand-port`.
+    pub(crate) rand_port: bool,
+}
+
+/// The message fields of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RequestFields {
+    /// The message type, promoted for a client timeout as libfko does.
+    pub(crate) message_type: MessageType,
+    /// `ip,proto/port,...` or `ip,command`.
+    pub(crate) message: String,
+    /// `host,port` for the NAT types.
+    pub(crate) nat_access: Option<String>,
+    /// The client timeout, for the timeout types.
+    pub(crate) client_timeout: Option<u32>,
+}
+
+/// Builds the message, NAT field and type the way fwknop's client does (reference 1.4):
+/// the message carries the externally visible port (`--nat-port`, or a random one for
+/// `--nat-rand-port`), the NAT field the internal target (`-N`'s port, else the `-A` port);
+/// `--nat-local` uses the `-D` string as the NAT host. `rand_port` draws 10000..=65534.
+pub(crate) fn build_request(
+    allow: IpAddr,
+    access: Option<&str>,
+    command: Option<&str>,
+    nat: &NatOpts,
+    destination: Option<&str>,
+    fw_timeout: Option<u32>,
+    rand_port: &mut dyn FnMut() -> u16,
+) -> Result<RequestFields> {
+    let timeout = fw_timeout.filter(|&t| t > 0);
+    if let Some(t) = timeout {
+        ensure!(t <= spa_engine::message::MAX_CLIENT_TIMEOUT, "firewall timeout {t} is over 65536 seconds");
+    }
+    if let Some(cmd) = command {
+        ensure!(nat.access.is_none() && !nat.local, "a server command cannot be combined with NAT access");
+        ensure!(!cmd.is_empty(), "the server command is empty");
+        return Ok(RequestFields {
+            message_type: MessageType::Command,
+            message: format!("{allow},{cmd}"),
+            nat_access: None,
+            client_timeout: None,
+        });
+    }
+    let access = access.context("no access requested (give -A proto/port, e.g. -A tcp/22)")?;
+    let ports: Vec<ProtoPort> = parse_port_list(access).context("invalid -A/--access list")?;
+    ensure!(!ports.is_empty(), "no access requested (give -A proto/port, e.g. -A tcp/22)");
+    let is_nat = nat.access.is_some() || nat.local;
+    if !is_nat {
+        ensure!(
+            nat.port.is_none() && !nat.rand_port,
+            "--nat-port and --nat-rand-port need -N/--nat-access or --nat-local"
+        );
+        let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        return Ok(RequestFields {
+            message_type: MessageType::for_request(None, false, timeout.is_some()),
+            message: format!("{allow},{}", list.join(",")),
+            nat_access: None,
+            client_timeout: timeout,
+        });
+    }
+    ensure!(ports.len() == 1, "NAT access takes exactly one proto/port in -A");
+    let requested = ports[0];
+    let nat_field = match &nat.access {
+        Some(spec) => {
+            // fwknop turns the first ':' into ','; the host may not be IPv6 in its syntax, but a
+            // bracketed or plain IPv6 address with a trailing ",port" still works here.
+            let spec = spec.trim();
+            let (host, port) = match spec.rsplit_once(',') {
+                Some((h, p)) => (h, Some(p)),
+                None => match spec.split_once(':') {
+                    Some((h, p)) if !p.contains(':') => (h, Some(p)),
+                    _ => (spec, None),
+                },
+            };
+            ensure!(!host.is_empty(), "invalid -N/--nat-access {spec:?} (expected host[:,]port)");
+            let port = match port {
+                Some(p) => p.trim().parse::<u16>().ok().filter(|&p| p != 0).with_context(|| {
+                    format!("invalid port in -N/--nat-access {spec:?} (expected host[:,]port)")
+                })?,
+                None => requested.port,
+            };
+            format!("{host},{port}")
+        }
+        None => {
+            let dest = destination.context("--nat-local needs -D/--destination (it is the NAT host)")?;
+            format!("{dest},{}", requested.port)
+        }
+    };
+    ensure!(
+        spa_engine::access::NatAccess::parse(&nat_field).is_some(),
+        "invalid NAT access {nat_field:?} (expected host,port)"
+    );
+    let external = if nat.rand_port { rand_port() } else { nat.port.unwrap_or(requested.port) };
+    Ok(RequestFields {
+        message_type: MessageType::for_request(Some(nat.local), false, timeout.is_some()),
+        message: format!("{allow},{}/{external}", requested.proto),
+        nat_access: Some(nat_field),
+        client_timeout: timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rc::RcFile;
+    use std::path::Path;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn no_rand() -> u16 {
+        panic!("no random port expected")
+    }
+
+    #[test]
+    fn time_offsets_in_fwknop_units() {
+        assert_eq!(parse_time_offset("90").unwrap(), 90);
+        assert_eq!(parse_time_offset("60sec").unwrap(), 60);
+        assert_eq!(parse_time_offset("2min").unwrap(), 120);
+        assert_eq!(parse_time_offset("2m").unwrap(), 120);
+        assert_eq!(parse_time_offset("1hour").unwrap(), 3600);
+        assert_eq!(parse_time_offset("3days").unwrap(), 3 * 86400);
+        assert_eq!(parse_time_offset("1DAY").unwrap(), 86400);
+        for bad in ["", "min", "-5", "5 weeks", "10years", "9999999"] {
+            assert!(parse_time_offset(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_access_and_timeout_promotion() {
+        let r = build_request(
+            ip("1.2.3.4"),
+            Some("tcp/22,udp/53"),
+            None,
+            &NatOpts::default(),
+            None,
+            None,
+            &mut no_rand,
+        )
+        .unwrap();
+        assert_eq!(r.message_type, MessageType::Access);
+        assert_eq!(r.message, "1.2.3.4,tcp/22,udp/53");
+        assert_eq!(r.nat_access, None);
+        let r = build_request(
+            ip("0.0.0.0"),
+            Some("tcp/22"),
+            None,
+            &NatOpts::default(),
+            None,
+            Some(60),
+            &mut no_rand,
+        )
+        .unwrap();
+        assert_eq!(r.message_type, MessageType::ClientTimeoutAccess);
+        assert_eq!(r.client_timeout, Some(60));
+        // -f 0 is no timeout, as libfko demotes.
+        let r = build_request(
+            ip("1.2.3.4"),
+            Some("tcp/22"),
+            None,
+            &NatOpts::default(),
+            None,
+            Some(0),
+            &mut no_rand,
+        )
+        .unwrap();
+        assert_eq!(r.message_type, MessageType::Access);
+    }
+
+    #[test]
+    fn malformed_access_is_an_error() {
+        for bad in ["tcp", "tcp/0", "icmp/x", "tcp/22,bogus", "tcp/70000"] {
+            assert!(
+                build_request(ip("1.2.3.4"), Some(bad), None, &NatOpts::default(), None, None, &mut no_rand)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let e = build_request(ip("1.2.3.4"), None, None, &NatOpts::default(), None, None, &mut no_rand)
+            .unwrap_err();
+        assert!(e.to_string().contains("-A"));
+    }
+
+    #[test]
+    fn nat_access_as_fwknop_writes_it() {
+        // -N 192.168.10.2,22 -A tcp/22
+        let nat = NatOpts { access: Some("192.168.10.2,22".into()), ..Default::default() };
+        let r = build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, None, &mut no_rand).unwrap();
+        assert_eq!(r.message_type, MessageType::NatAccess);
+        assert_eq!(r.message, "1.2.3.4,tcp/22");
+        assert_eq!(r.nat_access.as_deref(), Some("192.168.10.2,22"));
+        // -N host:port with -f 60 → type 4.
+        let nat = NatOpts { access: Some("192.168.10.2:2222".into()), ..Default::default() };
+        let r =
+            build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, Some(60), &mut no_rand).unwrap();
+        assert_eq!(r.message_type, MessageType::ClientTimeoutNatAccess);
+        assert_eq!(r.nat_access.as_deref(), Some("192.168.10.2,2222"));
+        assert_eq!(r.client_timeout, Some(60));
+        // --nat-port: the message carries the external port, NAT the internal one.
+        let nat = NatOpts { access: Some("192.168.10.2,22".into()), port: Some(2222), ..Default::default() };
+        let r = build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, None, &mut no_rand).unwrap();
+        assert_eq!(r.message, "1.2.3.4,tcp/2222");
+        assert_eq!(r.nat_access.as_deref(), Some("192.168.10.2,22"));
+    }
+
+    #[test]
+    fn local_nat_uses_the_destination_string() {
+        // --nat-local --nat-port 2222 -A tcp/22 -D 127.0.0.1
+        let nat = NatOpts { local: true, port: Some(2222), ..Default::default() };
+        let r =
+            build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, Some("127.0.0.1"), None, &mut no_rand)
+                .unwrap();
+        assert_eq!(r.message_type, MessageType::LocalNatAccess);
+        assert_eq!(r.message, "1.2.3.4,tcp/2222");
+        assert_eq!(r.nat_access.as_deref(), Some("127.0.0.1,22"));
+        let r = build_request(
+            ip("1.2.3.4"),
+            Some("tcp/22"),
+            None,
+            &nat,
+            Some("gw.example"),
+            Some(30),
+            &mut no_rand,
+        )
+        .unwrap();
+        assert_eq!(r.message_type, MessageType::ClientTimeoutLocalNatAccess);
+        assert_eq!(r.nat_access.as_deref(), Some("gw.example,22"));
+        assert!(build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, None, &mut no_rand).is_err());
+    }
+
+    #[test]
+    fn nat_rand_port_draws_the_external_port() {
+        // --nat-rand-port -N 10.0.0.5 -A tcp/22
+        let nat = NatOpts { access: Some("10.0.0.5".into()), rand_port: true, ..Default::default() };
+        let r = build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, None, &mut || 31337).unwrap();
+        assert_eq!(r.message, "1.2.3.4,tcp/31337");
+        assert_eq!(r.nat_access.as_deref(), Some("10.0.0.5,22"));
+    }
+
+    #[test]
+    fn nat_refusals() {
+        let nat = NatOpts { access: Some("10.0.0.5,22".into()), ..Default::default() };
+        assert!(
+            build_request(ip("1.2.3.4"), Some("tcp/22,tcp/80"), None, &nat, None, None, &mut no_rand)
+                .is_err()
+        );
+        let nat = NatOpts { access: Some("10.0.0.5,0".into()), ..Default::default() };
+        assert!(build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, None, &mut no_rand).is_err());
+        let nat = NatOpts { port: Some(2222), ..Default::default() };
+        assert!(build_request(ip("1.2.3.4"), Some("tcp/22"), None, &nat, None, None, &mut no_rand).is_err());
+    }
+
+    #[test]
+    fn command_message() {
+        let r = build_request(
+            ip("1.2.3.4"),
+            None,
+            Some("echo hi"),
+            &NatOpts::default(),
+            None,
+            Some(60),
+            &mut no_rand,
+        )
+        .unwrap();
+        assert_eq!(r.message_type, MessageType::Command);
+        assert_eq!(r.message, "1.2.3.4,echo hi");
+        assert_eq!(r.client_timeout, None);
+    }
+
+    #[test]
+    fn username_order() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let all = env(&[("SPOOF_USER", "spoof"), ("LOGNAME", "log"), ("USER", "user")]);
+        assert_eq!(username(Some("cli"), &all), "cli");
+        assert_eq!(username(None, &all), "spoof");
+        assert_eq!(username(None, &env(&[("LOGNAME", "log"), ("USER", "user")])), "log");
+        assert_eq!(username(None, &env(&[("USER", "user")])), "user");
+        assert_eq!(username(None, &env(&[])), "NO_USER");
+    }
+
+    fn rc_partial(text: &str, stanza: &str) -> (Partial, Vec<String>) {
+        let rc = RcFile::parse(Path::new("rc"), text).unwrap();
+        let mut p = Partial::default();
+        let mut warnings = Vec::new();
+        apply_rc(&mut p, &rc.stanza(stanza).unwrap(), "rc", &mut |w| warnings.push(w)).unwrap();
+        (p, warnings)
+    }
+
+    #[test]
+    fn rc_variables_and_warnings() {
+        let (p, w) = rc_partial(
+            "[s]\nSPA_SERVER gw.lan\nALLOW_IP source\nACCESS tcp/22\nSPA_SERVER_PORT 40000\n\
+             SPA_SERVER_PROTO tcp\nKEY_BASE64 a2V5\nHMAC_KEY_BASE64 aG1hYw==\nUSE_HMAC Y\n\
+             HMAC_DIGEST_TYPE SHA384\nDIGEST_TYPE sha3_512\nENCRYPTION_MODE CTR\nFW_TIMEOUT 45\n\
+             TIME_OFFSET -2min\nSPOOF_USER alice\nNAT_ACCESS 10.0.0.5,22\nNAT_LOCAL N\nNAT_PORT 2222\n\
+             NAT_RAND_PORT n\nVERBOSE Y\nBOGUS 1\nUSE_GPG N\n",
+            "s",
+        );
+        assert_eq!(p.destination.as_deref(), Some("gw.lan"));
+        assert_eq!(p.allow, Some(Allow::Source));
+        assert_eq!(p.server_port, Some(40000));
+        assert_eq!(p.server_proto, Some(Transport::Tcp));
+        assert!(matches!(p.key, Some(KeySpec::Base64(ref k)) if k.as_str() == "a2V5"));
+        assert_eq!(p.use_hmac, Some(true));
+        assert_eq!(p.hmac_type, Some(DigestType::Sha384));
+        assert_eq!(p.digest_type, Some(DigestType::Sha3_512));
+        assert_eq!(p.mode, Some(EncryptionMode::Ctr));
+        assert_eq!(p.fw_timeout, Some(45));
+        assert_eq!(p.time_offset, Some(-120));
+        assert_eq!(p.spoof_user.as_deref(), Some("alice"));
+        assert_eq!(p.nat_access.as_deref(), Some("10.0.0.5,22"));
+        assert_eq!((p.nat_local, p.nat_port, p.nat_rand_port), (Some(false), Some(2222), Some(false)));
+        assert_eq!(p.verbose, Some(true));
+        assert_eq!(w, ["rc:21: unknown variable BOGUS; ignored", "rc:22: USE_GPG is not supported; ignored"]);
+    }
+
+    #[test]
+    fn rc_bad_value_names_file_and_line() {
+        let rc = RcFile::parse(Path::new("rc"), "[s]\nACCESS tcp/22\nDIGEST_TYPE sha999\n").unwrap();
+        let mut p = Partial::default();
+        let e = apply_rc(&mut p, &rc.stanza("s").unwrap(), "/home/u/.fwknoprc", &mut |_| {}).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("/home/u/.fwknoprc:3: invalid value for DIGEST_TYPE: "),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn merging_cli_over_named_over_default() {
+        let text = "[default]\nDIGEST_TYPE sha1\nSPA_SERVER_PORT 1111\nACCESS tcp/1\n\
+                    [srv]\nSPA_SERVER_PORT 2222\nACCESS tcp/2\nKEY k\n";
+        let (default, _) = rc_partial(text, "default");
+        let (named, _) = rc_partial(text, "srv");
+        let cli = Partial { access: Some("udp/53".into()), ..Default::default() };
+        let m = cli.over(named.over(default));
+        assert_eq!(m.access.as_deref(), Some("udp/53"), "command line wins");
+        assert_eq!(m.server_port, Some(2222), "named stanza beats [default]");
+        assert_eq!(m.digest_type, Some(DigestType::Sha1), "[default] fills the rest");
+        assert!(matches!(m.key, Some(KeySpec::Text(_))));
+        assert_eq!(m.destination, None);
+    }
+
+    #[test]
+    fn hmac_is_implied_by_a_key_or_type() {
+        let mut p = Partial::default();
+        assert!(!p.wants_hmac());
+        p.hmac_key = Some(KeySpec::Text(Zeroizing::new("h".into())));
+        assert!(p.wants_hmac());
+        p.use_hmac = Some(false);
+        assert!(!p.wants_hmac());
+    }
+
+    #[test]
+    fn key_spec_debug_is_redacted() {
+        let k = KeySpec::Text(Zeroizing::new("hunter2".into()));
+        assert!(!format!("{k:?}").contains("hunter2"));
+    }
+}
