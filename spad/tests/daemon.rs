@@ -515,3 +515,37 @@ fn script_backend_sees_every_port_and_closes_at_expiry_and_after_a_crash() {
     }
     assert_eq!(calls().matches("open").count(), 3, "no open after the restart: the grant was over");
 }
+
+/// Our own client, built by the same `cargo test --workspace` run, knocking our daemon.
+fn spa_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_spad")).with_file_name("spa");
+    assert!(p.exists(), "{} is missing: run the suite with `cargo test --workspace`", p.display());
+    p
+}
+
+#[test]
+fn the_spa_client_knocks_over_ipv4_and_ipv6_with_nat_requests_refused_when_disabled() {
+    let lab = GatewayLab::new("sd8");
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&lab.gw, dir.path(), &config(dir.path(), SOCKET, ""));
+    let knock = |dest: &str, extra: &[&str]| {
+        let out = lab
+            .client
+            .cmd(spa_bin().to_str().unwrap())
+            .env("HOME", dir.path())
+            .args(["knock", "--no-rc-file", "-D", dest, "--key-rijndael", KEY, "--key-hmac", HMAC_KEY])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "spa: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    knock(GatewayLab::GW4, &["-A", "tcp/22,udp/53", "-s", "-f", "60", "-U", "alice"]);
+    let g = d.wait_event("grant", |e| is(e, "grant"));
+    assert_eq!(g["access"], serde_json::json!(["tcp/22", "udp/53"]));
+    assert_eq!(g["username"], "alice");
+    assert_eq!(g["allowed_source"], GatewayLab::CLIENT4);
+    knock(GatewayLab::GW6, &["-A", "tcp/22", "-s"]);
+    d.wait_event("ipv6 grant", |e| is(e, "grant") && e["allowed_source"] == GatewayLab::CLIENT6);
+    knock(GatewayLab::GW4, &["-A", "tcp/22", "-s", "-N", "10.201.2.2,22"]);
+    d.wait_event("nat reject", |e| is(e, "reject") && e["reason"] == "nat_not_enabled");
+}
