@@ -79,6 +79,11 @@ impl Audit {
         }
     }
 
+    /// Changes the reject budget (on reload).
+    pub fn set_max_rejects(&mut self, max: u32) {
+        self.max_rejects = max;
+    }
+
     /// Emits the summary of suppressed rejects if a second has passed.
     pub fn tick(&mut self) {
         if self.window_start.elapsed() < Duration::from_secs(1) {

@@ -339,6 +339,11 @@ fn reload(current: Config, path: &Path, shared: &Shared) -> Config {
                 tracing::warn!("{w}");
             }
             *shared.verifier.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new.verifier.clone());
+            if new.limits != current.limits {
+                *shared.limiter.lock().unwrap_or_else(PoisonError::into_inner) =
+                    RateLimiter::new(4096, new.limits.per_source_rate, new.limits.per_source_burst);
+            }
+            audit.set_max_rejects(new.log.max_rejects_per_second);
             tracing::info!("configuration reloaded ({} access stanzas)", new.verifier.stanzas().len());
             audit.daemon(
                 "reload",
