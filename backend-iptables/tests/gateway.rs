@@ -1,0 +1,377 @@
+//! End-to-end: the backend drives real iptables and ipset inside the gateway namespace of a
+//! `GatewayLab`, once with iptables-nft and once with iptables-legacy, and real TCP
+//! connections check what a user would check.
+//!
+//! The backend runs every program through `ip netns exec <gw>` (its hidden command-prefix
+//! constructor) rather than entering the namespace with `setns` on a thread: the test process
+//! and its other threads stay in the host namespace, both variants run in parallel without
+//! sharing a thread's namespace state, and the argv path is the same as in production, only
+//! prefixed. The cost is one extra `ip` exec per program, which the exec count below includes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use spa_backend_iptables::{Config, IptablesBackend, Variant};
+use spa_backends::{Access, Backend, Grant, GrantId, Nat, Snat};
+use spa_e2e::{Background, GatewayLab, Netns, require_root};
+
+const SSH: u16 = 22;
+const T: Duration = Duration::from_secs(2);
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn grant(id: u64, source: &str, ports: &[&str], nat: Option<Nat>, secs: u64) -> Grant {
+    Grant {
+        id: GrantId(id),
+        source: source.parse().unwrap(),
+        packet_source: source.parse().unwrap(),
+        destination: None,
+        access: Access::Ports(ports.iter().map(|p| p.parse().unwrap()).collect()),
+        nat,
+        created: now(),
+        deadline: now() + secs,
+        stanza: "test".into(),
+        username: "u".into(),
+    }
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    GatewayLab::addr(ip, port)
+}
+
+/// A TCP echo server (so an established connection can be proven alive later).
+fn echo_server(ns: &Netns, port: u16) -> Background {
+    let bg = ns.spawn(
+        ns.cmd("socat")
+            .args([&format!("TCP6-LISTEN:{port},reuseaddr,fork,ipv6only=0"), "EXEC:cat"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let start = Instant::now();
+    while !ns.sh_ok(&format!("ss -Hltn 'sport = :{port}' | grep -q LISTEN")) {
+        assert!(start.elapsed() < Duration::from_secs(5), "echo server on {port} did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    bg
+}
+
+/// One long-lived connection to an echo server.
+struct EchoClient {
+    _proc: Background,
+    input: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl EchoClient {
+    fn connect(ns: &Netns, to: SocketAddr) -> Self {
+        let mut child = ns
+            .cmd("socat")
+            .args(["-", &format!("TCP:{}:{},connect-timeout=2", to.ip(), to.port())])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { _proc: Background(Some(child)), input, lines }
+    }
+
+    /// Whether `msg` comes back (safety limit 5 s).
+    fn echoes(&mut self, msg: &str) -> bool {
+        if writeln!(self.input, "{msg}").and_then(|()| self.input.flush()).is_err() {
+            return false;
+        }
+        self.lines.recv_timeout(Duration::from_secs(5)).is_ok_and(|l| l == msg)
+    }
+}
+
+/// What a server at `to` says first, if a connection works.
+fn banner(ns: &Netns, to: SocketAddr) -> Option<String> {
+    let host = match to.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let out = ns
+        .cmd("socat")
+        .args(["-t", "2", "-T", "3", "-", &format!("TCP:{host}:{},connect-timeout=2", to.port())])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+fn sh(ns: &Netns, script: &str) -> String {
+    ns.sh(script)
+}
+
+/// Waits until `cond` holds, at most `limit`; returns whether it did.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn backend(gw: &Netns, variant: Variant) -> IptablesBackend {
+    let config = Config { protect: vec!["tcp/22".parse().unwrap()], variant, ..Config::default() };
+    let prefix = ["ip", "netns", "exec", gw.name()].map(str::to_owned).to_vec();
+    IptablesBackend::with_command_prefix(config, prefix)
+}
+
+fn binaries_exist(variant: &str) {
+    for b in [
+        format!("iptables-{variant}-restore"),
+        format!("iptables-{variant}-save"),
+        format!("ip6tables-{variant}-restore"),
+        format!("ip6tables-{variant}-save"),
+        "ipset".to_owned(),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", "command -v \"$1\"", "sh", &b])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(found, "{b} is missing (Debian 12 package iptables / ipset)");
+    }
+}
+
+fn scenario(variant: Variant, name: &str, other: &str, ns_prefix: &str) {
+    require_root();
+    binaries_exist(name);
+    let lab = GatewayLab::new(ns_prefix);
+    let gw = &lab.gw;
+    let _gw_echo = echo_server(gw, SSH);
+    let _internal = lab.internal.tcp_server(SSH, "internal");
+    let _local = lab.gw.tcp_server(2022, "gw-local");
+
+    // Open before we start: everything reaches the gateway.
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T));
+
+    let mut b = backend(gw, variant);
+    b.prepare(&[]).expect("prepare");
+    assert_eq!(b.variant(), Some(variant));
+    let save = format!("iptables-{name}-save; ip6tables-{name}-save");
+    assert!(sh(gw, &save).contains(":SPA_INPUT"), "chains are made with iptables-{name}");
+    let other_save = format!("iptables-{other}-save; ip6tables-{other}-save");
+    assert!(!sh(gw, &other_save).contains("SPA_"), "iptables-{other} is never used");
+
+    // Protected: nobody gets in, on IPv4 or IPv6.
+    assert!(!lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T));
+    assert!(!lab.attacker.tcp_connects(addr(GatewayLab::GW4, SSH), T));
+    assert!(!lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T));
+    // Other ports are not ours to close.
+    assert_eq!(banner(&lab.attacker, addr(GatewayLab::GW4, 2022)).as_deref(), Some("gw-local"));
+
+    // A plain grant (short window): the client only; measured.
+    let g1 = grant(1, GatewayLab::CLIENT4, &["tcp/22"], None, 3);
+    let (execs, start) = (b.exec_count(), Instant::now());
+    b.grant(&g1).expect("grant");
+    let (took, n) = (start.elapsed(), b.exec_count() - execs);
+    eprintln!("[{name}] plain grant: {took:?}, {n} process(es) (each via ip netns exec)");
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T), "granted client gets in");
+    assert!(!lab.attacker.tcp_connects(addr(GatewayLab::GW4, SSH), T), "attacker still cannot");
+    let mut established = EchoClient::connect(&lab.client, addr(GatewayLab::GW4, SSH));
+    assert!(established.echoes("during the window"));
+
+    // DNAT to the internal host, client only; measured.
+    let g2 = grant(
+        2,
+        GatewayLab::CLIENT4,
+        &["tcp/2222"],
+        Some(Nat::Dnat {
+            to: GatewayLab::INTERNAL4.parse().unwrap(),
+            port: Some(SSH),
+            snat: Some(Snat::Masquerade),
+        }),
+        60,
+    );
+    let (execs, start) = (b.exec_count(), Instant::now());
+    b.grant(&g2).expect("dnat grant");
+    let (took, n) = (start.elapsed(), b.exec_count() - execs);
+    eprintln!("[{name}] DNAT grant: {took:?}, {n} process(es)");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)).as_deref(), Some("internal"));
+    assert_eq!(banner(&lab.attacker, addr(GatewayLab::GW4, 2222)), None);
+    assert_eq!(banner(&lab.attacker, addr(GatewayLab::GW_ATTACKER4, 2222)), None);
+
+    // IPv6.
+    let g3 = grant(3, GatewayLab::CLIENT6, &["tcp/22"], None, 60);
+    b.grant(&g3).expect("ipv6 grant");
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T), "IPv6 client gets in");
+    assert!(!lab.attacker.tcp_connects(addr(GatewayLab::GW6, SSH), T), "IPv6 attacker cannot");
+
+    // IPv6 DNAT (ip6tables nat), client only.
+    let g8 = grant(
+        8,
+        GatewayLab::CLIENT6,
+        &["tcp/2222"],
+        Some(Nat::Dnat { to: GatewayLab::INTERNAL6.parse().unwrap(), port: Some(SSH), snat: None }),
+        60,
+    );
+    b.grant(&g8).expect("ipv6 dnat grant");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW6, 2222)).as_deref(), Some("internal"));
+    assert_eq!(banner(&lab.attacker, addr(GatewayLab::GW6, 2222)), None);
+    b.revoke(&g8).expect("ipv6 dnat revoke");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW6, 2222)), None);
+
+    // The window of g1 closes in the kernel, with no call from us: new connections fail,
+    // the established one lives on.
+    assert!(
+        eventually(Duration::from_secs(10), || !lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T)),
+        "the plain grant never expired"
+    );
+    assert!(g1.deadline <= now(), "closed only once the deadline passed");
+    assert!(established.echoes("after the window"), "established connection was cut");
+
+    // Re-knock: same id, later deadline: re-timed, never duplicated.
+    let mut g2b = g2.clone();
+    g2b.deadline += 120;
+    b.grant(&g2b).expect("re-knock nat");
+    let g3b = Grant { deadline: g3.deadline + 120, ..g3.clone() };
+    b.grant(&g3b).expect("re-knock plain");
+    b.grant(&g3b).expect("re-knock plain twice");
+    let owned = b.list().expect("list");
+    let of = |id: u64| owned.iter().filter(|o| o.id == Some(GrantId(id))).collect::<Vec<_>>();
+    assert_eq!(of(2).len(), 3, "DNAT + forward + masquerade, once each: {owned:#?}");
+    assert!(of(2).iter().all(|o| o.deadline == Some(g2b.deadline)), "re-tagged: {owned:#?}");
+    assert_eq!(of(3).len(), 1, "one set entry: {owned:#?}");
+    assert_eq!(of(3)[0].deadline, Some(g3b.deadline));
+    let spa6 = sh(gw, "ipset list spa6");
+    assert_eq!(spa6.matches(GatewayLab::CLIENT6).count(), 1, "{spa6}");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)).as_deref(), Some("internal"));
+
+    // A local redirect (made, then left behind by a "crash").
+    let g4 = grant(4, GatewayLab::CLIENT4, &["tcp/8022"], Some(Nat::Redirect { port: SSH }), 60);
+    b.grant(&g4).expect("redirect grant");
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, 8022), T), "redirect works for the client");
+    assert!(!lab.attacker.tcp_connects(addr(GatewayLab::GW4, 8022), T));
+    let g5 = grant(5, GatewayLab::CLIENT4, &["tcp/22"], None, 60);
+    b.grant(&g5).expect("plain grant to be left stale");
+
+    // Crash: the process state is lost, the firewall keeps failing closed.
+    drop(b);
+    assert!(!lab.attacker.tcp_connects(addr(GatewayLab::GW4, SSH), T), "protection survives the daemon");
+
+    // Restart: prepare with the record (g2b, g3b live; g4, g5 stale).
+    let mut b = backend(gw, Variant::Auto);
+    b.prepare(&[g2b.clone(), g3b.clone()]).expect("prepare after restart");
+    assert_eq!(b.variant(), Some(variant), "auto finds the variant in use");
+    let owned = b.list().expect("list");
+    let ids: Vec<_> = owned.iter().filter_map(|o| o.id).collect();
+    assert!(!ids.contains(&GrantId(4)) && !ids.contains(&GrantId(5)), "stale gone: {owned:#?}");
+    assert_eq!(ids.iter().filter(|i| **i == GrantId(2)).count(), 3, "live kept: {owned:#?}");
+    assert!(ids.contains(&GrantId(3)), "live kept: {owned:#?}");
+    let hooks = sh(gw, &format!("iptables-{name} -S INPUT; iptables-{name} -t nat -S PREROUTING"));
+    assert_eq!(hooks.matches("-j SPA_INPUT").count(), 1, "{hooks}");
+    assert_eq!(hooks.matches("-j SPA_PREROUTING").count(), 1, "{hooks}");
+    assert!(!lab.client.tcp_connects(addr(GatewayLab::GW4, 8022), T), "stale redirect gone");
+    assert!(!lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T), "stale set entry gone");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)).as_deref(), Some("internal"));
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T));
+
+    // Revoke removes exactly one grant; twice is fine; unknown stale grants are fine.
+    b.revoke(&g2b).expect("revoke");
+    b.revoke(&g2b).expect("revoke again");
+    b.revoke(&g4).expect("revoke of a grant already gone");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)), None);
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T), "the other grant stays");
+    assert!(b.list().unwrap().iter().all(|o| o.id != Some(GrantId(2))));
+
+    // Rules changed behind our back: an admin flushes our nat chain, then the client
+    // re-knocks. The batch that deletes the old rules fails; the backend deletes what is left by
+    // tag and re-inserts, without duplicates.
+    let g6 = grant(
+        6,
+        GatewayLab::CLIENT4,
+        &["tcp/2223"],
+        Some(Nat::Dnat { to: GatewayLab::INTERNAL4.parse().unwrap(), port: Some(SSH), snat: None }),
+        60,
+    );
+    b.grant(&g6).expect("nat grant");
+    sh(gw, &format!("iptables-{name} -t nat -F SPA_PREROUTING"));
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2223)), None, "flushed by hand");
+    let g6b = Grant { deadline: g6.deadline + 30, ..g6.clone() };
+    b.grant(&g6b).expect("re-knock after a hand flush");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2223)).as_deref(), Some("internal"));
+    let tagged = b.list().unwrap().into_iter().filter(|o| o.id == Some(GrantId(6))).collect::<Vec<_>>();
+    assert_eq!(tagged.len(), 2, "DNAT + forward, once each: {tagged:#?}");
+    // A process that never saw the grant (no record) still revokes it, by its tag.
+    let mut stranger = backend(gw, variant);
+    stranger.revoke(&g6).expect("revoke by tag");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2223)), None);
+    assert!(b.list().unwrap().iter().all(|o| o.id != Some(GrantId(6))));
+
+    // Teardown: nothing of ours is left, in either variant or in ipset.
+    b.teardown().expect("teardown");
+    let all = sh(gw, &format!("{save}; {other_save}; ipset list -n"));
+    assert!(!all.contains("SPA") && !all.contains("spa"), "left behind:\n{all}");
+    assert!(lab.attacker.tcp_connects(addr(GatewayLab::GW4, SSH), T), "protection removed by teardown");
+}
+
+#[test]
+fn gateway_with_iptables_nft() {
+    scenario(Variant::Nft, "nft", "legacy", "ipn");
+}
+
+#[test]
+fn gateway_with_iptables_legacy() {
+    scenario(Variant::Legacy, "legacy", "nft", "ipl");
+}
+
+/// The boot-time files of `conf/iptables/` load (sets first, then rules), close the port, and
+/// spad starting after them adopts them: same variant, one hook per chain.
+#[test]
+fn boot_files_load_and_spad_adopts_them() {
+    require_root();
+    binaries_exist("legacy");
+    let lab = GatewayLab::new("ipb");
+    let gw = &lab.gw;
+    let _server = gw.tcp_server(SSH, "gw");
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/iptables");
+    // Load them with the legacy binaries, the system default being nft, so that `auto` must
+    // find the variant from the rules rather than from `iptables -V`.
+    gw.sh(&format!(
+        "ipset -exist restore -file {conf}/spa-protect.ipset && \
+         iptables-legacy-restore --noflush --wait=10 {conf}/spa-protect.rules.v4 && \
+         ip6tables-legacy-restore --noflush --wait=10 {conf}/spa-protect.rules.v6"
+    ));
+    assert!(!lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T), "closed before spad runs");
+    assert!(!lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T), "closed before spad runs");
+
+    let mut b = backend(gw, Variant::Auto);
+    b.prepare(&[]).expect("prepare");
+    assert_eq!(b.variant(), Some(Variant::Legacy));
+    for t in ["iptables-legacy", "ip6tables-legacy"] {
+        let hooks = sh(
+            gw,
+            &format!("{t} -S INPUT; {t} -S FORWARD; {t} -t nat -S PREROUTING; {t} -t nat -S POSTROUTING"),
+        );
+        assert_eq!(hooks.matches("-j SPA_").count(), 4, "{t}: one hook per chain:\n{hooks}");
+    }
+    assert!(!sh(gw, "iptables-nft-save; ip6tables-nft-save").contains("SPA_"));
+    let g = grant(7, GatewayLab::CLIENT4, &["tcp/22"], None, 60);
+    b.grant(&g).expect("grant");
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T));
+    b.teardown().expect("teardown");
+}
