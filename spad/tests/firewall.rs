@@ -1,0 +1,168 @@
+//! The daemon with real firewall backends, checked the way an admin would: TCP connections
+//! from the client and from an attacker, before and after a knock, after the window, and
+//! across a crash of the daemon.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use spa_e2e::{GatewayLab, Netns};
+
+const KEY: &str = "fwtestkey";
+const HMAC_KEY: &str = "fwtesthmac";
+
+fn spa_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_spad")).with_file_name("spa");
+    assert!(p.exists(), "{} is missing: run the suite with `cargo test --workspace`", p.display());
+    p
+}
+
+struct Spad {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Spad {
+    fn start(gw: &Netns, config: &Path) -> Self {
+        let mut child = gw
+            .cmd(env!("CARGO_BIN_EXE_spad"))
+            .args(["--config", config.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log: Arc<Mutex<String>> = Arc::default();
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let start = Instant::now();
+        while !log.lock().unwrap().contains("spad ready") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "spad did not start:\n{}",
+                log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Self { child: Some(child), log }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Spad {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn knock(lab: &GatewayLab, home: &Path, dest: &str) {
+    let out = lab
+        .client
+        .cmd(spa_bin().to_str().unwrap())
+        .env("HOME", home)
+        .args([
+            "-A",
+            "tcp/22",
+            "-s",
+            "-D",
+            dest,
+            "--no-rc-file",
+            "--key-rijndael",
+            KEY,
+            "--key-hmac",
+            HMAC_KEY,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn scenario(prefix: &str, backend: &str, table: &str) {
+    let lab = GatewayLab::new(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[listen]
+addresses = ["0.0.0.0:62201", "[::]:62201"]
+[firewall]
+backend = "{backend}"
+[firewall.{backend}]
+{table}
+protect = ["tcp/22"]
+[replay]
+state_dir = "{dir}/state"
+[log]
+audit = "{dir}/audit.jsonl"
+[[access]]
+source = "any"
+open_ports = ["tcp/22"]
+key = "{KEY}"
+hmac_key = "{HMAC_KEY}"
+fw_access_timeout = 3
+"#,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _srv = lab.gw.tcp_server(22, "ssh");
+    let ssh4 = GatewayLab::addr(GatewayLab::GW4, 22);
+    let ssh6 = GatewayLab::addr(GatewayLab::GW6, 22);
+    let short = Duration::from_secs(1);
+    let mut spad = Spad::start(&lab.gw, &config);
+
+    assert!(!lab.client.tcp_connects(ssh4, short), "open before any knock");
+    knock(&lab, dir.path(), GatewayLab::GW4);
+    assert!(
+        lab.client.wait_tcp(ssh4, Duration::from_secs(5)).is_some(),
+        "closed after the knock:\n{}",
+        spad.log.lock().unwrap()
+    );
+    assert!(
+        !lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short),
+        "open for the attacker"
+    );
+    assert!(!lab.client.tcp_connects(ssh6, short), "IPv6 open without an IPv6 knock");
+
+    // IPv6 knock, IPv6 access.
+    knock(&lab, dir.path(), GatewayLab::GW6);
+    assert!(lab.client.wait_tcp(ssh6, Duration::from_secs(5)).is_some(), "IPv6 closed after the knock");
+
+    // After the 3 s window new connections fail.
+    thread::sleep(Duration::from_secs(5));
+    assert!(!lab.client.tcp_connects(ssh4, short), "still open after the window");
+
+    // A crash never opens the port; a restart reconciles.
+    knock(&lab, dir.path(), GatewayLab::GW4);
+    assert!(lab.client.wait_tcp(ssh4, Duration::from_secs(5)).is_some());
+    spad.kill9();
+    assert!(
+        !lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short),
+        "crash opened the port"
+    );
+    let _spad = Spad::start(&lab.gw, &config);
+    assert!(lab.client.tcp_connects(ssh4, short), "live grant lost across the restart");
+    thread::sleep(Duration::from_secs(4));
+    assert!(!lab.client.tcp_connects(ssh4, short), "grant outlived its window after the restart");
+}
+
+#[test]
+fn iptables_backend_opens_for_the_client_only_and_fails_closed() {
+    spa_e2e::require_root();
+    scenario("fwi", "iptables", "");
+}
