@@ -52,7 +52,8 @@ fn check_accepts_a_good_config_and_names_file_line_and_key_of_a_bad_one() {
     let out = spad(&["check", "--config", p.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown backend \"pf\"; this build contains: none"), "{err}");
+    let available = spad::linked_backends::expected().join(", ");
+    assert!(err.contains(&format!("unknown backend \"pf\"; this build contains: {available}")), "{err}");
 }
 
 #[test]

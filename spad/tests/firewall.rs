@@ -166,3 +166,9 @@ fn iptables_backend_opens_for_the_client_only_and_fails_closed() {
     spa_e2e::require_root();
     scenario("fwi", "iptables", "");
 }
+
+#[test]
+fn nft_backend_opens_for_the_client_only_and_fails_closed() {
+    spa_e2e::require_root();
+    scenario("fwn", "nft", "table = \"spa\"");
+}

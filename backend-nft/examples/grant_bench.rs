@@ -1,0 +1,110 @@
+//! Grant latency of the nft backend with many grants active (root needed).
+//!
+//! For each size it makes a fresh network namespace, loads that many grants with `prepare`
+//! (one transaction), then times single `grant` calls (new sources), re-knocks (same id, later
+//! deadline) and revokes through the long-lived `nft -i`, and finally checks that the idle nft
+//! process uses no CPU.
+//!
+//! ```text
+//! cargo run --release -p spa-backend-nft --example grant_bench [sizes...]   # default 1000 10000 100000
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use spa_backend_nft::{NftBackend, NftConfig};
+use spa_backends::{Access, Backend, Grant, GrantId};
+use spa_e2e::Netns;
+
+const SAMPLES: u32 = 1000;
+
+fn grant(i: u32, deadline: u64) -> Grant {
+    let source = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+    Grant {
+        id: GrantId(u64::from(i)),
+        source,
+        packet_source: source,
+        destination: None,
+        access: Access::Ports(vec!["tcp/22".parse().expect("port")]),
+        nat: None,
+        created: deadline - 600,
+        deadline,
+        stanza: "bench".into(),
+        username: "bench".into(),
+    }
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e3;
+    format!("median {:.3} ms  p90 {:.3} ms  p99 {:.3} ms", at(0.5), at(0.9), at(0.99))
+}
+
+/// utime + stime (clock ticks) of every process in the namespace.
+fn cpu_ticks(ns: &Netns) -> u64 {
+    let out = Command::new("ip").args(["netns", "pids", ns.name()]).output().expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the ")" that closes the command name: state is field 3, utime 14.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            // rest starts at field 3 (state, not numeric), so utime/stime are f[10], f[11].
+            f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+        })
+        .sum()
+}
+
+fn main() {
+    spa_e2e::require_root();
+    let sizes: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![1_000, 10_000, 100_000] } else { sizes };
+    for n in sizes {
+        let ns = Netns::new("nfbench");
+        let argv = ["ip", "netns", "exec", ns.name(), "nft"].map(String::from).to_vec();
+        let config = NftConfig { protect: vec!["tcp/22".parse().expect("port")], ..NftConfig::default() };
+        let mut b = NftBackend::with_program(config, argv).expect("backend");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let live: Vec<Grant> = (0..n).map(|i| grant(i, now + 600)).collect();
+        let t = Instant::now();
+        b.prepare(&live).expect("prepare");
+        let prepare = t.elapsed();
+
+        let mut grants = Vec::new();
+        for i in 0..SAMPLES {
+            let g = grant(n + i, now + 600);
+            let t = Instant::now();
+            b.grant(&g).expect("grant");
+            grants.push(t.elapsed());
+        }
+        let mut reknocks = Vec::new();
+        for i in 0..SAMPLES {
+            let g = grant(n + i, now + 900);
+            let t = Instant::now();
+            b.grant(&g).expect("re-knock");
+            reknocks.push(t.elapsed());
+        }
+        let mut revokes = Vec::new();
+        for i in 0..SAMPLES {
+            let g = grant(n + i, now + 900);
+            let t = Instant::now();
+            b.revoke(&g).expect("revoke");
+            revokes.push(t.elapsed());
+        }
+        let listed = b.list().expect("list").len();
+        let before = cpu_ticks(&ns);
+        std::thread::sleep(Duration::from_secs(3));
+        let idle = cpu_ticks(&ns) - before;
+
+        println!(
+            "{n} grants active (prepare of {n}: {:.1} ms; {listed} listed)",
+            prepare.as_secs_f64() * 1e3
+        );
+        println!("  grant     {}", percentiles(grants));
+        println!("  re-knock  {}", percentiles(reknocks));
+        println!("  revoke    {}", percentiles(revokes));
+        println!("  idle nft process: {idle} CPU ticks in 3 s");
+    }
+}

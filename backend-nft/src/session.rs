@@ -1,0 +1,217 @@
+//! Talking to nft: a long-lived `nft -i` for the grant path, one-shot `nft -f -` / `nft -j list`
+//! for the rare whole-table operations.
+//!
+//! `nft -i` (checked on nft 1.0.6) reads commands from a pipe, runs each line as one
+//! transaction, prints nothing on success and prints errors (`Error: ...`, the line, a caret
+//! line) on stderr, unbuffered. To know when a line is done and whether it failed, we send a
+//! sentinel line after it that is always a syntax error (`nf_sync_<n>`): nft parses it without
+//! touching the kernel and echoes it in its error. Everything read before the sentinel's error
+//! belongs to the command; any `Error:` there means it failed. stdout and stderr share one
+//! pipe, so the order is the order nft wrote in. A reader thread blocks on that pipe, so an idle
+//! session costs no CPU.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use spa_backends::BackendError;
+
+/// How to start nft: the program and any prefix (tests: `ip netns exec NS nft`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    argv: Vec<String>,
+}
+
+impl Program {
+    /// `argv[0]` is run with the rest, then nft's own arguments.
+    pub fn new(argv: Vec<String>) -> Self {
+        Self { argv }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.argv[0]);
+        c.args(&self.argv[1..]).args(args);
+        c
+    }
+
+    /// The name used in errors.
+    pub fn name(&self) -> String {
+        self.argv.last().cloned().unwrap_or_default()
+    }
+
+    /// Runs `nft <args>` once with `stdin` as input; returns stdout, or the failure with stderr.
+    pub fn run_once(&self, args: &[&str], stdin: &str) -> Result<String, BackendError> {
+        let program = self.name();
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+        let mut input = child.stdin.take();
+        let text = stdin.to_owned();
+        // A writer thread, so a large script cannot deadlock against a full stdout pipe.
+        let writer = thread::spawn(move || input.as_mut().map_or(Ok(()), |i| i.write_all(text.as_bytes())));
+        let out = child
+            .wait_with_output()
+            .map_err(|source| BackendError::Io { program: program.clone(), source })?;
+        let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")));
+        if !out.status.success() {
+            return Err(BackendError::Failed {
+                program,
+                status: out.status,
+                stderr: first_lines(&String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        written.map_err(|source| BackendError::Io { program: program.clone(), source })?;
+        String::from_utf8(out.stdout)
+            .map_err(|_| BackendError::Parse { program, detail: "output is not UTF-8".into() })
+    }
+}
+
+/// The first few lines of an error text (nft repeats the whole command line in its errors).
+fn first_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(6).collect();
+    let joined = lines.join(" | ");
+    if joined.len() > 600 {
+        let mut end = 600;
+        while !joined.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &joined[..end])
+    } else {
+        joined
+    }
+}
+
+/// A running `nft -i`.
+#[derive(Debug)]
+pub struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seq: u64,
+    program: String,
+}
+
+impl Session {
+    /// Starts `nft -i` with stdout and stderr on one pipe read by a thread.
+    pub fn start(program: &Program) -> Result<Self, BackendError> {
+        let name = program.name();
+        let io_err = |source| BackendError::Io { program: name.clone(), source };
+        let (reader, writer) = std::io::pipe().map_err(io_err)?;
+        let writer2 = writer.try_clone().map_err(io_err)?;
+        let mut cmd = program.command(&["-i"]);
+        cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
+        let mut child =
+            cmd.spawn().map_err(|source| BackendError::Spawn { program: name.clone(), source })?;
+        // Drop our copies of the write end, so the reader sees EOF when nft exits.
+        drop(cmd);
+        let Some(stdin) = child.stdin.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io_err(std::io::Error::other("no stdin pipe")));
+        };
+        let (tx, rx) = channel();
+        thread::Builder::new()
+            .name("nft-reader".into())
+            .spawn(move || {
+                let mut r = BufReader::new(reader);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.by_ref().read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_owned();
+                            if tx.send(line).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(io_err)?;
+        Ok(Self { child, stdin, lines: rx, seq: 0, program: name })
+    }
+
+    /// Runs one line (one transaction) and waits for its verdict.
+    pub fn run(&mut self, line: &str, limit: Duration) -> Result<(), BackendError> {
+        debug_assert!(!line.contains('\n'));
+        self.seq += 1;
+        let sentinel = format!("nf_sync_{}", self.seq);
+        let msg = format!("{line}\n{sentinel}\n");
+        self.stdin
+            .write_all(msg.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .map_err(|source| BackendError::Io { program: self.program.clone(), source })?;
+        let deadline = Instant::now() + limit;
+        let mut got: Vec<String> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = match self.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(BackendError::Timeout {
+                        program: self.program.clone(),
+                        limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self
+                        .child
+                        .wait()
+                        .map_err(|source| BackendError::Io { program: self.program.clone(), source })?;
+                    let detail = format!("nft exited ({status}): {}", first_lines(&got.join("\n")));
+                    return Err(BackendError::Io {
+                        program: self.program.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::BrokenPipe, detail),
+                    });
+                }
+            };
+            if l == sentinel {
+                break;
+            }
+            // The previous sentinel's caret line (`   ^`) arrives after its echo; skip it here
+            // rather than wait for it, so a version that prints none cannot stall us.
+            if got.is_empty() && is_marker(&l) {
+                continue;
+            }
+            got.push(l);
+        }
+        // The sentinel's own "Error: syntax error ..." line is the last one collected.
+        if got.last().is_some_and(|l| l.starts_with("Error: syntax error")) {
+            got.pop();
+        }
+        if got.iter().any(|l| l.starts_with("Error:")) {
+            return Err(BackendError::Failed {
+                program: self.program.clone(),
+                status: rejected(),
+                stderr: first_lines(&got.join("\n")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A line nft prints under a command to point at the error (`   ^^^~~~`).
+fn is_marker(line: &str) -> bool {
+    line.contains(['^', '~']) && line.chars().all(|c| matches!(c, ' ' | '\t' | '^' | '~'))
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status reported when the long-lived nft rejected a command but kept running: exit
+/// status 1, what `nft -f` would have exited with for the same command.
+fn rejected() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt as _;
+    ExitStatus::from_raw(1 << 8)
+}
