@@ -431,7 +431,7 @@ fn knock(a: &KnockArgs) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     let msg = SpaMessage {
         random: spa_engine::random_value(&mut rng),
-        username: opts::username(p.spoof_user.as_deref(), &env),
+        username: opts::username(p.spoof_user.as_deref(), &env, &opts::account_name),
         timestamp,
         version: FKO_VERSION.to_owned(),
         message_type: fields.message_type,

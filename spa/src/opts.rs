@@ -314,13 +314,19 @@ pub(crate) fn parse_time_offset(s: &str) -> Result<i64> {
     Ok(n * mult)
 }
 
-/// The username to send: `-U`/`SPOOF_USER`, else `$SPOOF_USER`, `$LOGNAME`, `$USER`, else
-/// `NO_USER`, as fwknop picks it. `env` looks up an environment variable.
-pub(crate) fn username(spoof: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> String {
+/// The username to send: `-U`/`SPOOF_USER`, else `$SPOOF_USER`, `$LOGNAME`, the account name of
+/// the effective user (fwknop asks `cuserid`), `$USER`, else `NO_USER`, as fwknop picks it.
+/// `env` looks up an environment variable; `account` is the account name.
+pub(crate) fn username(
+    spoof: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    account: &dyn Fn() -> Option<String>,
+) -> String {
     spoof
         .map(str::to_owned)
         .or_else(|| env("SPOOF_USER"))
         .or_else(|| env("LOGNAME"))
+        .or_else(account)
         .or_else(|| env("USER"))
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "NO_USER".to_owned())
@@ -435,6 +441,25 @@ pub(crate) fn build_request(
         nat_access: Some(nat_field),
         client_timeout: timeout,
     })
+}
+
+/// The account name of the effective user, from the password database.
+pub(crate) fn account_name() -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: all-zero is a valid `passwd`; it is only read after getpwuid_r filled it.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: geteuid cannot fail; getpwuid_r writes at most `buf.len()` bytes into `buf` and
+    // sets `result` to `&mut pw` on success or null otherwise.
+    let rc = unsafe {
+        libc::getpwuid_r(libc::geteuid(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+    };
+    if rc != 0 || result.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -612,11 +637,14 @@ mod tests {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         let all = env(&[("SPOOF_USER", "spoof"), ("LOGNAME", "log"), ("USER", "user")]);
-        assert_eq!(username(Some("cli"), &all), "cli");
-        assert_eq!(username(None, &all), "spoof");
-        assert_eq!(username(None, &env(&[("LOGNAME", "log"), ("USER", "user")])), "log");
-        assert_eq!(username(None, &env(&[("USER", "user")])), "user");
-        assert_eq!(username(None, &env(&[])), "NO_USER");
+        let none = || None;
+        let acct = || Some("acct".to_string());
+        assert_eq!(username(Some("cli"), &all, &acct), "cli");
+        assert_eq!(username(None, &all, &acct), "spoof");
+        assert_eq!(username(None, &env(&[("LOGNAME", "log"), ("USER", "user")]), &acct), "log");
+        assert_eq!(username(None, &env(&[("USER", "user")]), &acct), "acct");
+        assert_eq!(username(None, &env(&[("USER", "user")]), &none), "user");
+        assert_eq!(username(None, &env(&[]), &none), "NO_USER");
     }
 
     fn rc_partial(text: &str, stanza: &str) -> (Partial, Vec<String>) {
