@@ -127,7 +127,16 @@ fw_access_timeout = 3
     let mut spad = Spad::start(&lab.gw, &config);
 
     assert!(!lab.client.tcp_connects(ssh4, short), "open before any knock");
-    knock(&lab, dir.path(), GatewayLab::GW4);
+    // The real fwknop client first.
+    let out = lab
+        .client
+        .cmd("fwknop")
+        .env("HOME", dir.path())
+        .args(["-A", "tcp/22", "-a", GatewayLab::CLIENT4, "-D", GatewayLab::GW4, "--use-hmac"])
+        .args(["--key-rijndael", KEY, "--key-hmac", HMAC_KEY, "--no-save-args", "--no-rc-file"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         lab.client.wait_tcp(ssh4, Duration::from_secs(5)).is_some(),
         "closed after the knock:\n{}",
@@ -139,7 +148,7 @@ fw_access_timeout = 3
     );
     assert!(!lab.client.tcp_connects(ssh6, short), "IPv6 open without an IPv6 knock");
 
-    // IPv6 knock, IPv6 access.
+    // IPv6 knock with our client, IPv6 access.
     knock(&lab, dir.path(), GatewayLab::GW6);
     assert!(lab.client.wait_tcp(ssh6, Duration::from_secs(5)).is_some(), "IPv6 closed after the knock");
 
@@ -147,7 +156,7 @@ fw_access_timeout = 3
     thread::sleep(Duration::from_secs(5));
     assert!(!lab.client.tcp_connects(ssh4, short), "still open after the window");
 
-    // A crash never opens the port; a restart reconciles.
+    // A crash never opens the port, and a restart keeps the live grant.
     knock(&lab, dir.path(), GatewayLab::GW4);
     assert!(lab.client.wait_tcp(ssh4, Duration::from_secs(5)).is_some());
     spad.kill9();
@@ -155,10 +164,17 @@ fw_access_timeout = 3
         !lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short),
         "crash opened the port"
     );
-    let _spad = Spad::start(&lab.gw, &config);
+    let mut spad = Spad::start(&lab.gw, &config);
     assert!(lab.client.tcp_connects(ssh4, short), "live grant lost across the restart");
+
+    // Killed again and left dead: the grant still ends at its deadline (the kernel expires it).
+    spad.kill9();
     thread::sleep(Duration::from_secs(4));
-    assert!(!lab.client.tcp_connects(ssh4, short), "grant outlived its window after the restart");
+    assert!(!lab.client.tcp_connects(ssh4, short), "grant outlived its window with the daemon dead");
+    assert!(!lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short));
+    // A restart after that reopens nothing.
+    let _spad = Spad::start(&lab.gw, &config);
+    assert!(!lab.client.tcp_connects(ssh4, short), "restart reopened an expired grant");
 }
 
 #[test]
