@@ -549,3 +549,44 @@ fn the_spa_client_knocks_over_ipv4_and_ipv6_with_nat_requests_refused_when_disab
     knock(GatewayLab::GW4, &["-A", "tcp/22", "-s", "-N", "10.201.2.2,22"]);
     d.wait_event("nat reject", |e| is(e, "reject") && e["reason"] == "nat_not_enabled");
 }
+
+#[test]
+fn test_mode_decides_and_logs_but_changes_no_firewall() {
+    let lab = GatewayLab::new("sd9");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), SOCKET, "").replace(
+        "[firewall]\nbackend = \"none\"\n",
+        "[firewall]\nbackend = \"nft\"\n[firewall.nft]\nprotect = [\"tcp/22\"]\n",
+    );
+    let config_path = dir.path().join("spad.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let mut child = lab
+        .gw
+        .cmd(env!("CARGO_BIN_EXE_spad"))
+        .args(["--config", config_path.to_str().unwrap(), "--test"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    while !ready.contains("spad ready") {
+        assert!(err.read_line(&mut ready).unwrap() > 0, "spad exited: {ready}");
+    }
+    send_from(
+        &lab.client,
+        GatewayLab::addr(GatewayLab::GW4, 62201),
+        engine_packet(GatewayLab::CLIENT4, "tcp/22", 0),
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&audit).unwrap_or_default().contains("\"event\":\"grant\"") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no grant event");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.gw.sh("nft list tables").trim().is_empty(), "test mode touched the firewall");
+    // Test mode keeps its state apart from the real daemon's.
+    assert!(dir.path().join("state/test/grants.jsonl").exists());
+    assert!(!dir.path().join("state/grants.jsonl").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+}
