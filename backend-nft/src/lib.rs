@@ -157,7 +157,7 @@ impl NftBackend {
         let result = session.run(line, limit);
         // A rejected command leaves nft running and in sync; anything else (timeout, broken
         // pipe) drops it, and the next call starts a fresh one.
-        if result.is_ok() || matches!(result, Err(BackendError::Failed { .. })) {
+        if result.is_ok() || matches!(result, Err(BackendError::Rejected { .. })) {
             self.session = Some(session);
         }
         result
@@ -473,7 +473,7 @@ mod tests {
         // Make the next line contain "reject": the fake refuses it like nft would.
         b.config.table = "reject".into();
         let err = b.grant(&grant(2, "192.0.2.9", &["tcp/22"], 30)).unwrap_err();
-        assert!(matches!(err, BackendError::Failed { .. }));
+        assert!(matches!(err, BackendError::Rejected { .. }));
         assert!(err.to_string().contains("File exists"), "{err}");
         assert!(!b.model.grants.contains_key(&GrantId(2)));
         // The same nft keeps serving.

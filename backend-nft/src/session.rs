@@ -11,7 +11,7 @@
 //! session costs no CPU.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -187,10 +187,9 @@ impl Session {
             got.pop();
         }
         if got.iter().any(|l| l.starts_with("Error:")) {
-            return Err(BackendError::Failed {
+            return Err(BackendError::Rejected {
                 program: self.program.clone(),
-                status: rejected(),
-                stderr: first_lines(&got.join("\n")),
+                message: first_lines(&got.join("\n")),
             });
         }
         Ok(())
@@ -207,11 +206,4 @@ impl Drop for Session {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The status reported when the long-lived nft rejected a command but kept running: exit
-/// status 1, what `nft -f` would have exited with for the same command.
-fn rejected() -> ExitStatus {
-    use std::os::unix::process::ExitStatusExt as _;
-    ExitStatus::from_raw(1 << 8)
 }

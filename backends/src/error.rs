@@ -40,6 +40,14 @@ pub enum BackendError {
         /// The first line(s) of what it printed on stderr.
         stderr: String,
     },
+    /// A long-lived helper program refused one command and kept running (nft's `-i` mode).
+    #[error("{program} rejected the command: {message}")]
+    Rejected {
+        /// The program.
+        program: String,
+        /// What it said.
+        message: String,
+    },
     /// A helper program ran past its time limit and was killed.
     #[error("{program} ran longer than {limit_ms} ms and was killed")]
     Timeout {
