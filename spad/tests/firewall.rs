@@ -188,3 +188,74 @@ fn nft_backend_opens_for_the_client_only_and_fails_closed() {
     spa_e2e::require_root();
     scenario("fwn", "nft", "table = \"spa\"");
 }
+
+/// A NAT access knock (`spa -N internal,port`) through the daemon: the client reaches the
+/// internal host through the gateway's external port; the attacker does not.
+fn nat_scenario(prefix: &str, backend: &str) {
+    let lab = GatewayLab::new(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[listen]
+addresses = ["0.0.0.0:62201"]
+[firewall]
+backend = "{backend}"
+[firewall.{backend}]
+protect = ["tcp/22"]
+[replay]
+state_dir = "{dir}/state"
+[log]
+audit = "{dir}/audit.jsonl"
+[nat]
+enable_forwarding = true
+[[access]]
+source = "any"
+open_ports = ["tcp/2222"]
+key = "{KEY}"
+hmac_key = "{HMAC_KEY}"
+fw_access_timeout = 30
+"#,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _srv = lab.internal.tcp_server(22, "internal-ssh");
+    let _spad = Spad::start(&lab.gw, &config);
+    let short = Duration::from_secs(1);
+    let ext = GatewayLab::addr(GatewayLab::GW4, 2222);
+    assert!(!lab.client.tcp_connects(ext, short), "forwarded before any knock");
+    let out = lab
+        .client
+        .cmd(spa_bin().to_str().unwrap())
+        .env("HOME", dir.path())
+        .args(["-A", "tcp/2222", "-s", "-N", "10.201.2.2,22", "-D", GatewayLab::GW4, "--no-rc-file"])
+        .args(["--key-rijndael", KEY, "--key-hmac", HMAC_KEY])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        lab.client.wait_tcp(ext, Duration::from_secs(5)).is_some(),
+        "DNAT to the internal host does not work"
+    );
+    let banner = lab.client.sh("nc -n -w 1 10.201.1.1 2222 </dev/null || true");
+    assert!(banner.contains("internal-ssh"), "reached something else: {banner:?}");
+    assert!(
+        !lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 2222), short),
+        "the attacker is forwarded too"
+    );
+}
+
+#[test]
+fn nft_backend_forwards_a_nat_knock_to_the_internal_host() {
+    spa_e2e::require_root();
+    nat_scenario("fnn", "nft");
+}
+
+#[test]
+fn iptables_backend_forwards_a_nat_knock_to_the_internal_host() {
+    spa_e2e::require_root();
+    nat_scenario("fni", "iptables");
+}
