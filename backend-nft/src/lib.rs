@@ -66,6 +66,9 @@ use model::{Elem, SetRef};
 use render::{Op, Timed};
 use session::{Program, Session};
 
+/// Lines one `nft -i` process runs before it is replaced by a fresh one.
+const RECYCLE_AFTER: u64 = 256;
+
 inventory::submit! {
     BackendDescriptor {
         name: "nft",
@@ -158,7 +161,16 @@ impl NftBackend {
         // A rejected command leaves nft running and in sync; anything else (timeout, broken
         // pipe) drops it, and the next call starts a fresh one.
         if result.is_ok() || matches!(result, Err(BackendError::Rejected { .. })) {
-            self.session = Some(session);
+            if session.commands() >= RECYCLE_AFTER {
+                // `nft -i` gets slower with every command one process has run (measured on nft
+                // 1.0.6: 0.4 ms per add after 5,000 commands, 1.4 ms after 20,000, whatever the
+                // set size). A fresh process is started now, so its start-up overlaps the wait
+                // for the next grant; with this the median stays flat (0.19 ms at 30,000).
+                drop(session);
+                self.session = Session::start(&self.program).ok();
+            } else {
+                self.session = Some(session);
+            }
         }
         result
     }
@@ -373,7 +385,7 @@ mod tests {
     /// A stand-in for `nft -i` that records every line in `log` and answers like nft 1.0.6:
     /// nothing on success, an error block for lines containing `reject`, and the syntax error
     /// for our sentinel.
-    const FAKE: &str = r#"log="$1"; while IFS= read -r l; do
+    const FAKE: &str = r#"log="$1"; echo $$ >> "$log.starts"; while IFS= read -r l; do
         case "$l" in
           nf_sync_*) printf 'Error: syntax error, unexpected newline, expecting string\n%s\n         ^\n' "$l" >&2 ;;
           *reject*) printf 'Error: Could not process rule: File exists\n%s\n^^^\n' "$l" >&2; echo "$l" >> "$log" ;;
@@ -413,6 +425,20 @@ mod tests {
             stanza: "s".into(),
             username: "u".into(),
         }
+    }
+
+    #[test]
+    fn a_long_lived_nft_is_replaced_after_many_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, log) = fake(&dir, 2000);
+        let n = RECYCLE_AFTER + 10;
+        for i in 0..n {
+            let a = std::net::Ipv4Addr::from(0xc000_0200 + i as u32).to_string();
+            b.grant(&grant(i + 1, &a, &["tcp/22"], 100)).unwrap();
+        }
+        assert_eq!(lines(&log).len() as u64, n, "every grant reached nft");
+        let starts = std::fs::read_to_string(dir.path().join("log.starts")).unwrap();
+        assert_eq!(starts.lines().count(), 2, "one replacement after {RECYCLE_AFTER} commands");
     }
 
     #[test]

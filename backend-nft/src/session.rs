@@ -138,6 +138,11 @@ impl Session {
         Ok(Self { child, stdin, lines: rx, seq: 0, program: name })
     }
 
+    /// How many lines this process has run.
+    pub fn commands(&self) -> u64 {
+        self.seq
+    }
+
     /// Runs one line (one transaction) and waits for its verdict.
     pub fn run(&mut self, line: &str, limit: Duration) -> Result<(), BackendError> {
         debug_assert!(!line.contains('\n'));
