@@ -312,6 +312,13 @@ impl Backend for NftBackend {
         self.session = None;
         self.program.run_once(&["-f", "-"], &script)?;
         self.model = model;
+        // Start the grant path's process now, and let it read the table once, so the first
+        // grant after a start does not pay nft's start-up (tens of milliseconds on a busy
+        // host). A failure here is not fatal: the first grant starts a process again.
+        let warm = format!("list set inet {} protect", self.config.table);
+        if self.run_line(&warm).is_err() {
+            self.session = None;
+        }
         Ok(())
     }
 
