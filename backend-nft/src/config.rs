@@ -27,6 +27,20 @@ pub struct NftConfig {
     pub nft: String,
     /// How long one nft command may take before the long-lived nft process is killed.
     pub command_timeout_ms: u64,
+    /// How grants reach the kernel: `netlink` (default: set-element messages sent directly,
+    /// no process) or `nft` (a long-lived `nft -i`).
+    pub grant_path: GrantPath,
+}
+
+/// How grants reach the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantPath {
+    /// nfnetlink messages from spad itself.
+    #[default]
+    Netlink,
+    /// Lines written to a long-lived `nft -i`.
+    Nft,
 }
 
 impl Default for NftConfig {
@@ -40,6 +54,7 @@ impl Default for NftConfig {
             snat_priority: 100,
             nft: "nft".to_owned(),
             command_timeout_ms: 5000,
+            grant_path: GrantPath::Netlink,
         }
     }
 }

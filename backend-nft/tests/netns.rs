@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use spa_backend_nft::config::GrantPath;
 use spa_backend_nft::{NftBackend, NftConfig};
 use spa_backends::{Access, Backend, Grant, GrantId, Nat, Snat};
 use spa_e2e::{GatewayLab, Netns};
@@ -149,9 +150,19 @@ impl WaitOut for std::process::Child {
 
 #[test]
 fn reknock_extends_and_revoke_closes() {
-    let lab = Lab::new("nfb");
+    reknock_extends_and_revoke_closes_via(GrantPath::Netlink, "nfb");
+}
+
+/// The same through the long-lived `nft -i` grant path.
+#[test]
+fn reknock_extends_and_revoke_closes_through_nft() {
+    reknock_extends_and_revoke_closes_via(GrantPath::Nft, "nfq");
+}
+
+fn reknock_extends_and_revoke_closes_via(path: GrantPath, prefix: &str) {
+    let lab = Lab::new(prefix);
     let _ssh = lab.gw.tcp_server(22, "gw-ssh");
-    let mut b = backend(&lab, config(&["tcp/22"]));
+    let mut b = backend(&lab, NftConfig { grant_path: path, ..config(&["tcp/22"]) });
     b.prepare(&[]).unwrap();
     let g = grant(5, Lab::CLIENT4, &["tcp/22"], None, 2);
     b.grant(&g).unwrap();

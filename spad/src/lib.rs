@@ -157,7 +157,7 @@ impl Shared {
             let pm = PacketMeta { source: src, destination: canonical(meta.dst) };
             match verifier.verify(batch.payload(i), pm, now, &mut Locked(&self.replay)) {
                 Verdict::Accept(g) => {
-                    let _ = self.worker.send(Msg::Request(Box::new(g)));
+                    let _ = self.worker.send(Msg::Request(Box::new(g), std::time::Instant::now()));
                 }
                 Verdict::Reject(r) => {
                     let detail = match r.reason {

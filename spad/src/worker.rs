@@ -22,8 +22,8 @@ use crate::state::{GrantStore, PersistentReplay};
 
 /// Work for the worker.
 pub enum Msg {
-    /// An accepted packet.
-    Request(Box<GrantRequest>),
+    /// An accepted packet, and when it was accepted.
+    Request(Box<GrantRequest>, Instant),
     /// Stop: revoke everything (unless `keep`), then confirm.
     Shutdown {
         /// Keep grants in the firewall.
@@ -134,7 +134,15 @@ impl Worker {
                 },
             };
             match msg {
-                Msg::Request(req) => self.handle(*req),
+                Msg::Request(req, accepted) => {
+                    let queued = accepted.elapsed();
+                    self.handle(*req);
+                    tracing::debug!(
+                        "request handled {} µs after acceptance ({} µs queued)",
+                        accepted.elapsed().as_micros(),
+                        queued.as_micros()
+                    );
+                }
                 Msg::Shutdown { keep, done } => {
                     self.shutdown(keep);
                     let _ = done.send(());
@@ -263,7 +271,10 @@ impl Worker {
         if let Err(e) = self.store.put(&grant) {
             tracing::error!("{}", error_chain(&e));
         }
-        match self.backend.grant(&grant) {
+        let started = Instant::now();
+        let result = self.backend.grant(&grant);
+        tracing::debug!("backend {} took {} µs", self.backend.name(), started.elapsed().as_micros());
+        match result {
             Ok(()) => {
                 tracing::info!(
                     "{event} {} for {} ({}) until {}",
