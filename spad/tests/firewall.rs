@@ -90,36 +90,48 @@ fn knock(lab: &GatewayLab, home: &Path, dest: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn scenario(prefix: &str, backend: &str, table: &str) {
-    let lab = GatewayLab::new(prefix);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spad.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// Writes a spad configuration for `backend` protecting tcp/22, with one stanza opening
+/// `port` for `timeout` seconds; returns its path.
+fn write_config(
+    dir: &Path,
+    backend: &str,
+    backend_extra: &str,
+    extra: &str,
+    port: &str,
+    timeout: u32,
+) -> PathBuf {
+    let config = dir.join("spad.toml");
+    let text = format!(
+        r#"
 [listen]
 addresses = ["0.0.0.0:62201", "[::]:62201"]
 [firewall]
 backend = "{backend}"
 [firewall.{backend}]
-{table}
+{backend_extra}
 protect = ["tcp/22"]
 [replay]
 state_dir = "{dir}/state"
 [log]
 audit = "{dir}/audit.jsonl"
+{extra}
 [[access]]
 source = "any"
-open_ports = ["tcp/22"]
+open_ports = ["{port}"]
 key = "{KEY}"
 hmac_key = "{HMAC_KEY}"
-fw_access_timeout = 3
+fw_access_timeout = {timeout}
 "#,
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
+        dir = dir.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn scenario(prefix: &str, backend: &str, table: &str) {
+    let lab = GatewayLab::new(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), backend, table, "", "tcp/22", 3);
     let _srv = lab.gw.tcp_server(22, "ssh");
     let ssh4 = GatewayLab::addr(GatewayLab::GW4, 22);
     let ssh6 = GatewayLab::addr(GatewayLab::GW6, 22);
@@ -194,34 +206,7 @@ fn nft_backend_opens_for_the_client_only_and_fails_closed() {
 fn nat_scenario(prefix: &str, backend: &str) {
     let lab = GatewayLab::new(prefix);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spad.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[listen]
-addresses = ["0.0.0.0:62201"]
-[firewall]
-backend = "{backend}"
-[firewall.{backend}]
-protect = ["tcp/22"]
-[replay]
-state_dir = "{dir}/state"
-[log]
-audit = "{dir}/audit.jsonl"
-[nat]
-enable_forwarding = true
-[[access]]
-source = "any"
-open_ports = ["tcp/2222"]
-key = "{KEY}"
-hmac_key = "{HMAC_KEY}"
-fw_access_timeout = 30
-"#,
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), backend, "", "[nat]\nenable_forwarding = true", "tcp/2222", 30);
     let _srv = lab.internal.tcp_server(22, "internal-ssh");
     let _spad = Spad::start(&lab.gw, &config);
     let short = Duration::from_secs(1);
