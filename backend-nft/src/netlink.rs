@@ -214,19 +214,15 @@ impl Netlink {
                 Op::Put { elem, timeout, comment, fresh: true, .. } => {
                     push(NFT_MSG_NEWSETELEM, elem, elem.data.as_deref(), Some((*timeout, comment)))?;
                 }
-                Op::Put { elem, timeout, comment, prior, fresh: false } => {
+                Op::Put { elem, timeout, comment, fresh: false, .. } => {
                     // As the nft line does: make sure it exists (with the data the kernel may
                     // hold), delete it, add it with the new timeout; one transaction.
-                    let first =
-                        if elem.set.is_map() { prior.as_deref().or(elem.data.as_deref()) } else { None };
-                    push(NFT_MSG_NEWSETELEM, elem, first, None)?;
+                    push(NFT_MSG_NEWSETELEM, elem, op.existing_data(), None)?;
                     push(NFT_MSG_DELSETELEM, elem, None, None)?;
                     push(NFT_MSG_NEWSETELEM, elem, elem.data.as_deref(), Some((*timeout, comment)))?;
                 }
-                Op::Remove { elem, prior } => {
-                    let first =
-                        if elem.set.is_map() { prior.as_deref().or(elem.data.as_deref()) } else { None };
-                    push(NFT_MSG_NEWSETELEM, elem, first, None)?;
+                Op::Remove { elem, .. } => {
+                    push(NFT_MSG_NEWSETELEM, elem, op.existing_data(), None)?;
                     push(NFT_MSG_DELSETELEM, elem, None, None)?;
                 }
             }

@@ -49,6 +49,26 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The element this op is about.
+    pub fn elem(&self) -> &Elem {
+        match self {
+            Op::Put { elem, .. } | Op::Remove { elem, .. } => elem,
+        }
+    }
+
+    /// The data of the "make sure it exists" add that precedes a delete. For a map, an add with
+    /// other data than the kernel holds fails, so it repeats what we believe is there (or the
+    /// new data when we know of nothing); a set has no data.
+    pub fn existing_data(&self) -> Option<&str> {
+        let prior = match self {
+            Op::Put { prior, .. } | Op::Remove { prior, .. } => prior.as_deref(),
+        };
+        let elem = self.elem();
+        if elem.set.is_map() { prior.or(elem.data.as_deref()) } else { None }
+    }
+}
+
 fn addr_type(v6: bool) -> &'static str {
     if v6 { "ipv6_addr" } else { "ipv4_addr" }
 }
@@ -216,9 +236,7 @@ pub fn ops_line(config: &NftConfig, ops: &[Op]) -> String {
         if !s.is_empty() {
             s.push_str("; ");
         }
-        let (elem, prior) = match op {
-            Op::Put { elem, prior, .. } | Op::Remove { elem, prior } => (elem, prior.as_deref()),
-        };
+        let elem = op.elem();
         let name = elem.set.name();
         if let Op::Put { timeout, comment, fresh: true, .. } = op {
             let _ = write!(s, "add element inet {t} {name} {{ ");
@@ -226,11 +244,8 @@ pub fn ops_line(config: &NftConfig, ops: &[Op]) -> String {
             s.push_str(" }");
             continue;
         }
-        // For a map, an add with other data than the kernel holds fails, so the first add
-        // repeats what we believe is there (or the new data when we know of nothing).
-        let first = if elem.set.is_map() { prior.or(elem.data.as_deref()) } else { None };
         let _ = write!(s, "add element inet {t} {name} {{ ");
-        elem_text(&mut s, &elem.key, None, first);
+        elem_text(&mut s, &elem.key, None, op.existing_data());
         let _ = write!(s, " }}; delete element inet {t} {name} {{ {} }}", elem.key);
         if let Op::Put { timeout, comment, .. } = op {
             let _ = write!(s, "; add element inet {t} {name} {{ ");

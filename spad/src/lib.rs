@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use spa_backends::{Backend, NoneBackend, Registry};
@@ -403,9 +403,6 @@ fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
                 })?;
             }
         }
-    }
-    if config.listen.mode == Mode::Socket && config.listen.addresses.is_empty() {
-        bail!("no listen addresses");
     }
     Ok(())
 }
