@@ -1,9 +1,10 @@
 //! The audit trail: one JSON line per decision, written as it happens.
 //!
 //! Grants, extensions, expiries, revocations and backend errors are always written. Rejects
-//! are written up to `max_rejects_per_second`; beyond that they are counted and a
-//! `reject_summary` line reports the counts once per second, so a flood of junk can neither
-//! fill the disk nor push real events out of view. Attacker-controlled text never reaches the
+//! are written up to `max_rejects_per_second` in all, and up to a fifth of that per source
+//! (IPv6 sources by their /64); beyond either they are counted and a `reject_summary` line
+//! reports the counts once per second, so a flood of junk can neither fill the disk, nor push
+//! real events out of view, nor hide the rejects of other sources behind its own. Attacker-controlled text never reaches the
 //! log: only addresses, reason codes and our own names do.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use spa_backends::{Access, Grant, Nat};
+
+use crate::ratelimit::RateLimiter;
 
 /// Formats Unix time (seconds and milliseconds) as RFC 3339 UTC.
 pub fn rfc3339(secs: u64, millis: u32) -> String {
@@ -48,6 +51,7 @@ pub fn access_json(access: &Access) -> Value {
 pub struct Audit {
     out: Box<dyn Write + Send>,
     max_rejects: u32,
+    per_source: RateLimiter,
     window_start: Instant,
     written_in_window: u32,
     suppressed: BTreeMap<&'static str, u64>,
@@ -59,6 +63,7 @@ impl Audit {
         Self {
             out,
             max_rejects,
+            per_source: per_source_budget(max_rejects),
             window_start: Instant::now(),
             written_in_window: 0,
             suppressed: BTreeMap::new(),
@@ -81,7 +86,15 @@ impl Audit {
 
     /// Changes the reject budget (on reload).
     pub fn set_max_rejects(&mut self, max: u32) {
-        self.max_rejects = max;
+        if max != self.max_rejects {
+            self.max_rejects = max;
+            self.per_source = per_source_budget(max);
+        }
+    }
+
+    /// Whether a summary of suppressed rejects is waiting for its second to end.
+    pub fn has_pending_summary(&self) -> bool {
+        !self.suppressed.is_empty()
     }
 
     /// Emits the summary of suppressed rejects if a second has passed.
@@ -106,7 +119,7 @@ impl Audit {
         stanza: Option<&str>,
     ) {
         self.tick();
-        if self.written_in_window >= self.max_rejects {
+        if self.written_in_window >= self.max_rejects || !self.per_source.allow(source) {
             *self.suppressed.entry(reason).or_default() += 1;
             return;
         }
@@ -157,6 +170,13 @@ impl Audit {
     }
 }
 
+/// Reject lines one source may write per second: a fifth of the total (at least one), with a
+/// burst of twice that, so one flooding source leaves room for the others.
+fn per_source_budget(max_rejects: u32) -> RateLimiter {
+    let rate = f64::from((max_rejects / 5).max(1));
+    RateLimiter::new(4096, rate, 2.0 * rate)
+}
+
 /// NAT as the audit log shows it.
 pub fn nat_json(n: &Nat) -> Value {
     serde_json::to_value(n).unwrap_or(Value::Null)
@@ -187,21 +207,29 @@ mod tests {
     }
 
     #[test]
-    fn rejects_are_budgeted_and_summarised() {
+    fn rejects_are_budgeted_per_source_and_in_all_then_summarised() {
         let buf = Buf::default();
-        let mut a = Audit::new(Box::new(buf.clone()), 3);
-        for _ in 0..10 {
-            a.reject("192.0.2.1".parse().unwrap(), "hmac_mismatch", None, Some("s"));
+        // 10 lines a second in all; 2 a second (burst 4) per source.
+        let mut a = Audit::new(Box::new(buf.clone()), 10);
+        for source in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            for _ in 0..10 {
+                a.reject(source.parse().unwrap(), "hmac_mismatch", None, Some("s"));
+            }
         }
+        assert!(a.has_pending_summary());
         a.window_start -= Duration::from_secs(2);
         a.tick();
+        assert!(!a.has_pending_summary());
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 4);
+        let written = |src: &str| lines.iter().filter(|l| l["packet_source"] == src).count();
+        // The first flooding source cannot take the whole budget: the others still get lines.
+        assert_eq!((written("192.0.2.1"), written("192.0.2.2"), written("192.0.2.3")), (4, 4, 2));
+        assert_eq!(lines.len(), 11);
         assert_eq!(lines[0]["event"], "reject");
         assert_eq!(lines[0]["reason"], "hmac_mismatch");
-        assert_eq!(lines[3]["event"], "reject_summary");
-        assert_eq!(lines[3]["suppressed"]["hmac_mismatch"], 7);
         assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(lines[10]["event"], "reject_summary");
+        assert_eq!(lines[10]["suppressed"]["hmac_mismatch"], 20);
     }
 }

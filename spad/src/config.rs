@@ -149,11 +149,15 @@ pub struct NatSettings {
     pub enable_local_nat: bool,
 }
 
-/// `[limits]`: work done for one source before any cryptography.
+/// `[limits]`: how many authenticated requests from one packet source (IPv6: its /64) the
+/// backend worker acts on. Nothing is limited before the HMAC check: junk costs under a
+/// microsecond to refuse, and a limit there would let anyone who can spoof a client's
+/// address starve that client's knocks.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Packets per second one source may have verified (sustained).
+    /// Authenticated requests per second one source may have acted on (sustained); the rest
+    /// are refused as `rate_limited`.
     #[serde(default = "default_rate")]
     pub per_source_rate: f64,
     /// Burst allowance per source.

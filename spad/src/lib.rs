@@ -22,7 +22,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use spa_backends::{Backend, NoneBackend, Registry};
 use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
@@ -35,6 +35,9 @@ use crate::ratelimit::RateLimiter;
 use crate::receive::{Batch, CaptureReceiver, UdpReceiver};
 use crate::state::{GrantStore, PersistentReplay};
 use crate::worker::{Msg, Worker, unix_now};
+
+/// Authenticated requests waiting for the backend worker, at most.
+const WORKER_QUEUE: usize = 4096;
 
 fn load(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
@@ -138,10 +141,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Verifies every datagram of a batch with its own bytes and source. Nothing is shed
+    /// before the HMAC: verifying junk costs under a microsecond, so a limit there would only
+    /// let an attacker who spoofs a client's address starve that client's knocks. Budgets
+    /// apply where work is expensive: per-source for authenticated requests (the backend
+    /// worker), per-source and global for reject lines (the audit trail), and a bounded queue
+    /// in front of the worker.
     fn handle_batch(&self, batch: &Batch) {
         let verifier = self.verifier.read().unwrap_or_else(PoisonError::into_inner).clone();
         let now = unix_now();
-        for (i, meta) in batch.metas.iter().enumerate() {
+        for (meta, payload) in batch.datagrams() {
             let src = canonical(meta.src);
             let reject = |reason: &'static str, detail: Option<&str>, stanza: Option<&str>| {
                 self.audit.lock().unwrap_or_else(PoisonError::into_inner).reject(src, reason, detail, stanza);
@@ -150,14 +159,19 @@ impl Shared {
                 reject(RejectReason::TooLong.code(), None, None);
                 continue;
             }
-            if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(src) {
-                reject("rate_limited", None, None);
-                continue;
-            }
             let pm = PacketMeta { source: src, destination: canonical(meta.dst) };
-            match verifier.verify(batch.payload(i), pm, now, &mut Locked(&self.replay)) {
+            match verifier.verify(payload, pm, now, &mut Locked(&self.replay)) {
                 Verdict::Accept(g) => {
-                    let _ = self.worker.send(Msg::Request(Box::new(g), std::time::Instant::now()));
+                    if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(src) {
+                        reject("rate_limited", None, Some(&g.stanza));
+                        continue;
+                    }
+                    let stanza = g.stanza.clone();
+                    match self.worker.try_send(Msg::Request(Box::new(g), std::time::Instant::now())) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => reject("backend_busy", None, Some(&stanza)),
+                        Err(TrySendError::Disconnected(_)) => reject("shutting_down", None, Some(&stanza)),
+                    }
                 }
                 Verdict::Reject(r) => {
                     let detail = match r.reason {
@@ -240,7 +254,9 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     );
     tracing::info!("backend {} ready with {} live grants", backend.name(), live.len());
 
-    let (wtx, wrx) = crossbeam_channel::unbounded();
+    // Bounded: a flood of authenticated requests (only key holders can make them) waits here
+    // at most this deep; beyond it they are refused as `backend_busy`, never queued forever.
+    let (wtx, wrx) = crossbeam_channel::bounded(WORKER_QUEUE);
     let watchdog = sd_notify::watchdog_enabled();
     let heartbeat = Arc::new(AtomicU64::new(unix_now()));
     let worker = Worker::new(backend, live, store, replay.clone(), audit.clone(), heartbeat.clone());
@@ -275,25 +291,23 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     tracing::info!("spad ready");
 
     let mut current = config;
+    // Wake at least once a second: the reject summary of a flood that has stopped is written
+    // then, not at the next packet; the watchdog is pinged at half its interval.
+    let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
     loop {
-        let sig = match watchdog {
-            Some(w) => match srx.recv_timeout(w / 2) {
-                Ok(s) => Some(s),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(_) => break,
-            },
-            None => srx.recv().ok(),
-        };
-        match sig {
-            None => {
-                // Ping the watchdog only while the worker is alive and not stuck.
-                let age = unix_now().saturating_sub(heartbeat.load(Ordering::Relaxed));
-                if watchdog.is_some_and(|w| age <= w.as_secs().max(1)) {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                }
+        match srx.recv_timeout(tick) {
+            Ok(SIGHUP) => current = reload(current, path, &shared),
+            Ok(_) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        audit.lock().unwrap_or_else(PoisonError::into_inner).tick();
+        // Ping the watchdog only while the worker is alive and not stuck.
+        if let Some(w) = watchdog {
+            let age = unix_now().saturating_sub(heartbeat.load(Ordering::Relaxed));
+            if age <= w.as_secs().max(1) {
+                notify(&[sd_notify::NotifyState::Watchdog]);
             }
-            Some(SIGHUP) => current = reload(current, path, &shared),
-            Some(_) => break,
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);

@@ -1,4 +1,5 @@
-//! Per-source rate limit before any cryptography, in fixed memory.
+//! Per-source budgets in fixed memory: for authenticated requests (before the backend worker)
+//! and for reject lines (before the audit trail). Never used before the HMAC check.
 //!
 //! A table of token buckets indexed by a keyed hash of the source (IPv6 sources by their /64,
 //! since one host owns a whole /64). Memory is fixed at start whatever the number of sources;

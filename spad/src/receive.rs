@@ -27,7 +27,10 @@ pub struct Meta {
     pub src: IpAddr,
     /// Network-layer destination.
     pub dst: IpAddr,
-    /// Where the payload starts and ends in the buffer.
+    /// Which buffer of the batch holds the datagram. Receivers skip some frames (outgoing
+    /// ones, packets the parser refuses), so the position in `metas` is not the buffer's.
+    pub buf: usize,
+    /// Where the payload starts and ends in that buffer.
     pub range: (usize, usize),
     /// Bytes on the wire (the payload may have been cut at the buffer size).
     pub truncated: bool,
@@ -63,10 +66,19 @@ impl Batch {
         }
     }
 
-    /// The payload of datagram `i` of the last call.
+    /// The payload of datagram `i` of the last call (the `i`-th kept one, read from its own
+    /// buffer).
     pub fn payload(&self, i: usize) -> &[u8] {
-        let m = &self.metas[i];
-        &self.bufs[i][m.range.0..m.range.1]
+        self.bytes(&self.metas[i])
+    }
+
+    /// Every datagram of the last call with its own bytes.
+    pub fn datagrams(&self) -> impl Iterator<Item = (&Meta, &[u8])> + '_ {
+        self.metas.iter().map(|m| (m, self.bytes(m)))
+    }
+
+    fn bytes(&self, m: &Meta) -> &[u8] {
+        self.bufs.get(m.buf).and_then(|b| b.get(m.range.0..m.range.1)).unwrap_or_default()
     }
 
     /// Blocks until at least one datagram is there, then reads up to [`BATCH`]. Returns how
@@ -185,7 +197,7 @@ impl UdpReceiver {
             let Some(src) = sockaddr_ip(&batch.names[i]) else { continue };
             let dst = pktinfo_dst(h).unwrap_or(self.local.ip());
             let truncated = h.msg_flags & libc::MSG_TRUNC != 0;
-            batch.metas.push(Meta { src, dst, range: (0, len.min(BUF)), truncated });
+            batch.metas.push(Meta { src, dst, buf: i, range: (0, len.min(BUF)), truncated });
         }
         Ok(())
     }
@@ -212,7 +224,8 @@ fn pktinfo_dst(h: &libc::msghdr) -> Option<IpAddr> {
     None
 }
 
-/// Classic BPF: accept UDP to `port` over IPv4 (unfragmented) or IPv6 (no extension headers),
+/// Classic BPF: accept UDP to `port` over IPv4 (unfragmented: neither more-fragments nor an
+/// offset, so a first fragment is dropped too) or IPv6 (no extension headers),
 /// at network-header offsets (SOCK_DGRAM packet sockets start at the IP header).
 pub fn udp_port_filter(port: u16) -> Vec<SockFilter> {
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
@@ -231,7 +244,7 @@ pub fn udp_port_filter(port: u16) -> Vec<SockFilter> {
         SockFilter::new(LD_B_ABS, 0, 0, 9),         // 2: A = ip proto
         SockFilter::new(JEQ, 0, 11, 17),            // 3: UDP? else drop
         SockFilter::new(LD_H_ABS, 0, 0, 6),         // 4: A = flags/frag offset
-        SockFilter::new(JSET, 9, 0, 0x1fff),        // 5: fragment -> drop
+        SockFilter::new(JSET, 9, 0, 0x3fff),        // 5: any fragment (MF or offset) -> drop
         SockFilter::new(LDX_MSH, 0, 0, 0),          // 6: X = header length
         SockFilter::new(LD_H_IND, 0, 0, 2),         // 7: A = udp dport
         SockFilter::new(JEQ, 5, 6, p),              // 8: port? accept : drop
@@ -302,7 +315,7 @@ impl CaptureReceiver {
             }
             let len = (batch.hdrs[i].msg_len as usize).min(BUF);
             if let Some(meta) = parse_ip_udp(&batch.bufs[i][..len], self.port) {
-                batch.metas.push(meta);
+                batch.metas.push(Meta { buf: i, ..meta });
             }
         }
         Ok(())
@@ -348,7 +361,7 @@ pub fn parse_ip_udp(b: &[u8], port: u16) -> Option<Meta> {
     let wire_end = (udp_at + udp_len).min(ip_end);
     let end = wire_end.min(b.len());
     let start = udp_at + 8;
-    (start <= end).then_some(Meta { src, dst, range: (start, end), truncated: end < wire_end })
+    (start <= end).then_some(Meta { src, dst, buf: 0, range: (start, end), truncated: end < wire_end })
 }
 
 #[cfg(test)]
