@@ -67,4 +67,7 @@ pub enum BackendError {
     /// The grant needs something this backend does not do (NAT, IPv6, ...).
     #[error("{0} is not supported by this backend")]
     Unsupported(&'static str),
+    /// Anything else (an internal inconsistency, a test's injected failure).
+    #[error("{0}")]
+    Other(String),
 }

@@ -1,12 +1,15 @@
-//! The seam between deciding and enforcing: what a grant is, what a firewall backend must do
-//! with it, and how a build says which backends it contains.
+//! The seam between deciding and enforcing: what a grant is, how its life is decided (the
+//! [`Ledger`], pure), what a firewall backend must do with it (the [`Backend`] trait: a pure
+//! mapping to typed entries plus a thin applier), and how a build says which backends it
+//! contains.
 //!
 //! The daemon turns an accepted packet into a [`Grant`] (addresses resolved, deadline fixed)
-//! and hands it to one backend worker thread, which calls a [`Backend`]. Backends live in their
-//! own crates and register a [`BackendDescriptor`] with `inventory`; the daemon links them
-//! through cargo features and builds a [`Registry`] once at start, refusing duplicate names.
+//! and hands it to one backend worker thread, which holds a [`Driver`]: a [`Gate`] around the
+//! configured backend. Backends live in their own crates and register a
+//! [`BackendDescriptor`] with `inventory`; the daemon links them through cargo features and
+//! builds a [`Registry`] once at start, refusing duplicate names. `backends/README.md` shows
+//! how to write one.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -14,11 +17,23 @@ use serde::{Deserialize, Serialize};
 
 pub use spa_engine::{Access, Proto, ProtoPort, Snat};
 
+mod backend;
 mod error;
+mod gate;
+pub mod ledger;
+#[cfg(test)]
+mod ledger_tests;
 mod none;
+mod registry;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
+pub use backend::{Backend, Capabilities, Change, Entry, Health, Held, Observed};
 pub use error::BackendError;
+pub use gate::{Driver, Gate, Journal, NoJournal, create};
+pub use ledger::{Closing, EndKind, Event, Ledger, Record, Refusal, RefusedBecause, State};
 pub use none::NoneBackend;
+pub use registry::{BackendDescriptor, Constructor, Registry, RegistryError};
 
 /// Identifies one grant for its whole life, across daemon restarts (it is in the state file
 /// and, where the firewall allows, tagged on every rule the grant created).
@@ -108,186 +123,9 @@ impl Grant {
     }
 }
 
-/// What a backend can do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Capabilities {
-    /// It implements [`Nat`].
-    pub nat: bool,
-    /// It handles IPv6 sources.
-    pub ipv6: bool,
-    /// The firewall itself removes a grant at its deadline (so a crashed daemon fails closed and
-    /// the daemon need not run a timer for it).
-    pub native_expiry: bool,
-}
-
-/// Something a backend owns in the firewall, as it reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Owned {
-    /// The grant it belongs to, where the firewall keeps that tag.
-    pub id: Option<GrantId>,
-    /// A human-readable description (the rule or element text).
-    pub entry: String,
-    /// Unix seconds when it expires, where the firewall says.
-    pub deadline: Option<u64>,
-}
-
-/// A firewall backend. Small, synchronous and object-safe: the daemon calls it from one worker
-/// thread, so calls never overlap.
-///
-/// Contract:
-/// - Everything a backend creates lives in one namespace it owns (a table, chains with a
-///   prefix, an anchor) and nothing else is touched.
-/// - [`Backend::prepare`] runs at start and makes the firewall hold exactly the `live` grants
-///   (and none left from before), in one atomic step where the firewall allows it.
-/// - [`Backend::grant`] with the id of a grant already applied extends it to its new deadline
-///   (a re-knock); it must never duplicate rules.
-/// - [`Backend::revoke`] of a grant that is gone already is not an error.
-/// - [`Backend::teardown`] removes the whole namespace; only an explicit admin action calls it.
-pub trait Backend: Send {
-    /// The registered name.
-    fn name(&self) -> &str;
-    /// What it can do.
-    fn capabilities(&self) -> Capabilities;
-    /// Creates or resets what it owns so that exactly `live` is granted.
-    fn prepare(&mut self, live: &[Grant]) -> Result<(), BackendError>;
-    /// Applies a new grant, or extends one with the same id.
-    fn grant(&mut self, grant: &Grant) -> Result<(), BackendError>;
-    /// Removes a grant (at its deadline, on revoke, at daemon stop).
-    fn revoke(&mut self, grant: &Grant) -> Result<(), BackendError>;
-    /// What it currently owns, for reconciling and for `spad list`.
-    fn list(&mut self) -> Result<Vec<Owned>, BackendError>;
-    /// Removes everything it owns, protections included.
-    fn teardown(&mut self) -> Result<(), BackendError>;
-}
-
-/// Builds a backend from its own TOML table (`[firewall.<name>]`).
-pub type Constructor = fn(&toml::Table) -> Result<Box<dyn Backend>, BackendError>;
-
-/// A backend's entry in the registry: a name and a constructor, const so `inventory` can
-/// collect it at link time.
-#[derive(Debug)]
-pub struct BackendDescriptor {
-    /// The name used in `[firewall] backend = "..."`.
-    pub name: &'static str,
-    /// One line for `spad backends`.
-    pub description: &'static str,
-    /// Builds it from its table.
-    pub create: Constructor,
-}
-
-inventory::collect!(BackendDescriptor);
-
-inventory::submit! {
-    BackendDescriptor {
-        name: "none",
-        description: "changes nothing (test mode, dry runs)",
-        create: NoneBackend::from_table,
-    }
-}
-
-/// Why the registry could not be built or used.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// Two linked crates registered the same name.
-    #[error("two backends are registered as {0:?}")]
-    Duplicate(&'static str),
-    /// The configuration names a backend this build does not contain.
-    #[error("unknown backend {name:?}; this build contains: {available}")]
-    Unknown {
-        /// The name asked for.
-        name: String,
-        /// The names this build has, comma-separated.
-        available: String,
-    },
-    /// The backend refused its configuration or could not start.
-    #[error("backend {name:?} could not be created")]
-    Create {
-        /// The backend.
-        name: String,
-        /// Why.
-        #[source]
-        source: BackendError,
-    },
-}
-
-/// The backends this binary contains, by name.
-#[derive(Debug)]
-pub struct Registry {
-    by_name: BTreeMap<&'static str, &'static BackendDescriptor>,
-}
-
-impl Registry {
-    /// Collects every descriptor linked into this binary. Crates the binary never names are
-    /// dropped by the linker with their descriptors, so the daemon names each backend crate
-    /// (`use spa_backend_x as _;`) behind its feature, and a test checks the resulting list.
-    pub fn collect() -> Result<Self, RegistryError> {
-        Self::from_descriptors(inventory::iter::<BackendDescriptor>)
-    }
-
-    /// Builds a registry from any descriptors, refusing duplicate names.
-    pub fn from_descriptors(
-        descriptors: impl IntoIterator<Item = &'static BackendDescriptor>,
-    ) -> Result<Self, RegistryError> {
-        let mut by_name = BTreeMap::new();
-        for d in descriptors {
-            if by_name.insert(d.name, d).is_some() {
-                return Err(RegistryError::Duplicate(d.name));
-            }
-        }
-        Ok(Self { by_name })
-    }
-
-    /// The names, sorted.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.by_name.keys().copied().collect()
-    }
-
-    /// The descriptors, sorted by name.
-    pub fn descriptors(&self) -> impl Iterator<Item = &'static BackendDescriptor> + '_ {
-        self.by_name.values().copied()
-    }
-
-    /// Builds the backend `name` from its table.
-    pub fn create(&self, name: &str, table: &toml::Table) -> Result<Box<dyn Backend>, RegistryError> {
-        let d = self.by_name.get(name).ok_or_else(|| RegistryError::Unknown {
-            name: name.to_owned(),
-            available: self.names().join(", "),
-        })?;
-        (d.create)(table).map_err(|source| RegistryError::Create { name: name.to_owned(), source })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fail(_: &toml::Table) -> Result<Box<dyn Backend>, BackendError> {
-        Err(BackendError::Unsupported("anything"))
-    }
-
-    static A: BackendDescriptor = BackendDescriptor { name: "a", description: "", create: fail };
-    static A2: BackendDescriptor = BackendDescriptor { name: "a", description: "", create: fail };
-    static B: BackendDescriptor =
-        BackendDescriptor { name: "b", description: "", create: NoneBackend::from_table };
-
-    #[test]
-    fn duplicate_names_are_refused() {
-        assert!(matches!(Registry::from_descriptors([&A, &B, &A2]), Err(RegistryError::Duplicate("a"))));
-    }
-
-    #[test]
-    fn unknown_name_lists_what_exists() {
-        let r = Registry::from_descriptors([&A, &B]).unwrap();
-        let err = r.create("nft", &toml::Table::new()).err().unwrap().to_string();
-        assert_eq!(err, "unknown backend \"nft\"; this build contains: a, b");
-        assert!(r.create("b", &toml::Table::new()).is_ok());
-        assert!(matches!(r.create("a", &toml::Table::new()), Err(RegistryError::Create { .. })));
-    }
-
-    #[test]
-    fn this_crate_registers_none() {
-        assert_eq!(Registry::collect().unwrap().names(), vec!["none"]);
-    }
 
     fn grant() -> Grant {
         Grant {

@@ -1,67 +1,115 @@
-//! The `none` backend: accepts every call and changes nothing.
+//! The `none` backend: accepts every change and changes nothing.
 //!
 //! For `spad --test`, dry runs and tests of the daemon itself. It creates nothing in any
-//! firewall, so there is nothing to inspect or remove by hand; `list` reports the grants it was
-//! given so a dry run still shows what would be open.
+//! firewall, so there is nothing to inspect or remove by hand; it remembers the entries it was
+//! given in memory, so `spad list --firewall` on a dry run still shows what would be open.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
 
-use crate::{Backend, BackendError, Capabilities, Grant, GrantId, Owned};
+use crate::{Access, Backend, BackendError, Capabilities, Change, Entry, Grant, Health, Held, Nat, Observed};
 
-/// A backend that records grants in memory only.
-#[derive(Debug, Default)]
-pub struct NoneBackend {
-    grants: BTreeMap<GrantId, Grant>,
+/// What the `none` backend "opens" for a grant: the whole access, as one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NoneEntry {
+    source: IpAddr,
+    destination: Option<IpAddr>,
+    access: String,
+    nat: Option<String>,
 }
 
-impl NoneBackend {
-    /// Builds it; it takes no options.
-    pub fn from_table(table: &toml::Table) -> Result<Box<dyn Backend>, BackendError> {
-        if let Some(key) = table.keys().next() {
-            return Err(BackendError::Invalid(format!("the none backend takes no options (got {key:?})")));
+impl fmt::Display for NoneEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.source, self.access)?;
+        if let Some(d) = self.destination {
+            write!(f, " to {d}")?;
         }
-        Ok(Box::new(Self::default()))
+        if let Some(n) = &self.nat {
+            write!(f, " nat {n}")?;
+        }
+        Ok(())
     }
 }
 
+impl Entry for NoneEntry {
+    type Slot = Self;
+
+    fn slot(&self) -> Self {
+        self.clone()
+    }
+
+    fn expires_by_itself(&self) -> bool {
+        false
+    }
+}
+
+/// A backend that records entries in memory only.
+#[derive(Debug, Default)]
+pub struct NoneBackend {
+    held: BTreeMap<NoneEntry, (crate::GrantId, u64)>,
+}
+
 impl Backend for NoneBackend {
-    fn name(&self) -> &str {
+    type Entry = NoneEntry;
+
+    fn from_table(table: &toml::Table) -> Result<Self, BackendError> {
+        if let Some(key) = table.keys().next() {
+            return Err(BackendError::Invalid(format!("the none backend takes no options (got {key:?})")));
+        }
+        Ok(Self::default())
+    }
+
+    fn name(&self) -> &'static str {
         "none"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { nat: true, ipv6: true, native_expiry: false }
+        Capabilities { nat: true, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: true }
     }
 
-    fn prepare(&mut self, live: &[Grant]) -> Result<(), BackendError> {
-        self.grants = live.iter().map(|g| (g.id, g.clone())).collect();
+    fn entries(&self, g: &Grant) -> Result<Vec<NoneEntry>, BackendError> {
+        let access = match &g.access {
+            Access::All => "all".to_owned(),
+            a => a.to_string(),
+        };
+        let nat = g.nat.as_ref().map(|n: &Nat| serde_json::to_string(n).unwrap_or_default());
+        Ok(vec![NoneEntry { source: g.source, destination: g.destination, access, nat }])
+    }
+
+    fn prepare(&mut self, live: &[Held<'_, NoneEntry>], _now: u64) -> Result<(), BackendError> {
+        self.held = live.iter().map(|h| (h.entry.clone(), (h.holder.id, h.until))).collect();
         Ok(())
     }
 
-    fn grant(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        self.grants.insert(grant.id, grant.clone());
+    fn apply(&mut self, changes: &[Change<'_, NoneEntry>], _now: u64) -> Result<(), BackendError> {
+        for c in changes {
+            match c {
+                Change::Put { new, .. } => {
+                    self.held.insert(new.entry.clone(), (new.holder.id, new.until));
+                }
+                Change::Remove { old } => {
+                    self.held.remove(old.entry);
+                }
+            }
+        }
         Ok(())
     }
 
-    fn revoke(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        self.grants.remove(&grant.id);
-        Ok(())
+    fn check(&mut self, _now: u64) -> Result<Health, BackendError> {
+        Ok(Health::Intact)
     }
 
-    fn list(&mut self) -> Result<Vec<Owned>, BackendError> {
+    fn observe(&mut self, _now: u64) -> Result<Vec<Observed>, BackendError> {
         Ok(self
-            .grants
-            .values()
-            .map(|g| Owned {
-                id: Some(g.id),
-                entry: format!("{} {}", g.source, g.access),
-                deadline: Some(g.deadline),
-            })
+            .held
+            .iter()
+            .map(|(e, (id, until))| Observed { entry: e.to_string(), holder: Some(*id), until: Some(*until) })
             .collect())
     }
 
     fn teardown(&mut self) -> Result<(), BackendError> {
-        self.grants.clear();
+        self.held.clear();
         Ok(())
     }
 }
