@@ -391,6 +391,47 @@ mod tests {
     }
 
     #[test]
+    fn first_fragments_and_short_udp_lengths_are_refused_but_df_is_not() {
+        assert!(parse_ip_udp(&ipv4_udp(b"x", 62201, 0x2000), 62201).is_none(), "MF=1, offset 0");
+        assert!(parse_ip_udp(&ipv4_udp(b"x", 62201, 0x0001), 62201).is_none(), "offset 8");
+        assert!(parse_ip_udp(&ipv4_udp(b"x", 62201, 0x4000), 62201).is_some(), "DF only");
+        let mut p = ipv4_udp(b"hello", 62201, 0);
+        p[25] = 4; // UDP length shorter than its own header
+        assert!(parse_ip_udp(&p, 62201).is_none());
+    }
+
+    #[test]
+    fn each_datagram_is_read_from_its_own_buffer_when_frames_were_skipped() {
+        let mut batch = Batch::new();
+        for (i, text) in [b"skipped!", b"victim..", b"skipped!", b"attacker"].iter().enumerate() {
+            batch.bufs[i][..8].copy_from_slice(*text);
+        }
+        let meta = |src: [u8; 4], buf| Meta {
+            src: IpAddr::from(src),
+            dst: IpAddr::from([192, 0, 2, 9]),
+            buf,
+            range: (0, 8),
+            truncated: false,
+        };
+        batch.metas = vec![meta([192, 0, 2, 1], 1), meta([192, 0, 2, 66], 3)];
+        let pairs: Vec<(IpAddr, &[u8])> = batch.datagrams().map(|(m, p)| (m.src, p)).collect();
+        assert_eq!(
+            pairs,
+            [
+                (IpAddr::from([192, 0, 2, 1]), &b"victim.."[..]),
+                (IpAddr::from([192, 0, 2, 66]), &b"attacker"[..])
+            ]
+        );
+        assert_eq!((batch.payload(0), batch.payload(1)), (&b"victim.."[..], &b"attacker"[..]));
+        // A meta pointing outside the batch yields nothing rather than a panic.
+        batch.metas = vec![
+            Meta { buf: BATCH, ..meta([192, 0, 2, 1], 0) },
+            Meta { range: (4, BUF + 1), ..meta([192, 0, 2, 1], 0) },
+        ];
+        assert!(batch.datagrams().all(|(_, p)| p.is_empty()));
+    }
+
+    #[test]
     fn hostile_headers_never_panic() {
         let p = ipv4_udp(b"hello", 62201, 0);
         for cut in 0..p.len() {
