@@ -1,8 +1,9 @@
 //! Grant latency of the nft backend with many grants active (root needed).
 //!
-//! For each size it makes a fresh network namespace, loads that many grants with `prepare`
-//! (one transaction), then times single `grant` calls (new sources), re-knocks (same id, later
-//! deadline) and revokes through the configured grant path (nfnetlink by default; set
+//! For each size it makes a fresh network namespace, loads that many grants at start (one
+//! `prepare` transaction), then times single grants (new sources), re-knocks (later deadline)
+//! and revokes, each through the grant ledger and the configured grant path, as the daemon's
+//! worker makes them (nfnetlink by default; set
 //! `SPA_GRANT_PATH=nft` for the long-lived `nft -i`), and finally checks that nothing in the
 //! namespace uses CPU while idle.
 //!
@@ -15,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use spa_backend_nft::{NftBackend, NftConfig};
-use spa_backends::{Access, Backend, Grant, GrantId};
+use spa_backends::{Access, Driver, Event, Gate, Grant, GrantId, NoJournal, Record, State};
 use spa_e2e::Netns;
 
 const SAMPLES: u32 = 1000;
@@ -71,35 +72,39 @@ fn main() {
         };
         let config =
             NftConfig { protect: vec!["tcp/22".parse().expect("port")], grant_path, ..NftConfig::default() };
-        let mut b = NftBackend::with_program(config, argv).expect("backend");
+        let mut b = Gate::new(NftBackend::with_program(config, argv).expect("backend"));
+        let j = &mut NoJournal;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
-        let live: Vec<Grant> = (0..n).map(|i| grant(i, now + 600)).collect();
+        let live: Vec<Record> =
+            (0..n).map(|i| Record { grant: grant(i, now + 600), state: State::Live }).collect();
         let t = Instant::now();
-        b.prepare(&live).expect("prepare");
+        b.start(live, now, j).expect("prepare");
         let prepare = t.elapsed();
 
         let mut grants = Vec::new();
         for i in 0..SAMPLES {
             let g = grant(n + i, now + 600);
             let t = Instant::now();
-            b.grant(&g).expect("grant");
+            let ev = b.grant(g, now, j);
             grants.push(t.elapsed());
+            assert!(matches!(ev.as_slice(), [Event::Granted(_)]), "{ev:?}");
         }
         let mut reknocks = Vec::new();
         for i in 0..SAMPLES {
             let g = grant(n + i, now + 900);
             let t = Instant::now();
-            b.grant(&g).expect("re-knock");
+            let ev = b.grant(g, now, j);
             reknocks.push(t.elapsed());
+            assert!(matches!(ev.as_slice(), [Event::Extended(_)]), "{ev:?}");
         }
         let mut revokes = Vec::new();
         for i in 0..SAMPLES {
-            let g = grant(n + i, now + 900);
             let t = Instant::now();
-            b.revoke(&g).expect("revoke");
+            let ev = b.revoke(GrantId(u64::from(n + i)), now, j);
             revokes.push(t.elapsed());
+            assert!(matches!(ev.as_slice(), [Event::Ended { .. }]), "{ev:?}");
         }
-        let listed = b.list().expect("list").len();
+        let listed = b.observe(now).expect("list").len();
         let before = cpu_ticks(&ns);
         std::thread::sleep(Duration::from_secs(3));
         let idle = cpu_ticks(&ns) - before;

@@ -17,7 +17,9 @@
 //!   - `prerouting` (nat, `dstnat`): DNAT and redirect through timed maps;
 //!   - `postrouting` (nat, `srcnat`): SNAT and masquerade keyed on the translated flow.
 //!
-//! Every element carries the comment `spa:<grant id>`.
+//! Every element carries the comment `spa:<grant id>`. What a grant becomes is decided by the
+//! pure [`model::expand`] (the backend's entries); when it is put, re-timed or removed is
+//! decided by the grant ledger in `spa-backends`, never here.
 //!
 //! # Inspecting and removing it by hand
 //!
@@ -43,19 +45,33 @@
 //! must stay below the admin chain's priority), so the admin chain only needs
 //! `meta mark & 0x... == 0x... accept` (see `conf/nft/README.md`).
 //!
+//! # Tampering
+//!
+//! [`Backend::check`] asks the kernel for the ruleset generation (one netlink request, no
+//! process): every committed transaction anywhere bumps it. If it moved by exactly the number
+//! of our own transactions since the last look, nothing else changed anything. Otherwise it
+//! reads our table's structure (`nft -t -j list table`, which omits set elements, plus the
+//! `protect` set) and compares it with what it read right after `prepare`: a deleted table
+//! (`flush ruleset`, a firewall reload), a changed chain, rule or protected port is reported
+//! as damage, and the gate rebuilds the table with every live grant. Elements added or
+//! removed by hand inside our sets are not detected this way; `spad list --firewall` shows
+//! them.
+//!
 //! # How it talks to nft
 //!
 //! Grants add and delete set elements directly over nfnetlink (see [`netlink`]): one batch per
 //! grant, one kernel transaction, no process at all (`grant_path = "netlink"`, the default).
 //! With `grant_path = "nft"` they go through one long-lived `nft -i` process instead (see
 //! [`session`]), which costs 0.4–1 ms per grant for nft to rebuild its cache. Resetting the
-//! table (`prepare`), removing it (`teardown`) and reading it back (`list`, via
+//! table (`prepare`), removing it (`teardown`) and reading it back (`observe`, via
 //! `nft -j list table`) are rare and run a one-shot `nft`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use spa_backends::{Backend, BackendDescriptor, BackendError, Capabilities, Grant, GrantId, Owned};
+use spa_backends::{
+    Backend, BackendDescriptor, BackendError, Capabilities, Change, Grant, Health, Held, Observed,
+};
 
 pub mod config;
 pub mod listing;
@@ -66,7 +82,7 @@ pub mod session;
 
 pub use config::NftConfig;
 
-use model::{Elem, SetRef};
+use model::Elem;
 use render::{Op, Timed};
 use session::{Program, Session};
 
@@ -77,31 +93,19 @@ inventory::submit! {
     BackendDescriptor {
         name: "nft",
         description: "nftables: one owned table, kernel-timed sets and maps, NAT, IPv6",
-        create: NftBackend::from_table,
+        create: spa_backends::create::<NftBackend>,
     }
 }
 
-/// An element's identity in the kernel: the set and the key (maps hold one datum per key).
-type ElemKey = (SetRef, String);
-
-/// What we believe an element in the kernel looks like and which grants hold it. Two grants
-/// can need the same element (same source and port); it lives as long as the longest.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Held {
-    data: Option<String>,
-    owners: BTreeMap<GrantId, u64>,
-}
-
-/// Our picture of what the kernel holds in our sets, so that a grant is one small transaction
-/// (no listing of the table on the grant path).
-#[derive(Debug, Default)]
-struct Model {
-    /// Every element we put in, with the grants that need it.
-    elems: HashMap<ElemKey, Held>,
-    /// Applied grants: deadline and elements.
-    grants: HashMap<GrantId, (u64, Vec<Elem>)>,
-    /// Deadlines to forget grants the kernel has expired (the daemon need not revoke them).
-    expiry: BTreeMap<u64, Vec<GrantId>>,
+/// What the table looked like right after our `prepare`, and the generation since which only
+/// our own transactions have run.
+#[derive(Debug)]
+struct Verified {
+    structure: BTreeMap<String, String>,
+    /// The ruleset generation at the last full look.
+    generation: Option<u32>,
+    /// Our own transactions committed since then.
+    ours: u32,
 }
 
 /// The nft backend.
@@ -110,25 +114,16 @@ pub struct NftBackend {
     config: NftConfig,
     program: Program,
     session: Option<Session>,
-    /// The netlink socket of the grant path (`grant_path = "netlink"`), opened at prepare.
+    /// The netlink socket (grant path and generation checks), opened at prepare.
     netlink: Option<netlink::Netlink>,
     /// For tests: the named network namespace the netlink socket must be opened in.
     netns: Option<String>,
-    model: Model,
-    /// Unix seconds now (a field so tests can fix it).
-    clock: fn() -> u64,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    /// For tests: a stand-in for nft with no kernel behind it (no tamper checks).
+    stand_in: bool,
+    verified: Option<Verified>,
 }
 
 impl NftBackend {
-    /// The registry constructor: `[firewall.nft]` in, backend out. Starts nothing yet.
-    pub fn from_table(table: &toml::Table) -> Result<Box<dyn Backend>, BackendError> {
-        Ok(Box::new(Self::new(NftConfig::from_table(table)?)?))
-    }
-
     /// Builds the backend from a validated configuration.
     pub fn new(config: NftConfig) -> Result<Self, BackendError> {
         config.validate()?;
@@ -139,8 +134,8 @@ impl NftBackend {
             session: None,
             netlink: None,
             netns: None,
-            model: Model::default(),
-            clock: unix_now,
+            stand_in: false,
+            verified: None,
         })
     }
 
@@ -158,7 +153,10 @@ impl NftBackend {
             [ip, netns, exec, ns, ..] if ip == "ip" && netns == "netns" && exec == "exec" => {
                 b.netns = Some(ns.clone());
             }
-            _ => b.config.grant_path = config::GrantPath::Nft,
+            _ => {
+                b.config.grant_path = config::GrantPath::Nft;
+                b.stand_in = true;
+            }
         }
         b.program = Program::new(argv);
         Ok(b)
@@ -199,156 +197,106 @@ impl NftBackend {
         result
     }
 
-    /// Turns the new states of the touched elements into ops; owners past `now` are dropped.
-    fn ops_for(&self, touched: &BTreeMap<ElemKey, (Held, Option<String>)>, now: u64) -> Vec<Op> {
-        let mut ops = Vec::with_capacity(touched.len());
-        for (k, (held, prior)) in touched {
-            let elem = Elem { set: k.0, key: k.1.clone(), data: held.data.clone() };
-            match held.owners.iter().max_by_key(|(_, d)| **d) {
-                Some((id, deadline)) if *deadline > now => ops.push(Op::Put {
-                    elem,
-                    timeout: deadline - now,
-                    comment: listing::tag(*id),
-                    prior: prior.clone(),
-                    // Not in the model means not in the kernel: the model forgets an element
-                    // only after deleting it, or a second after the kernel's own expiry.
-                    fresh: !self.model.elems.contains_key(k),
-                }),
-                _ => ops.push(Op::Remove { elem, prior: prior.clone() }),
-            }
+    fn netlink(&mut self) -> Result<&mut netlink::Netlink, BackendError> {
+        if self.netlink.is_none() {
+            self.netlink = Some(netlink::Netlink::open(self.netns.as_deref())?);
         }
-        ops
+        self.netlink.as_mut().ok_or(BackendError::Other("netlink socket missing".into()))
     }
 
-    /// The current state of an element (and the data the kernel may hold for it).
-    fn current(&self, touched: &mut BTreeMap<ElemKey, (Held, Option<String>)>, e: &Elem) -> ElemKey {
-        let k = (e.set, e.key.clone());
-        if !touched.contains_key(&k) {
-            let held = self.model.elems.get(&k).cloned().unwrap_or_default();
-            let prior = held.data.clone();
-            touched.insert(k.clone(), (held, prior));
-        }
-        k
+    /// Our table's structure as the kernel has it now; `None` when the table is gone.
+    fn structure(&self) -> Result<Option<BTreeMap<String, String>>, BackendError> {
+        let t = &self.config.table;
+        let terse = match self.program.run_once(&["-t", "-j", "list", "table", "inet", t], "") {
+            Ok(out) => out,
+            Err(BackendError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let protect = match self.program.run_once(&["-j", "list", "set", "inet", t, "protect"], "") {
+            Ok(out) => out,
+            Err(BackendError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        listing::structure(&terse, &protect)
+            .map(Some)
+            .map_err(|detail| BackendError::Parse { program: self.program.name(), detail })
     }
 
-    /// Applies the touched states to the kernel (one transaction) and then to our model.
-    fn commit(
-        &mut self,
-        touched: BTreeMap<ElemKey, (Held, Option<String>)>,
-        id: GrantId,
-        elems: Option<(u64, Vec<Elem>)>,
-    ) -> Result<(), BackendError> {
-        let now = (self.clock)();
-        let ops = self.ops_for(&touched, now);
-        if !ops.is_empty() {
-            match (self.config.grant_path, self.netlink.as_mut()) {
-                (config::GrantPath::Netlink, Some(nl)) => nl.apply(&self.config.table, &ops)?,
-                (config::GrantPath::Netlink, None) => {
-                    // No prepare yet in this process: open the socket now.
-                    let mut nl = netlink::Netlink::open(self.netns.as_deref())?;
-                    nl.apply(&self.config.table, &ops)?;
-                    self.netlink = Some(nl);
-                }
-                (config::GrantPath::Nft, _) => {
-                    let line = render::ops_line(&self.config, &ops);
-                    self.run_line(&line)?;
-                }
-            }
-        }
-        for (k, (held, _)) in touched {
-            if held.owners.values().any(|d| *d > now) {
-                self.model.elems.insert(k, held);
-            } else {
-                self.model.elems.remove(&k);
-            }
-        }
-        match elems {
-            Some((deadline, e)) => {
-                self.model.expiry.entry(deadline).or_default().push(id);
-                self.model.grants.insert(id, (deadline, e));
-            }
-            None => {
-                self.model.grants.remove(&id);
-            }
-        }
+    /// Reads the generation, then the structure, and remembers both as the reference.
+    fn remember_structure(&mut self) -> Result<(), BackendError> {
+        let generation = if self.stand_in { None } else { Some(self.netlink()?.genid()?) };
+        let structure = self.structure()?.ok_or_else(|| {
+            BackendError::Other(format!("table inet {} vanished during prepare", self.config.table))
+        })?;
+        self.verified = Some(Verified { structure, generation, ours: 0 });
         Ok(())
     }
 
-    /// Forgets grants whose deadline is more than a second past: the kernel has removed their
-    /// elements already (an element added at wall time `w` with timeout `deadline - floor(w)`
-    /// expires before `deadline + 1`), so this changes only our model. Amortised O(1) per grant.
-    fn forget_expired(&mut self, now: u64) {
-        let later = self.model.expiry.split_off(&now);
-        let due = std::mem::replace(&mut self.model.expiry, later);
-        for id in due.into_values().flatten() {
-            let Some((deadline, _)) = self.model.grants.get(&id) else { continue };
-            if *deadline >= now {
-                continue; // extended by a re-knock; queued again under its new deadline
-            }
-            let Some((_, elems)) = self.model.grants.remove(&id) else { continue };
-            for e in elems {
-                let k = (e.set, e.key);
-                if let Some(held) = self.model.elems.get_mut(&k) {
-                    held.owners.remove(&id);
-                    if !held.owners.values().any(|d| *d >= now) {
-                        self.model.elems.remove(&k);
-                    }
-                }
-            }
+    fn count_own_transaction(&mut self) {
+        if let Some(v) = self.verified.as_mut() {
+            v.ours = v.ours.wrapping_add(1);
         }
-    }
-
-    /// Builds our model of the kernel for exactly these grants (those still running).
-    fn model_of(live: &[Grant], now: u64) -> Result<Model, BackendError> {
-        let mut elems: HashMap<ElemKey, Held> = HashMap::new();
-        let mut grants = HashMap::new();
-        let mut expiry: BTreeMap<u64, Vec<GrantId>> = BTreeMap::new();
-        for g in live.iter().filter(|g| g.remaining(now) > 0) {
-            let es = model::expand(g)?;
-            for e in &es {
-                let held = elems.entry((e.set, e.key.clone())).or_default();
-                held.data.clone_from(&e.data);
-                held.owners.insert(g.id, g.deadline);
-            }
-            grants.insert(g.id, (g.deadline, es));
-            expiry.entry(g.deadline).or_default().push(g.id);
-        }
-        Ok(Model { elems, grants, expiry })
     }
 }
 
+/// The ops for a batch of changes at `now`.
+fn ops(changes: &[Change<'_, Elem>], now: u64) -> Vec<Op> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Put { new, prior } => Op::Put {
+                elem: *new.entry,
+                // The kernel needs at least a second; the ledger never puts an entry that
+                // has already ended.
+                timeout: new.until.saturating_sub(now).max(1),
+                comment: listing::tag(new.holder.id),
+                prior: prior.and_then(|p| p.entry.data),
+                fresh: prior.is_none(),
+            },
+            Change::Remove { old } => Op::Remove { elem: *old.entry, prior: old.entry.data },
+        })
+        .collect()
+}
+
 impl Backend for NftBackend {
-    fn name(&self) -> &str {
+    type Entry = Elem;
+
+    fn from_table(table: &toml::Table) -> Result<Self, BackendError> {
+        Self::new(NftConfig::from_table(table)?)
+    }
+
+    fn name(&self) -> &'static str {
         "nft"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { nat: true, ipv6: true, native_expiry: true }
+        Capabilities { nat: true, ipv6: true, native_expiry: true, exact_prepare: true, atomic_apply: true }
     }
 
-    fn prepare(&mut self, live: &[Grant]) -> Result<(), BackendError> {
-        let now = (self.clock)();
-        let model = Self::model_of(live, now)?;
-        let timed: Vec<(Elem, u64, String)> = model
-            .elems
+    fn entries(&self, grant: &Grant) -> Result<Vec<Elem>, BackendError> {
+        model::expand(grant)
+    }
+
+    fn prepare(&mut self, live: &[Held<'_, Elem>], now: u64) -> Result<(), BackendError> {
+        let timed: Vec<Timed<'_>> = live
             .iter()
-            .filter_map(|((set, key), held)| {
-                let (id, deadline) = held.owners.iter().max_by_key(|(_, d)| **d)?;
-                let elem = Elem { set: *set, key: key.clone(), data: held.data.clone() };
-                Some((elem, deadline - now, listing::tag(*id)))
-            })
-            .collect();
-        let timed: Vec<Timed<'_>> = timed
-            .iter()
-            .map(|(elem, timeout, comment)| Timed { elem, timeout: *timeout, comment: comment.clone() })
+            .filter(|h| h.until > now)
+            .map(|h| Timed { elem: h.entry, timeout: h.until - now, comment: listing::tag(h.holder.id) })
             .collect();
         let script = render::table_script(&self.config, &timed);
         // The long-lived process may cache the old table; start a fresh one afterwards.
         self.session = None;
+        self.verified = None;
         self.program.run_once(&["-f", "-"], &script)?;
-        self.model = model;
         match self.config.grant_path {
-            config::GrantPath::Netlink => self.netlink = Some(netlink::Netlink::open(self.netns.as_deref())?),
+            config::GrantPath::Netlink => {
+                self.netlink = None;
+                self.netlink()?;
+            }
             config::GrantPath::Nft => {
                 // Start the grant path's process now, and let it read the table once, so the
                 // first grant after a start does not pay nft's start-up (tens of milliseconds
@@ -359,67 +307,71 @@ impl Backend for NftBackend {
                 }
             }
         }
+        if !self.stand_in {
+            self.remember_structure()?;
+        }
         Ok(())
     }
 
-    fn grant(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        let now = (self.clock)();
-        if grant.remaining(now) == 0 {
-            return self.revoke(grant);
+    fn apply(&mut self, changes: &[Change<'_, Elem>], now: u64) -> Result<(), BackendError> {
+        let ops = ops(changes, now);
+        if ops.is_empty() {
+            return Ok(());
         }
-        self.forget_expired(now);
-        let new = model::expand(grant)?;
-        let mut touched = BTreeMap::new();
-        if let Some((_, old)) = self.model.grants.get(&grant.id) {
-            for e in old.clone().iter().filter(|e| !new.contains(e)) {
-                let k = self.current(&mut touched, e);
-                if let Some((held, _)) = touched.get_mut(&k) {
-                    held.owners.remove(&grant.id);
-                }
+        match self.config.grant_path {
+            config::GrantPath::Netlink => {
+                let table = self.config.table.clone();
+                self.netlink()?.apply(&table, &ops)?;
+            }
+            config::GrantPath::Nft => {
+                let line = render::ops_line(&self.config, &ops);
+                self.run_line(&line)?;
             }
         }
-        for e in &new {
-            let k = self.current(&mut touched, e);
-            if let Some((held, _)) = touched.get_mut(&k) {
-                held.data.clone_from(&e.data);
-                held.owners.insert(grant.id, grant.deadline);
-            }
-        }
-        self.commit(touched, grant.id, Some((grant.deadline, new)))
+        self.count_own_transaction();
+        Ok(())
     }
 
-    fn revoke(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        let elems = match self.model.grants.get(&grant.id) {
-            Some((_, e)) => e.clone(),
-            // Not ours (any more): remove what it would have created, unless others hold it.
-            None => match model::expand(grant) {
-                Ok(e) => e,
-                Err(_) => return Ok(()),
-            },
+    fn check(&mut self, _now: u64) -> Result<Health, BackendError> {
+        if self.stand_in {
+            return Ok(Health::Intact);
+        }
+        let Some(v) = self.verified.as_ref() else {
+            return Ok(Health::Damaged(format!("table inet {} was never set up", self.config.table)));
         };
-        let mut touched = BTreeMap::new();
-        for e in &elems {
-            let k = self.current(&mut touched, e);
-            if let Some((held, _)) = touched.get_mut(&k) {
-                held.owners.remove(&grant.id);
-                if held.owners.is_empty() && held.data.is_none() {
-                    held.data.clone_from(&e.data);
-                }
-            }
+        let (seen, ours) = (v.generation, v.ours);
+        let generation = self.netlink()?.genid()?;
+        if seen.is_some_and(|g| g.wrapping_add(ours) == generation) {
+            return Ok(Health::Intact);
         }
-        self.commit(touched, grant.id, None)
+        // Someone else committed something: look at our table.
+        let Some(found) = self.structure()? else {
+            return Ok(Health::Damaged(format!("table inet {} is gone", self.config.table)));
+        };
+        let v = self.verified.as_mut().ok_or(BackendError::Other("no reference structure".into()))?;
+        if found == v.structure {
+            v.generation = Some(generation);
+            v.ours = 0;
+            Ok(Health::Intact)
+        } else {
+            Ok(Health::Damaged(format!(
+                "table inet {}: {}",
+                self.config.table,
+                listing::differences(&v.structure, &found)
+            )))
+        }
     }
 
-    fn list(&mut self) -> Result<Vec<Owned>, BackendError> {
+    fn observe(&mut self, now: u64) -> Result<Vec<Observed>, BackendError> {
         let out = self.program.run_once(&["-j", "list", "table", "inet", &self.config.table], "")?;
-        listing::parse(&out, (self.clock)())
+        listing::parse(&out, now)
             .map_err(|detail| BackendError::Parse { program: self.program.name(), detail })
     }
 
     fn teardown(&mut self) -> Result<(), BackendError> {
         self.session = None;
+        self.verified = None;
         self.program.run_once(&["-f", "-"], &render::teardown_script(&self.config))?;
-        self.model = Model::default();
         Ok(())
     }
 }
@@ -427,7 +379,8 @@ impl Backend for NftBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spa_backends::{Access, Nat};
+    use spa_backends::testkit::{MemoryJournal, grant as g};
+    use spa_backends::{Driver, Event, Gate, GrantId};
 
     /// A stand-in for `nft -i` that records every line in `log` and answers like nft 1.0.6:
     /// nothing on success, an error block for lines containing `reject`, and the syntax error
@@ -442,46 +395,40 @@ mod tests {
         esac
       done"#;
 
-    fn fake(dir: &tempfile::TempDir, timeout_ms: u64) -> (NftBackend, std::path::PathBuf) {
+    const NOW: u64 = 1_800_000_000;
+
+    fn fake(dir: &tempfile::TempDir, timeout_ms: u64) -> (Gate<NftBackend>, std::path::PathBuf) {
         let log = dir.path().join("log");
         // `-i` comes after the log path, as the script's $2.
         let argv = ["sh", "-c", FAKE, "fake", log.to_str().unwrap()].map(String::from).to_vec();
         let config = NftConfig { command_timeout_ms: timeout_ms, ..NftConfig::default() };
-        let mut b = NftBackend::with_program(config, argv).unwrap();
-        b.clock = || NOW;
-        (b, log)
+        (Gate::new(NftBackend::with_program(config, argv).unwrap()), log)
     }
 
     fn lines(log: &std::path::Path) -> Vec<String> {
         std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
-    const NOW: u64 = 1_800_000_000;
+    fn grant(id: u64, source: &str, ports: &str, secs: u64) -> Grant {
+        g(id).source(source).ports(ports).times(NOW, NOW + secs).into()
+    }
 
-    fn grant(id: u64, source: &str, ports: &[&str], secs: u64) -> Grant {
-        let now = NOW;
-        Grant {
-            id: GrantId(id),
-            source: source.parse().unwrap(),
-            packet_source: source.parse().unwrap(),
-            destination: None,
-            access: Access::Ports(ports.iter().map(|p| p.parse().unwrap()).collect()),
-            nat: None,
-            created: now,
-            deadline: now + secs,
-            stanza: "s".into(),
-            username: "u".into(),
-        }
+    fn ok(events: Vec<Event>) {
+        assert!(
+            events.iter().all(|e| matches!(e, Event::Granted(_) | Event::Extended(_) | Event::Ended { .. })),
+            "{events:?}"
+        );
     }
 
     #[test]
     fn a_long_lived_nft_is_replaced_after_many_commands() {
         let dir = tempfile::tempdir().unwrap();
         let (mut b, log) = fake(&dir, 2000);
+        let mut j = MemoryJournal::default();
         let n = RECYCLE_AFTER + 10;
         for i in 0..n {
             let a = std::net::Ipv4Addr::from(0xc000_0200 + i as u32).to_string();
-            b.grant(&grant(i + 1, &a, &["tcp/22"], 100)).unwrap();
+            ok(b.grant(grant(i + 1, &a, "tcp/22", 100), NOW, &mut j));
         }
         assert_eq!(lines(&log).len() as u64, n, "every grant reached nft");
         let starts = std::fs::read_to_string(dir.path().join("log.starts")).unwrap();
@@ -492,10 +439,11 @@ mod tests {
     fn one_line_per_grant_and_shared_elements_outlive_one_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let (mut b, log) = fake(&dir, 2000);
-        b.grant(&grant(1, "192.0.2.1", &["tcp/22"], 100)).unwrap();
-        b.grant(&grant(2, "192.0.2.1", &["tcp/22", "tcp/443"], 200)).unwrap();
-        b.revoke(&grant(1, "192.0.2.1", &["tcp/22"], 100)).unwrap();
-        b.revoke(&grant(2, "192.0.2.1", &["tcp/22", "tcp/443"], 200)).unwrap();
+        let mut j = MemoryJournal::default();
+        ok(b.grant(grant(1, "192.0.2.1", "tcp/22", 100), NOW, &mut j));
+        ok(b.grant(grant(2, "192.0.2.1", "tcp/22,tcp/443", 200), NOW, &mut j));
+        ok(b.revoke(GrantId(2), NOW, &mut j));
+        ok(b.revoke(GrantId(1), NOW, &mut j));
         let l = lines(&log);
         assert_eq!(l.len(), 4, "{l:#?}");
         // Grant 1 puts tcp/22 for 100 s; grant 2 puts both for 200 s.
@@ -506,26 +454,23 @@ mod tests {
         );
         assert_eq!(l[1].matches("timeout 200s comment \"spa:0000000000000002\"").count(), 2, "{}", l[1]);
         assert_eq!(l[1].matches("delete element").count(), 1, "{}", l[1]);
-        // Revoking grant 1 keeps tcp/22 (grant 2 still needs it) at grant 2's timeout.
-        assert!(
-            l[2].contains("timeout 200s")
-                && !l[2].ends_with("delete element inet spa allow4 { 192.0.2.1 . tcp . 22 }"),
-            "{}",
-            l[2]
-        );
-        // Revoking grant 2 removes both, each add+delete so a missing element is no error.
-        assert_eq!(l[3].matches("delete element").count(), 2, "{}", l[3]);
+        // Revoking grant 2 gives tcp/22 back to grant 1 (100 s) and removes tcp/443.
+        assert!(l[2].contains("tcp . 22 timeout 100s comment \"spa:0000000000000001\""), "{}", l[2]);
+        assert!(l[2].ends_with("delete element inet spa allow4 { 192.0.2.1 . tcp . 443 }"), "{}", l[2]);
+        // Revoking grant 1 removes tcp/22, add+delete so a missing element is no error.
+        assert_eq!(l[3].matches("delete element").count(), 1, "{}", l[3]);
         assert!(!l[3].contains("timeout"), "{}", l[3]);
-        assert!(b.model.elems.is_empty() && b.model.grants.is_empty());
+        assert!(b.ledger().is_empty());
     }
 
     #[test]
     fn reknock_resets_the_timeout_in_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let (mut b, log) = fake(&dir, 2000);
-        let g = grant(7, "2001:db8::1", &["udp/53"], 30);
-        b.grant(&g).unwrap();
-        b.grant(&Grant { deadline: g.deadline + 60, ..g.clone() }).unwrap();
+        let mut j = MemoryJournal::default();
+        ok(b.grant(grant(7, "2001:db8::1", "udp/53", 30), NOW, &mut j));
+        let ev = b.grant(grant(8, "2001:db8::1", "udp/53", 90), NOW, &mut j);
+        assert!(matches!(ev.as_slice(), [Event::Extended(x)] if x.id == GrantId(7)), "{ev:?}");
         let l = lines(&log);
         assert_eq!(l.len(), 2);
         assert_eq!(
@@ -533,62 +478,78 @@ mod tests {
             "add element inet spa allow6 { 2001:db8::1 . udp . 53 }; delete element inet spa allow6 { 2001:db8::1 . udp . 53 }; \
              add element inet spa allow6 { 2001:db8::1 . udp . 53 timeout 90s comment \"spa:0000000000000007\" }"
         );
-        assert_eq!(b.model.grants.len(), 1);
+        assert_eq!(b.ledger().len(), 1);
     }
 
     #[test]
     fn a_rejected_command_is_an_error_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (mut b, _log) = fake(&dir, 2000);
-        let mut g = grant(1, "192.0.2.1", &["tcp/22"], 30);
-        g.nat = Some(Nat::Redirect { port: 2222 });
-        b.grant(&g).unwrap();
+        let mut j = MemoryJournal::default();
+        let mut first = grant(1, "192.0.2.1", "tcp/22", 30);
+        first.nat = Some(spa_backends::Nat::Redirect { port: 2222 });
+        ok(b.grant(first, NOW, &mut j));
         // Make the next line contain "reject": the fake refuses it like nft would.
-        b.config.table = "reject".into();
-        let err = b.grant(&grant(2, "192.0.2.9", &["tcp/22"], 30)).unwrap_err();
-        assert!(matches!(err, BackendError::Rejected { .. }));
-        assert!(err.to_string().contains("File exists"), "{err}");
-        assert!(!b.model.grants.contains_key(&GrantId(2)));
+        b.backend_mut().config.table = "reject".into();
+        let ev = b.grant(grant(2, "192.0.2.9", "tcp/22", 30), NOW, &mut j);
+        match ev.as_slice() {
+            [Event::Refused { cause: spa_backends::RefusedBecause::Backend(e), .. }] => {
+                assert!(matches!(e, BackendError::Rejected { .. }), "{e}");
+                assert!(e.to_string().contains("File exists"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(b.ledger().get(GrantId(2)).is_none() && !j.grants.contains_key(&GrantId(2)));
         // The same nft keeps serving.
-        b.config.table = "spa".into();
-        b.grant(&grant(3, "192.0.2.3", &["tcp/22"], 30)).unwrap();
+        b.backend_mut().config.table = "spa".into();
+        ok(b.grant(grant(3, "192.0.2.3", "tcp/22", 30), NOW, &mut j));
     }
 
     #[test]
     fn a_hung_or_dead_nft_is_reported_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let (mut b, _log) = fake(&dir, 300);
-        b.config.table = "hang".into();
-        let err = b.grant(&grant(1, "192.0.2.1", &["tcp/22"], 30)).unwrap_err();
-        assert!(matches!(err, BackendError::Timeout { limit_ms: 300, .. }), "{err}");
-        assert!(b.session.is_none());
-        b.config.table = "die".into();
-        let err = b.grant(&grant(1, "192.0.2.1", &["tcp/22"], 30)).unwrap_err();
-        assert!(matches!(err, BackendError::Io { .. }), "{err}");
-        b.config.table = "spa".into();
-        b.grant(&grant(1, "192.0.2.1", &["tcp/22"], 30)).unwrap();
+        let mut j = MemoryJournal::default();
+        b.backend_mut().config.table = "hang".into();
+        let ev = b.grant(grant(1, "192.0.2.1", "tcp/22", 30), NOW, &mut j);
+        assert!(
+            matches!(
+                ev.as_slice(),
+                [Event::Refused {
+                    cause: spa_backends::RefusedBecause::Backend(BackendError::Timeout { limit_ms: 300, .. }),
+                    ..
+                }]
+            ),
+            "{ev:?}"
+        );
+        assert!(b.backend().session.is_none());
+        b.backend_mut().config.table = "die".into();
+        let ev = b.grant(grant(1, "192.0.2.1", "tcp/22", 30), NOW, &mut j);
+        assert!(
+            matches!(
+                ev.as_slice(),
+                [Event::Refused {
+                    cause: spa_backends::RefusedBecause::Backend(BackendError::Io { .. }),
+                    ..
+                }]
+            ),
+            "{ev:?}"
+        );
+        b.backend_mut().config.table = "spa".into();
+        ok(b.grant(grant(1, "192.0.2.1", "tcp/22", 30), NOW, &mut j));
     }
 
     #[test]
-    fn expired_grants_are_forgotten_without_a_revoke() {
+    fn expiry_is_the_kernels_job() {
         let dir = tempfile::tempdir().unwrap();
         let (mut b, log) = fake(&dir, 2000);
-        let mut old = grant(1, "192.0.2.1", &["tcp/22"], 30);
-        b.grant(&old).unwrap();
-        // Pretend its deadline has passed (the kernel expired the element on its own).
-        old.deadline = NOW - 1;
-        b.model.grants.get_mut(&GrantId(1)).unwrap().0 = old.deadline;
-        b.model.expiry.entry(old.deadline).or_default().push(GrantId(1));
-        b.model.elems.values_mut().for_each(|h| {
-            h.owners.insert(GrantId(1), old.deadline);
-        });
-        b.grant(&grant(2, "192.0.2.2", &["tcp/22"], 30)).unwrap();
-        assert!(!b.model.grants.contains_key(&GrantId(1)));
-        assert_eq!(b.model.elems.len(), 1);
-        // A grant whose deadline is already past only removes.
-        b.grant(&old).unwrap();
-        assert!(
-            lines(&log).last().unwrap().ends_with("delete element inet spa allow4 { 192.0.2.1 . tcp . 22 }")
-        );
+        let mut j = MemoryJournal::default();
+        ok(b.grant(grant(1, "192.0.2.1", "tcp/22", 30), NOW, &mut j));
+        let ev = b.tick(NOW + 30, &mut j);
+        assert!(matches!(ev.as_slice(), [Event::Ended { .. }]), "{ev:?}");
+        assert_eq!(lines(&log).len(), 1, "an expiry sends nothing to nft");
+        // A new grant for the same element within the grace second re-times it.
+        ok(b.grant(grant(2, "192.0.2.1", "tcp/22", 60), NOW + 30, &mut j));
+        assert!(lines(&log)[1].contains("delete element"), "{:?}", lines(&log));
     }
 }

@@ -1,8 +1,12 @@
-//! Reading our table back: `nft -j list table inet <t>` into [`Owned`] entries, one per timed
-//! element, with the grant id from the element's comment and the deadline from its expiry.
+//! Reading our table back: `nft -j list table inet <t>` into [`Observed`] entries, one per
+//! timed element, with the grant id from the element's comment and the deadline from its
+//! expiry; and the table's structure (`nft -t -j`, no elements) reduced to what must not
+//! change, for the tamper check.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
-use spa_backends::{GrantId, Owned};
+use spa_backends::{GrantId, Observed};
 
 use crate::model::SetRef;
 
@@ -36,7 +40,7 @@ fn text(v: &Value) -> Option<String> {
 /// Parses the JSON listing of our table. `now` turns the kernel's remaining seconds into a
 /// deadline. Sets that are not ours (by name) are ignored; the `protect` set is configuration,
 /// not a grant, so it is not listed.
-pub fn parse(json: &str, now: u64) -> Result<Vec<Owned>, String> {
+pub fn parse(json: &str, now: u64) -> Result<Vec<Observed>, String> {
     let doc: Value = serde_json::from_str(json).map_err(|e| format!("invalid JSON: {e}"))?;
     let items = doc.get("nftables").and_then(Value::as_array).ok_or("no \"nftables\" array")?;
     let names: Vec<String> = SetRef::all().map(SetRef::name).collect();
@@ -68,14 +72,82 @@ pub fn parse(json: &str, now: u64) -> Result<Vec<Owned>, String> {
             entry.push_str(" }");
             let comment = meta.and_then(|m| m.get("comment")).and_then(Value::as_str);
             let expires = meta.and_then(|m| m.get("expires")).and_then(Value::as_u64);
-            out.push(Owned {
-                id: comment.and_then(grant_id),
+            out.push(Observed {
                 entry,
-                deadline: expires.map(|s| now.saturating_add(s)),
+                holder: comment.and_then(grant_id),
+                until: expires.map(|s| now.saturating_add(s)),
             });
         }
     }
     Ok(out)
+}
+
+/// Drops what changes on its own (handles, counters' values) from a listing item.
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("handle");
+            if let Some(Value::Object(c)) = o.get_mut("counter") {
+                c.remove("packets");
+                c.remove("bytes");
+            }
+            o.values_mut().for_each(normalize);
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// The table's structure from `nft -t -j list table inet <t>` (sets without elements), plus
+/// the elements of `protect`, as `object name -> normalized JSON`: rules in their chain's
+/// order. Two listings of an unchanged table give equal maps.
+pub fn structure(terse: &str, protect: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (doc, with_elems) in [(terse, false), (protect, true)] {
+        let doc: Value = serde_json::from_str(doc).map_err(|e| format!("invalid JSON: {e}"))?;
+        let items = doc.get("nftables").and_then(Value::as_array).ok_or("no \"nftables\" array")?;
+        for item in items {
+            let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else { continue };
+            if kind == "metainfo" || (with_elems && kind != "set") {
+                continue;
+            }
+            let mut body = body.clone();
+            normalize(&mut body);
+            let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if kind == "rule" {
+                let chain = body.get("chain").and_then(Value::as_str).unwrap_or_default().to_owned();
+                rules.entry(chain).or_default().push(body.to_string());
+            } else if with_elems {
+                out.insert(
+                    format!("set {name} elements"),
+                    body.get("elem").map(Value::to_string).unwrap_or_default(),
+                );
+            } else {
+                out.insert(format!("{kind} {name}"), body.to_string());
+            }
+        }
+    }
+    for (chain, list) in rules {
+        out.insert(format!("rules of chain {chain}"), list.join("\n"));
+    }
+    Ok(out)
+}
+
+/// What differs between two structures, in a few words for the audit trail.
+pub fn differences(expected: &BTreeMap<String, String>, found: &BTreeMap<String, String>) -> String {
+    let mut what = Vec::new();
+    for (k, v) in expected {
+        match found.get(k) {
+            None => what.push(format!("{k} is gone")),
+            Some(f) if f != v => what.push(format!("{k} changed")),
+            Some(_) => {}
+        }
+    }
+    for k in found.keys().filter(|k| !expected.contains_key(*k)) {
+        what.push(format!("{k} was added"));
+    }
+    what.join(", ")
 }
 
 #[cfg(test)]
@@ -102,17 +174,17 @@ mod tests {
         assert_eq!(
             owned,
             vec![
-                Owned {
-                    id: Some(GrantId(0xab)),
+                Observed {
+                    holder: Some(GrantId(0xab)),
                     entry: "allow4 { 10.0.0.1 . tcp . 22 }".into(),
-                    deadline: Some(1029)
+                    until: Some(1029)
                 },
-                Owned {
-                    id: Some(GrantId(2)),
+                Observed {
+                    holder: Some(GrantId(2)),
                     entry: "dnat4 { 10.0.0.1 . tcp . 2222 : 10.1.0.2 . 22 }".into(),
-                    deadline: Some(1007)
+                    until: Some(1007)
                 },
-                Owned { id: None, entry: "route_all6 { fd00::1 }".into(), deadline: Some(1005) },
+                Observed { holder: None, entry: "route_all6 { fd00::1 }".into(), until: Some(1005) },
             ]
         );
     }
@@ -123,5 +195,30 @@ mod tests {
         assert!(parse("{}", 0).is_err());
         assert!(parse(r#"{"nftables": [{"set": {"name": "allow4", "elem": [{"elem": {}}]}}]}"#, 0).is_err());
         assert_eq!(parse(r#"{"nftables": []}"#, 0).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn structure_ignores_handles_and_counters_and_sees_a_changed_rule() {
+        let terse = |handle: u32, packets: u32, verdict: &str| {
+            format!(
+                r#"{{"nftables": [{{"metainfo": {{"version": "1.0.6"}}}},
+                {{"table": {{"family": "inet", "name": "spa", "handle": {handle}}}}},
+                {{"set": {{"family": "inet", "name": "protect", "table": "spa", "type": ["inet_proto", "inet_service"], "handle": 2}}}},
+                {{"chain": {{"family": "inet", "table": "spa", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}}},
+                {{"rule": {{"family": "inet", "table": "spa", "chain": "input", "handle": 6, "expr": [{{"counter": {{"packets": {packets}, "bytes": 0}}}}, {{"{verdict}": null}}]}}}}]}}"#
+            )
+        };
+        let protect = |port: u16| {
+            format!(
+                r#"{{"nftables": [{{"set": {{"name": "protect", "elem": [{{"concat": ["tcp", {port}]}}]}}}}]}}"#
+            )
+        };
+        let a = structure(&terse(1, 0, "drop"), &protect(22)).unwrap();
+        assert_eq!(a, structure(&terse(9, 1234, "drop"), &protect(22)).unwrap());
+        let b = structure(&terse(1, 0, "accept"), &protect(22)).unwrap();
+        assert_eq!(differences(&a, &b), "rules of chain input changed");
+        let c = structure(&terse(1, 0, "drop"), &protect(23)).unwrap();
+        assert_eq!(differences(&a, &c), "set protect elements changed");
+        assert!(structure("", "").is_err());
     }
 }

@@ -4,10 +4,10 @@
 //! A grant never adds rules, only elements, so the ruleset stays the same size and a grant is
 //! one small transaction.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
-use spa_backends::{Access, BackendError, Grant, Nat, Snat};
+use spa_backends::{Access, BackendError, Entry, Grant, Nat, ProtoPort, Snat};
 
 /// One kind of timed set or map in our table (the family is chosen separately).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,16 +170,85 @@ impl SetRef {
     }
 }
 
-/// One element: the set it lives in, its key and (for maps) its data, as nft text built only
-/// from typed values (addresses, protocol names, port numbers).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An element's key: the packet fields its set's [`KeyShape`] concatenates, typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// `saddr`.
+    pub src: IpAddr,
+    /// `daddr`, for the shapes that have it.
+    pub dst: Option<IpAddr>,
+    /// `l4proto . dport`, for the shapes that have it.
+    pub port: Option<ProtoPort>,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.src)?;
+        if let Some(d) = self.dst {
+            write!(f, " . {d}")?;
+        }
+        if let Some(p) = self.port {
+            write!(f, " . {} . {}", p.proto, p.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a map element maps to, typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Data {
+    /// `inet_service` (redirect).
+    Port(u16),
+    /// An address (DNAT of everything, SNAT).
+    Addr(IpAddr),
+    /// `addr . inet_service` (DNAT of one port).
+    AddrPort(IpAddr, u16),
+}
+
+impl fmt::Display for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Data::Port(p) => write!(f, "{p}"),
+            Data::Addr(a) => write!(f, "{a}"),
+            Data::AddrPort(a, p) => write!(f, "{a} . {p}"),
+        }
+    }
+}
+
+/// One element: the set it lives in, its key and (for maps) its data. Built only from typed
+/// values; displayed as nft writes it in a listing, `allow4 { 192.0.2.1 . tcp . 22 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Elem {
     /// Where it lives.
     pub set: SetRef,
-    /// The key, e.g. `192.0.2.1 . tcp . 22`.
-    pub key: String,
-    /// The data for maps, e.g. `10.0.0.2 . 22`.
-    pub data: Option<String>,
+    /// The key.
+    pub key: Key,
+    /// The data for maps.
+    pub data: Option<Data>,
+}
+
+impl fmt::Display for Elem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {{ {}", self.set.name(), self.key)?;
+        if let Some(d) = self.data {
+            write!(f, " : {d}")?;
+        }
+        f.write_str(" }")
+    }
+}
+
+impl Entry for Elem {
+    /// A set holds a key once; a map holds one datum per key.
+    type Slot = (SetRef, Key);
+
+    fn slot(&self) -> (SetRef, Key) {
+        (self.set, self.key)
+    }
+
+    /// Every element carries a timeout: the kernel removes it at the grant's deadline.
+    fn expires_by_itself(&self) -> bool {
+        true
+    }
 }
 
 struct Builder<'a> {
@@ -189,7 +258,7 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, kind: Kind, key: String, data: Option<String>) {
+    fn push(&mut self, kind: Kind, key: Key, data: Option<Data>) {
         self.out.push(Elem { set: SetRef { kind, v6: self.v6 }, key, data });
     }
 
@@ -210,14 +279,14 @@ impl Builder<'_> {
         snat: Option<&Snat>,
         to_kind: Kind,
         masq_kind: Kind,
-        key: &str,
+        key: Key,
     ) -> Result<(), BackendError> {
         match snat {
             None => {}
-            Some(Snat::Masquerade) => self.push(masq_kind, key.to_owned(), None),
+            Some(Snat::Masquerade) => self.push(masq_kind, key, None),
             Some(Snat::To(addr)) => {
                 self.same_family(*addr, "snat address")?;
-                self.push(to_kind, key.to_owned(), Some(addr.to_string()));
+                self.push(to_kind, key, Some(Data::Addr(*addr)));
             }
         }
         Ok(())
@@ -238,59 +307,53 @@ pub fn expand(grant: &Grant) -> Result<Vec<Elem>, BackendError> {
     if let Some(dst) = grant.destination {
         b.same_family(dst, "destination")?;
     }
+    let key = |dst: Option<IpAddr>, port: Option<ProtoPort>| Key { src, dst, port };
     match (&grant.nat, &grant.access) {
         (None, Access::Ports(ports)) => {
             for p in ports {
                 match grant.destination {
-                    Some(dst) => {
-                        b.push(Kind::AllowDst, format!("{src} . {dst} . {} . {}", p.proto, p.port), None)
-                    }
-                    None => b.push(Kind::Allow, format!("{src} . {} . {}", p.proto, p.port), None),
+                    Some(dst) => b.push(Kind::AllowDst, key(Some(dst), Some(*p)), None),
+                    None => b.push(Kind::Allow, key(None, Some(*p)), None),
                 }
             }
         }
         (None, Access::All) => {
-            b.push(Kind::RouteAll, src.to_string(), None);
+            b.push(Kind::RouteAll, key(None, None), None);
         }
         (Some(Nat::Route { snat }), Access::All) => {
-            b.push(Kind::RouteAll, src.to_string(), None);
-            b.snat(snat.as_ref(), Kind::SnatRouteAll, Kind::MasqRouteAll, &src.to_string())?;
+            b.push(Kind::RouteAll, key(None, None), None);
+            b.snat(snat.as_ref(), Kind::SnatRouteAll, Kind::MasqRouteAll, key(None, None))?;
         }
         (Some(Nat::Route { snat }), Access::Ports(ports)) => {
             for p in ports {
-                let key = format!("{src} . {} . {}", p.proto, p.port);
-                b.push(Kind::Route, key.clone(), None);
-                b.snat(snat.as_ref(), Kind::SnatRoute, Kind::MasqRoute, &key)?;
+                b.push(Kind::Route, key(None, Some(*p)), None);
+                b.snat(snat.as_ref(), Kind::SnatRoute, Kind::MasqRoute, key(None, Some(*p)))?;
             }
         }
         (Some(Nat::Dnat { to, port, snat }), Access::Ports(ports)) => {
             b.same_family(*to, "dnat address")?;
             for p in ports {
-                let inner = port.unwrap_or(p.port);
-                b.push(
-                    Kind::Dnat,
-                    format!("{src} . {} . {}", p.proto, p.port),
-                    Some(format!("{to} . {inner}")),
-                );
-                let flow = format!("{src} . {to} . {} . {inner}", p.proto);
-                b.push(Kind::Fwd, flow.clone(), None);
-                b.snat(snat.as_ref(), Kind::Snat, Kind::Masq, &flow)?;
+                let inner = ProtoPort::new(p.proto, port.unwrap_or(p.port));
+                b.push(Kind::Dnat, key(None, Some(*p)), Some(Data::AddrPort(*to, inner.port)));
+                let flow = key(Some(*to), Some(inner));
+                b.push(Kind::Fwd, flow, None);
+                b.snat(snat.as_ref(), Kind::Snat, Kind::Masq, flow)?;
             }
         }
         (Some(Nat::Dnat { to, port: None, snat }), Access::All) => {
             b.same_family(*to, "dnat address")?;
-            b.push(Kind::DnatHost, src.to_string(), Some(to.to_string()));
-            let flow = format!("{src} . {to}");
-            b.push(Kind::FwdHost, flow.clone(), None);
-            b.snat(snat.as_ref(), Kind::SnatHost, Kind::MasqHost, &flow)?;
+            b.push(Kind::DnatHost, key(None, None), Some(Data::Addr(*to)));
+            let flow = key(Some(*to), None);
+            b.push(Kind::FwdHost, flow, None);
+            b.snat(snat.as_ref(), Kind::SnatHost, Kind::MasqHost, flow)?;
         }
         (Some(Nat::Dnat { port: Some(_), .. }), Access::All) => {
             return Err(BackendError::Unsupported("dnat of every port to a single port"));
         }
         (Some(Nat::Redirect { port }), Access::Ports(ports)) => {
             for p in ports {
-                b.push(Kind::Redirect, format!("{src} . {} . {}", p.proto, p.port), Some(port.to_string()));
-                b.push(Kind::Allow, format!("{src} . {} . {port}", p.proto), None);
+                b.push(Kind::Redirect, key(None, Some(*p)), Some(Data::Port(*port)));
+                b.push(Kind::Allow, key(None, Some(ProtoPort::new(p.proto, *port))), None);
             }
         }
         (Some(Nat::Redirect { .. }), Access::All) => {
@@ -299,19 +362,19 @@ pub fn expand(grant: &Grant) -> Result<Vec<Elem>, BackendError> {
     }
     // Two ports redirected to one local port give the same `allow` element twice.
     let mut seen = std::collections::HashSet::new();
-    b.out.retain(|e| seen.insert((e.set, e.key.clone())));
+    b.out.retain(|e| seen.insert((e.set, e.key)));
     Ok(b.out)
 }
 
-/// `key` or `key : data`, the way an element is written inside `{ }`.
-pub fn elem_text(out: &mut String, key: &str, timeout: Option<(u64, &str)>, data: Option<&str>) {
-    out.push_str(key);
+/// `key` or `key : data`, the way an element is written inside `{ }` in nft input, with an
+/// optional timeout and comment.
+pub fn elem_text(out: &mut String, key: &Key, timeout: Option<(u64, &str)>, data: Option<&Data>) {
+    let _ = write!(out, "{key}");
     if let Some((secs, comment)) = timeout {
         // The comment holds only our own hex id, never user text.
         let _ = write!(out, " timeout {secs}s comment \"{comment}\"");
     }
     if let Some(d) = data {
-        out.push_str(" : ");
-        out.push_str(d);
+        let _ = write!(out, " : {d}");
     }
 }

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use spa_backends::BackendError;
 
-use crate::model::{DataShape, Elem};
+use crate::model::{Data, Elem, Key};
 use crate::render::Op;
 
 const NETLINK_NETFILTER: i32 = 12;
@@ -26,6 +26,9 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
@@ -105,41 +108,50 @@ impl Msg {
     }
 }
 
-/// Encodes nft element text (`192.0.2.1 . tcp . 22`, `10.0.0.2 . 22`, `2222`) the way the
-/// kernel stores it. `single_port` is a lone `inet_service` map value (2 bytes, not padded).
-fn encode(text: &str, single_port: bool) -> Result<Vec<u8>, BackendError> {
-    let bad = || BackendError::Invalid(format!("cannot encode element {text:?}"));
+fn push_addr(out: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+    }
+}
+
+/// A key as the kernel stores it: each component padded to 4 bytes (addresses as they are,
+/// the protocol number in the first byte, the port big-endian in the first two).
+fn encode_key(k: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(40);
-    for part in text.split(" . ") {
-        let part = part.trim();
-        if let Ok(ip) = part.parse::<IpAddr>() {
-            match ip {
-                IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
-                IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
-            }
-        } else if part == "tcp" || part == "udp" {
-            out.extend_from_slice(&[if part == "tcp" { 6 } else { 17 }, 0, 0, 0]);
-        } else {
-            let port: u16 = part.parse().map_err(|_| bad())?;
-            out.extend_from_slice(&port.to_be_bytes());
-            if !single_port {
-                out.extend_from_slice(&[0, 0]);
-            }
+    push_addr(&mut out, k.src);
+    if let Some(d) = k.dst {
+        push_addr(&mut out, d);
+    }
+    if let Some(p) = k.port {
+        out.extend_from_slice(&[p.proto.number(), 0, 0, 0]);
+        out.extend_from_slice(&p.port.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out
+}
+
+/// Map data as the kernel stores it: a lone `inet_service` is its 2 bytes; in a
+/// concatenation the port is padded to 4.
+fn encode_data(d: &Data) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    match *d {
+        Data::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
+        Data::Addr(a) => push_addr(&mut out, a),
+        Data::AddrPort(a, p) => {
+            push_addr(&mut out, a);
+            out.extend_from_slice(&p.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
         }
     }
-    Ok(out)
+    out
 }
 
 /// One element's attributes inside `NFTA_SET_ELEM_LIST_ELEMENTS`.
-fn element(
-    m: &mut Msg,
-    elem: &Elem,
-    data: Option<&str>,
-    timeout: Option<(u64, &str)>,
-) -> Result<(), BackendError> {
+fn element(m: &mut Msg, elem: &Elem, data: Option<&Data>, timeout: Option<(u64, &str)>) {
     m.begin(NFTA_LIST_ELEM);
     m.begin(NFTA_SET_ELEM_KEY);
-    m.attr(NFTA_DATA_VALUE, &encode(&elem.key, false)?);
+    m.attr(NFTA_DATA_VALUE, &encode_key(&elem.key));
     m.end();
     if let Some((secs, comment)) = timeout {
         m.attr(NFTA_SET_ELEM_TIMEOUT, &secs.saturating_mul(1000).to_be_bytes());
@@ -150,11 +162,10 @@ fn element(
     }
     if let Some(d) = data {
         m.begin(NFTA_SET_ELEM_DATA);
-        m.attr(NFTA_DATA_VALUE, &encode(d, elem.set.kind.data() == DataShape::Port)?);
+        m.attr(NFTA_DATA_VALUE, &encode_data(d));
         m.end();
     }
     m.end();
-    Ok(())
 }
 
 /// A netlink socket to the nftables subsystem of one network namespace.
@@ -195,35 +206,34 @@ impl Netlink {
         let mut msgs: Vec<(u32, String)> = Vec::new();
         let mut batch = Msg::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, base, 0, NFNL_SUBSYS_NFTABLES).finish();
         let mut seq = base;
-        let mut push = |ty: u16, elem: &Elem, data: Option<&str>, timeout: Option<(u64, &str)>| {
+        let mut push = |ty: u16, elem: &Elem, data: Option<&Data>, timeout: Option<(u64, &str)>| {
             seq += 1;
             let flags = NLM_F_REQUEST | NLM_F_ACK | if ty == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 };
             let mut m = Msg::new((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq, NFPROTO_INET, 0);
             m.strz(NFTA_SET_ELEM_LIST_TABLE, table);
             m.strz(NFTA_SET_ELEM_LIST_SET, &elem.set.name());
             m.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
-            element(&mut m, elem, data, timeout)?;
+            element(&mut m, elem, data, timeout);
             m.end();
             batch.extend_from_slice(&m.finish());
             let verb = if ty == NFT_MSG_NEWSETELEM { "add" } else { "delete" };
             msgs.push((seq, format!("{verb} element {} {{ {} }}", elem.set.name(), elem.key)));
-            Ok::<(), BackendError>(())
         };
         for op in ops {
             match op {
                 Op::Put { elem, timeout, comment, fresh: true, .. } => {
-                    push(NFT_MSG_NEWSETELEM, elem, elem.data.as_deref(), Some((*timeout, comment)))?;
+                    push(NFT_MSG_NEWSETELEM, elem, elem.data.as_ref(), Some((*timeout, comment)));
                 }
                 Op::Put { elem, timeout, comment, fresh: false, .. } => {
                     // As the nft line does: make sure it exists (with the data the kernel may
                     // hold), delete it, add it with the new timeout; one transaction.
-                    push(NFT_MSG_NEWSETELEM, elem, op.existing_data(), None)?;
-                    push(NFT_MSG_DELSETELEM, elem, None, None)?;
-                    push(NFT_MSG_NEWSETELEM, elem, elem.data.as_deref(), Some((*timeout, comment)))?;
+                    push(NFT_MSG_NEWSETELEM, elem, op.existing_data(), None);
+                    push(NFT_MSG_DELSETELEM, elem, None, None);
+                    push(NFT_MSG_NEWSETELEM, elem, elem.data.as_ref(), Some((*timeout, comment)));
                 }
                 Op::Remove { elem, .. } => {
-                    push(NFT_MSG_NEWSETELEM, elem, op.existing_data(), None)?;
-                    push(NFT_MSG_DELSETELEM, elem, None, None)?;
+                    push(NFT_MSG_NEWSETELEM, elem, op.existing_data(), None);
+                    push(NFT_MSG_DELSETELEM, elem, None, None);
                 }
             }
         }
@@ -234,6 +244,70 @@ impl Netlink {
         self.seq = seq.wrapping_add(1);
         self.send(&batch)?;
         self.acks(&msgs)
+    }
+
+    /// The ruleset's generation: the kernel counts every committed transaction (ours and
+    /// everyone else's) in this network namespace. Cheap: one request, no listing.
+    pub fn genid(&mut self) -> Result<u32, BackendError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let m = Msg::new((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST | NLM_F_ACK, seq, 0, 0);
+        self.send(&m.finish())?;
+        let mut buf = vec![0u8; 4096];
+        let mut gen_id = None;
+        loop {
+            // SAFETY: valid fd and buffer; the receive timeout set at open bounds the wait.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(BackendError::Io { program: PROGRAM.into(), source: e });
+            }
+            let n = n as usize;
+            let mut at = 0usize;
+            while at + 16 <= n {
+                let word = |o: usize| buf.get(o..o + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                let half = |o: usize| buf.get(o..o + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+                let len = word(at).unwrap_or(0) as usize;
+                let ty = half(at + 4).unwrap_or(0);
+                let mseq = word(at + 8).unwrap_or(0);
+                if len < 16 || at + len > n {
+                    break;
+                }
+                if mseq == seq && ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+                    // Attributes follow the 16-byte header and the 4-byte nfgenmsg.
+                    let mut a = at + 20;
+                    while a + 4 <= at + len {
+                        let alen = usize::from(half(a).unwrap_or(0));
+                        let aty = half(a + 2).unwrap_or(0) & !NLA_F_NESTED;
+                        if alen < 4 || a + alen > at + len {
+                            break;
+                        }
+                        if aty == NFTA_GEN_ID && alen >= 8 {
+                            gen_id =
+                                buf.get(a + 4..a + 8).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                        }
+                        a += alen.next_multiple_of(4);
+                    }
+                }
+                if mseq == seq && ty == NLMSG_ERROR && len >= 20 {
+                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
+                    if code != 0 {
+                        return Err(BackendError::Rejected {
+                            program: PROGRAM.into(),
+                            message: format!("getgen: {}", std::io::Error::from_raw_os_error(-code)),
+                        });
+                    }
+                    return gen_id.ok_or_else(|| BackendError::Parse {
+                        program: PROGRAM.into(),
+                        detail: "no generation id in the answer".into(),
+                    });
+                }
+                at += len.next_multiple_of(4);
+            }
+        }
     }
 
     fn send(&self, buf: &[u8]) -> Result<(), BackendError> {
@@ -335,11 +409,20 @@ mod tests {
 
     #[test]
     fn elements_are_encoded_like_nft() {
-        assert_eq!(encode("192.0.2.1 . tcp . 22", false).unwrap(), [192, 0, 2, 1, 6, 0, 0, 0, 0, 22, 0, 0]);
-        assert_eq!(encode("10.0.0.2 . 2222", false).unwrap(), [10, 0, 0, 2, 0x08, 0xae, 0, 0]);
-        assert_eq!(encode("2222", true).unwrap(), [0x08, 0xae]);
-        assert_eq!(encode("2001:db8::1", false).unwrap().len(), 16);
-        assert!(encode("192.0.2.1 . icmp . 1", false).is_err());
+        let tcp22: spa_backends::ProtoPort = "tcp/22".parse().unwrap();
+        let k = Key { src: "192.0.2.1".parse().unwrap(), dst: None, port: Some(tcp22) };
+        assert_eq!(encode_key(&k), [192, 0, 2, 1, 6, 0, 0, 0, 0, 22, 0, 0]);
+        assert_eq!(
+            encode_data(&Data::AddrPort("10.0.0.2".parse().unwrap(), 2222)),
+            [10, 0, 0, 2, 0x08, 0xae, 0, 0]
+        );
+        assert_eq!(encode_data(&Data::Port(2222)), [0x08, 0xae]);
+        let v6 = Key {
+            src: "2001:db8::1".parse().unwrap(),
+            dst: Some("2001:db8::2".parse().unwrap()),
+            port: None,
+        };
+        assert_eq!(encode_key(&v6).len(), 32);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::NftConfig;
-use crate::model::{DataShape, Elem, KeyShape, Kind, SetRef, elem_text};
+use crate::model::{Data, DataShape, Elem, KeyShape, Kind, SetRef, elem_text};
 
 /// Elements per `add element` command when loading many at once (keeps lines short).
 const CHUNK: usize = 1000;
@@ -35,7 +35,7 @@ pub enum Op {
         /// Our tag, `spa:<grant id>`.
         comment: String,
         /// For maps: the data the kernel may hold now (adding a key with other data fails).
-        prior: Option<String>,
+        prior: Option<Data>,
         /// Known to be absent from the kernel (never added, or deleted or expired for sure),
         /// so a plain `add` suffices.
         fresh: bool,
@@ -45,7 +45,7 @@ pub enum Op {
         /// The element.
         elem: Elem,
         /// For maps: the data the kernel may hold now.
-        prior: Option<String>,
+        prior: Option<Data>,
     },
 }
 
@@ -60,12 +60,12 @@ impl Op {
     /// The data of the "make sure it exists" add that precedes a delete. For a map, an add with
     /// other data than the kernel holds fails, so it repeats what we believe is there (or the
     /// new data when we know of nothing); a set has no data.
-    pub fn existing_data(&self) -> Option<&str> {
+    pub fn existing_data(&self) -> Option<&Data> {
         let prior = match self {
-            Op::Put { prior, .. } | Op::Remove { prior, .. } => prior.as_deref(),
+            Op::Put { prior, .. } | Op::Remove { prior, .. } => prior.as_ref(),
         };
         let elem = self.elem();
-        if elem.set.is_map() { prior.or(elem.data.as_deref()) } else { None }
+        if elem.set.is_map() { prior.or(elem.data.as_ref()) } else { None }
     }
 }
 
@@ -195,7 +195,7 @@ pub fn table_script(config: &NftConfig, elems: &[Timed<'_>]) -> String {
                 if i > 0 {
                     s.push_str(", ");
                 }
-                elem_text(&mut s, &e.elem.key, Some((e.timeout, &e.comment)), e.elem.data.as_deref());
+                elem_text(&mut s, &e.elem.key, Some((e.timeout, &e.comment)), e.elem.data.as_ref());
             }
             s.push_str(" }\n");
         }
@@ -240,7 +240,7 @@ pub fn ops_line(config: &NftConfig, ops: &[Op]) -> String {
         let name = elem.set.name();
         if let Op::Put { timeout, comment, fresh: true, .. } = op {
             let _ = write!(s, "add element inet {t} {name} {{ ");
-            elem_text(&mut s, &elem.key, Some((*timeout, comment)), elem.data.as_deref());
+            elem_text(&mut s, &elem.key, Some((*timeout, comment)), elem.data.as_ref());
             s.push_str(" }");
             continue;
         }
@@ -249,7 +249,7 @@ pub fn ops_line(config: &NftConfig, ops: &[Op]) -> String {
         let _ = write!(s, " }}; delete element inet {t} {name} {{ {} }}", elem.key);
         if let Op::Put { timeout, comment, .. } = op {
             let _ = write!(s, "; add element inet {t} {name} {{ ");
-            elem_text(&mut s, &elem.key, Some((*timeout, comment)), elem.data.as_deref());
+            elem_text(&mut s, &elem.key, Some((*timeout, comment)), elem.data.as_ref());
             s.push_str(" }");
         }
     }
@@ -343,7 +343,7 @@ mod tests {
             out.push_str(&format!("# {name}\n"));
             for e in expand(&g).unwrap() {
                 let mut line = format!("{} {{ ", e.set.name());
-                crate::model::elem_text(&mut line, &e.key, None, e.data.as_deref());
+                crate::model::elem_text(&mut line, &e.key, None, e.data.as_ref());
                 out.push_str(&line);
                 out.push_str(" }\n");
             }
@@ -377,15 +377,14 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, e)| Op::Put {
-                elem: e.clone(),
+                elem: *e,
                 timeout: 30,
                 comment: "spa:0000000000000009".into(),
                 prior: None,
                 fresh: i == 0,
             })
             .collect();
-        let remove: Vec<Op> =
-            elems.iter().map(|e| Op::Remove { elem: e.clone(), prior: e.data.clone() }).collect();
+        let remove: Vec<Op> = elems.iter().map(|e| Op::Remove { elem: *e, prior: e.data }).collect();
         insta::assert_snapshot!(format!("{}\n{}", ops_line(&config(), &put), ops_line(&config(), &remove)));
     }
 

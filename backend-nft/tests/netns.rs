@@ -2,7 +2,8 @@
 //!
 //! The backend runs nft through `ip netns exec <gw> nft` (the hidden `with_program`
 //! constructor), so the production code path — the long-lived `nft -i` included — runs inside
-//! the lab's gateway. Grants are short (2-3 s) so expiry can be watched.
+//! the lab's gateway, driven by the grant ledger exactly as the daemon drives it (a `Gate`).
+//! Grants are short (2-3 s) so expiry can be watched.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -11,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spa_backend_nft::config::GrantPath;
 use spa_backend_nft::{NftBackend, NftConfig};
-use spa_backends::{Access, Backend, Grant, GrantId, Nat, Snat};
+use spa_backends::testkit::{ContractSetup, MemoryJournal, contract};
+use spa_backends::{Access, Driver, Event, Gate, Grant, GrantId, Nat, Observed, Record, Snat, State};
 use spa_e2e::{GatewayLab, Netns};
 
 type Lab = GatewayLab;
@@ -26,9 +28,51 @@ fn config(protect: &[&str]) -> NftConfig {
     NftConfig { protect: protect.iter().map(|p| p.parse().unwrap()).collect(), ..NftConfig::default() }
 }
 
-fn backend(lab: &Lab, config: NftConfig) -> NftBackend {
-    let argv = ["ip", "netns", "exec", lab.gw.name(), "nft"].map(String::from).to_vec();
+fn nft_in(ns: &Netns, config: NftConfig) -> NftBackend {
+    let argv = ["ip", "netns", "exec", ns.name(), "nft"].map(String::from).to_vec();
     NftBackend::with_program(config, argv).unwrap()
+}
+
+/// The backend in its gate, with the calls these tests make.
+struct B {
+    gate: Gate<NftBackend>,
+    journal: MemoryJournal,
+}
+
+impl B {
+    fn prepare(&mut self, live: &[Grant]) -> Result<Vec<Event>, spa_backends::BackendError> {
+        let records = live.iter().map(|g| Record { grant: g.clone(), state: State::Live }).collect();
+        self.gate.start(records, now(), &mut self.journal)
+    }
+
+    fn expect_ok(events: Vec<Event>) -> Result<(), String> {
+        match events.as_slice() {
+            [] | [Event::Granted(_) | Event::Extended(_) | Event::Reknocked(_) | Event::Ended { .. }] => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    fn grant(&mut self, g: &Grant) -> Result<(), String> {
+        Self::expect_ok(self.gate.grant(g.clone(), now(), &mut self.journal))
+    }
+
+    fn revoke(&mut self, g: &Grant) -> Result<(), String> {
+        Self::expect_ok(self.gate.revoke(g.id, now(), &mut self.journal))
+    }
+
+    fn list(&mut self) -> Result<Vec<Observed>, spa_backends::BackendError> {
+        self.gate.observe(now())
+    }
+
+    fn teardown(&mut self) -> Result<(), spa_backends::BackendError> {
+        self.gate.teardown()
+    }
+}
+
+fn backend(lab: &Lab, config: NftConfig) -> B {
+    B { gate: Gate::new(nft_in(&lab.gw, config)), journal: MemoryJournal::default() }
 }
 
 fn grant(id: u64, source: &str, ports: &[&str], nat: Option<Nat>, secs: u64) -> Grant {
@@ -128,6 +172,7 @@ fn grant_opens_for_the_client_only_and_expiry_keeps_established() {
     assert!(!lab.client.tcp_connects(addr(Lab::GW4, 22), SEC), "new connection after the window");
     assert!(!lab.client.tcp_connects(addr(Lab::GW4, 2022), SEC), "new connection after the window");
     assert!(b.list().unwrap().is_empty(), "the kernel did not expire the elements");
+    assert!(b.gate.tick(now(), &mut b.journal).iter().all(|e| matches!(e, Event::Ended { .. })));
     let out = conn.wait_with_output_checked();
     assert_eq!(out, "before\nafter\n", "the established connection did not survive the window");
     assert!(!lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC));
@@ -170,8 +215,8 @@ fn reknock_extends_and_revoke_closes_via(path: GrantPath, prefix: &str) {
     b.grant(&longer).unwrap();
     let owned = b.list().unwrap();
     assert_eq!(owned.len(), 1, "{owned:?}");
-    assert_eq!(owned[0].id, Some(GrantId(5)));
-    assert!(owned[0].deadline.unwrap() >= now() + 6, "{owned:?}");
+    assert_eq!(owned[0].holder, Some(GrantId(5)));
+    assert!(owned[0].until.unwrap() >= now() + 6, "{owned:?}");
     thread::sleep(Duration::from_secs(3));
     assert!(lab.client.tcp_connects(addr(Lab::GW4, 22), SEC), "re-knock did not extend the grant");
 
@@ -181,6 +226,8 @@ fn reknock_extends_and_revoke_closes_via(path: GrantPath, prefix: &str) {
     // Revoking again (or a grant never made) is not an error.
     b.revoke(&longer).unwrap();
     b.revoke(&grant(99, Lab::ATTACKER4, &["tcp/22"], None, 5)).unwrap();
+    // The elements themselves: removing an absent one is not an error either.
+    assert!(b.gate.ledger().is_empty());
 }
 
 #[test]
@@ -197,7 +244,7 @@ fn shared_elements_live_as_long_as_their_longest_grant() {
     assert!(lab.client.tcp_connects(addr(Lab::GW4, 22), SEC), "revoking one grant closed another's port");
     let owned = b.list().unwrap();
     assert_eq!(owned.len(), 2, "{owned:?}");
-    assert!(owned.iter().all(|o| o.id == Some(GrantId(2))));
+    assert!(owned.iter().all(|o| o.holder == Some(GrantId(2))));
 }
 
 #[test]
@@ -324,7 +371,7 @@ fn prepare_after_a_restart_keeps_live_grants_and_drops_stale_ones() {
     assert!(!lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC), "stale grant kept");
     let owned = second.list().unwrap();
     assert_eq!(owned.len(), 1, "{owned:?}");
-    assert_eq!(owned[0].id, Some(GrantId(1)));
+    assert_eq!(owned[0].holder, Some(GrantId(1)));
     assert_eq!(owned[0].entry, "allow4 { 10.201.1.2 . tcp . 22 }");
 }
 
@@ -345,17 +392,80 @@ fn teardown_removes_only_our_table() {
 }
 
 #[test]
-fn a_lost_table_is_an_error_not_a_hang_and_prepare_recovers() {
+fn a_lost_table_is_noticed_and_rebuilt_with_the_live_grants() {
     let lab = Lab::new("nfl");
     let _ssh = lab.gw.tcp_server(22, "gw-ssh");
     let mut b = backend(&lab, config(&["tcp/22"]));
     b.prepare(&[]).unwrap();
+    let live = grant(1, Lab::CLIENT4, &["tcp/22"], None, 60);
+    b.grant(&live).unwrap();
+    // Another table's change moves the generation: no false alarm.
+    lab.gw.sh("nft add table inet other");
+    assert!(b.gate.check(now(), &mut b.journal).is_empty());
+    // What a `flush ruleset` or a firewall reload does: the protected port is open to all.
     lab.gw.sh("nft delete table inet spa");
-    let err = b.grant(&grant(1, Lab::CLIENT4, &["tcp/22"], None, 30)).unwrap_err();
-    assert!(err.to_string().contains("No such file or directory"), "{err}");
+    assert!(lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC), "the lab does not show the hole");
+    let ev = b.gate.check(now(), &mut b.journal);
+    assert!(
+        matches!(ev.as_slice(), [Event::Tampered { detail }, Event::Repaired { live: 1 }] if detail.contains("is gone")),
+        "{ev:?}"
+    );
+    assert!(!lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC), "protection not rebuilt");
+    assert!(lab.client.tcp_connects(addr(Lab::GW4, 22), SEC), "the live grant was not put back");
+    // A grant made while the table is gone: noticed on the failing change, rebuilt, granted.
+    lab.gw.sh("nft flush ruleset");
+    let ev = b.gate.grant(grant(2, Lab::CLIENT6, &["tcp/22"], None, 60), now(), &mut b.journal);
+    assert!(
+        matches!(ev.as_slice(), [Event::Tampered { .. }, Event::Repaired { live: 1 }, Event::Granted(_)]),
+        "{ev:?}"
+    );
+    assert!(lab.client.tcp_connects(addr(Lab::GW6, 22), SEC));
+    assert!(!lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER6, 22), SEC));
+}
+
+#[test]
+fn a_changed_rule_or_protected_port_is_noticed() {
+    let lab = Lab::new("nfk");
+    let _ssh = lab.gw.tcp_server(22, "gw-ssh");
+    let mut b = backend(&lab, config(&["tcp/22"]));
     b.prepare(&[]).unwrap();
-    b.grant(&grant(1, Lab::CLIENT4, &["tcp/22"], None, 30)).unwrap();
-    assert!(lab.client.tcp_connects(addr(Lab::GW4, 22), SEC));
+    // Someone takes tcp/22 out of the protection: open to all.
+    lab.gw.sh("nft delete element inet spa protect '{ tcp . 22 }'");
+    assert!(lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC));
+    let ev = b.gate.check(now(), &mut b.journal);
+    assert!(
+        matches!(ev.as_slice(), [Event::Tampered { detail }, Event::Repaired { .. }] if detail.contains("set protect elements changed")),
+        "{ev:?}"
+    );
+    assert!(!lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC));
+    // Someone replaces the drop with an accept.
+    lab.gw.sh("nft flush chain inet spa input && nft add rule inet spa input accept");
+    let ev = b.gate.check(now(), &mut b.journal);
+    assert!(
+        matches!(ev.as_slice(), [Event::Tampered { detail }, Event::Repaired { .. }] if detail.contains("rules of chain input changed")),
+        "{ev:?}"
+    );
+    assert!(!lab.attacker.tcp_connects(addr(Lab::GW_ATTACKER4, 22), SEC));
+    // Our own grants move the generation too, without a false alarm.
+    for i in 0..5 {
+        b.grant(&grant(10 + i, &format!("10.201.9.{i}"), &["tcp/22"], None, 60)).unwrap();
+    }
+    assert!(b.gate.check(now(), &mut b.journal).is_empty());
+}
+
+#[test]
+fn the_backend_keeps_the_contract() {
+    spa_e2e::require_root();
+    let gw = std::rc::Rc::new(Netns::new("nfc"));
+    let ns = gw.clone();
+    contract(ContractSetup {
+        make: Box::new(move || nft_in(&ns, config(&["tcp/22"]))),
+        observe: None,
+        source4: "192.0.2.1",
+        source6: Some("2001:db8::1"),
+        dnat4: Some("10.0.0.2"),
+    });
+    drop(gw);
 }
 
 fn nmap_state(lab: &Lab) -> String {
@@ -437,6 +547,7 @@ fn the_registry_builds_it_by_name() {
     let table: toml::Table = "table = \"gate\"\nprotect = [\"tcp/22\"]".parse().unwrap();
     let b = reg.create("nft", &table).unwrap();
     assert_eq!(b.name(), "nft");
+    assert!(b.capabilities().exact_prepare && b.capabilities().atomic_apply);
     assert!(b.capabilities().native_expiry && b.capabilities().nat && b.capabilities().ipv6);
     assert!(reg.create("nft", &"protect = [\"tcp/99999\"]".parse().unwrap()).is_err());
 }
