@@ -16,6 +16,7 @@ pub use spa_engine::{Access, Proto, ProtoPort, Snat};
 
 mod error;
 mod none;
+pub mod process;
 
 pub use error::BackendError;
 pub use none::NoneBackend;
