@@ -6,7 +6,8 @@
 //! constructor) rather than entering the namespace with `setns` on a thread: the test process
 //! and its other threads stay in the host namespace, both variants run in parallel without
 //! sharing a thread's namespace state, and the argv path is the same as in production, only
-//! prefixed. The cost is one extra `ip` exec per program, which the exec count below includes.
+//! prefixed. The cost is one extra `ip` exec per program (in the same process: `ip` execs the
+//! program, so the exec counts below count it once), which the timings below include.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -121,6 +122,17 @@ fn sh(ns: &Netns, script: &str) -> String {
     ns.sh(script)
 }
 
+/// Every iptables and ip6tables rule and chain of variant `name` in `ns`, without counters
+/// (traffic changes those; only a change made by a program shows here).
+fn rules(ns: &Netns, name: &str) -> String {
+    let dump = sh(ns, &format!("iptables-{name}-save; ip6tables-{name}-save"));
+    dump.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Waits until `cond` holds, at most `limit`; returns whether it did.
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -184,16 +196,35 @@ fn scenario(variant: Variant, name: &str, other: &str, ns_prefix: &str) {
     // Other ports are not ours to close.
     assert_eq!(banner(&lab.attacker, addr(GatewayLab::GW4, 2022)).as_deref(), Some("gw-local"));
 
-    // A plain grant (short window): the client only; measured.
+    // A plain grant (short window): the client only. It costs one process, an `ipset`
+    // restore, and leaves the rules exactly as they were (checked once the window is used:
+    // it is short).
     let g1 = grant(1, GatewayLab::CLIENT4, &["tcp/22"], None, 3);
+    let rules_before = rules(gw, name);
+    assert!(rules_before.contains("-j SPA_INPUT"), "{rules_before}");
     let (execs, start) = (b.exec_count(), Instant::now());
     b.grant(&g1).expect("grant");
     let (took, n) = (start.elapsed(), b.exec_count() - execs);
     eprintln!("[{name}] plain grant: {took:?}, {n} process(es) (each via ip netns exec)");
+    assert_eq!(n, 1, "a plain grant is one batched process");
     assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T), "granted client gets in");
     assert!(!lab.attacker.tcp_connects(addr(GatewayLab::GW4, SSH), T), "attacker still cannot");
     let mut established = EchoClient::connect(&lab.client, addr(GatewayLab::GW4, SSH));
     assert!(established.echoes("during the window"));
+    assert_eq!(rules(gw, name), rules_before, "a plain grant runs no iptables");
+
+    // A plain grant and its revoke: one `ipset` restore each, no iptables process.
+    let g9 = grant(9, GatewayLab::CLIENT4, &["udp/53"], None, 60);
+    let entry = format!("{},udp:53", GatewayLab::CLIENT4);
+    let execs = b.exec_count();
+    b.grant(&g9).expect("plain grant");
+    assert_eq!(b.exec_count() - execs, 1, "a plain grant is one process");
+    assert!(sh(gw, "ipset list spa4").contains(&entry));
+    let execs = b.exec_count();
+    b.revoke(&g9).expect("plain revoke");
+    assert_eq!(b.exec_count() - execs, 1, "a plain revoke is one process");
+    assert!(!sh(gw, "ipset list spa4").contains(&entry), "revoked entry is gone");
+    assert_eq!(rules(gw, name), rules_before, "a plain grant and revoke run no iptables");
 
     // DNAT to the internal host, client only; measured.
     let g2 = grant(

@@ -17,23 +17,32 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use spa_backends::BackendError;
+use spa_backends::process::{self, Environment, Invocation};
+
+/// How long a one-shot `nft -f -` or `nft -j list` may run before it is killed. These load or
+/// list the whole table (prepare, reconcile, teardown), which with many thousands of set
+/// elements takes far longer than one grant line (`command_timeout_ms`), yet must not hang
+/// the worker forever.
+pub const ONE_SHOT_LIMIT: Duration = Duration::from_secs(60);
 
 /// How to start nft: the program and any prefix (tests: `ip netns exec NS nft`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Program {
     argv: Vec<String>,
+    /// The limit of one-shot runs ([`ONE_SHOT_LIMIT`]; shorter in tests).
+    limit: Duration,
 }
 
 impl Program {
     /// `argv[0]` is run with the rest, then nft's own arguments.
     pub fn new(argv: Vec<String>) -> Self {
-        Self { argv }
+        Self { argv, limit: ONE_SHOT_LIMIT }
     }
 
+    /// `argv` then `args`, in its own process group, in `/`, with the daemon's environment.
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.argv[0]);
-        c.args(&self.argv[1..]).args(args);
-        c
+        let argv: Vec<&str> = self.argv.iter().map(String::as_str).chain(args.iter().copied()).collect();
+        process::command(&argv, &Environment::Inherit(Vec::new()))
     }
 
     /// The name used in errors.
@@ -41,34 +50,19 @@ impl Program {
         self.argv.last().cloned().unwrap_or_default()
     }
 
-    /// Runs `nft <args>` once with `stdin` as input; returns stdout, or the failure with stderr.
+    /// Runs `nft <args>` once with `stdin` as input, killed (with its process group) after
+    /// [`ONE_SHOT_LIMIT`]; returns stdout (at most [`process::STDOUT_MAX`] bytes), or the
+    /// failure with the start of stderr.
     pub fn run_once(&self, args: &[&str], stdin: &str) -> Result<String, BackendError> {
-        let program = self.name();
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
-        let mut input = child.stdin.take();
-        let text = stdin.to_owned();
-        // A writer thread, so a large script cannot deadlock against a full stdout pipe.
-        let writer = thread::spawn(move || input.as_mut().map_or(Ok(()), |i| i.write_all(text.as_bytes())));
-        let out = child
-            .wait_with_output()
-            .map_err(|source| BackendError::Io { program: program.clone(), source })?;
-        let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")));
-        if !out.status.success() {
-            return Err(BackendError::Failed {
-                program,
-                status: out.status,
-                stderr: first_lines(&String::from_utf8_lossy(&out.stderr)),
-            });
-        }
-        written.map_err(|source| BackendError::Io { program: program.clone(), source })?;
-        String::from_utf8(out.stdout)
-            .map_err(|_| BackendError::Parse { program, detail: "output is not UTF-8".into() })
+        let Some((program, rest)) = self.argv.split_first() else {
+            return Err(BackendError::Invalid("empty nft program argv".into()));
+        };
+        let inv = Invocation::new(program.as_str(), self.limit)
+            .label(self.name())
+            .args(rest.iter().map(String::as_str).chain(args.iter().copied()))
+            .stdin(stdin)
+            .capture_stdout();
+        process::run(inv)?.success()?.stdout_text()
     }
 }
 
@@ -210,5 +204,38 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Program {
+        Program::new(["sh", "-c", script, "nft"].map(String::from).to_vec())
+    }
+
+    #[test]
+    fn one_shot_runs_feed_stdin_and_return_stdout_or_the_error() {
+        // The fake's `$@` is nft's own arguments.
+        let echo = sh("echo \"$@\"; cat");
+        assert_eq!(echo.run_once(&["-f", "-"], "table inet spa\n").unwrap(), "-f -\ntable inet spa\n");
+        let fail = sh("echo 'Error: No such file or directory' >&2; echo 'list table inet spa' >&2; exit 1");
+        let err = fail.run_once(&["-j", "list"], "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nft failed (exit status: 1): Error: No such file or directory / list table inet spa"
+        );
+        let missing = Program::new(vec!["/nonexistent/nft".into()]);
+        assert!(matches!(missing.run_once(&[], ""), Err(BackendError::Spawn { .. })));
+        assert!(matches!(Program::new(Vec::new()).run_once(&[], ""), Err(BackendError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_hung_one_shot_run_is_killed_at_its_limit() {
+        let mut hung = sh("sleep 30");
+        hung.limit = Duration::from_millis(300);
+        let err = hung.run_once(&["-f", "-"], "flush ruleset\n").unwrap_err();
+        assert!(matches!(err, BackendError::Timeout { limit_ms: 300, .. }), "{err}");
     }
 }

@@ -27,15 +27,14 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use spa_backends::process::{self, Environment, Invocation, Outcome};
 use spa_backends::{
     Access, Backend, BackendDescriptor, BackendError, Capabilities, Grant, GrantId, Nat, Owned, ProtoPort,
     Snat,
 };
 
-mod run;
 mod template;
 
-use run::{Invocation, Outcome};
 use template::{Template, TemplateError, Var};
 
 /// The time limit of one command when `timeout_ms` is not set.
@@ -45,7 +44,7 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// `PATH` for the commands unless `env` or `pass_env` sets it: the environment is never
 /// inherited wholesale.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = process::DEFAULT_PATH;
 
 inventory::submit! {
     BackendDescriptor {
@@ -249,7 +248,7 @@ impl ScriptBackend {
         action: Action,
         grant: &Grant,
         port: Option<ProtoPort>,
-    ) -> Result<Option<(Outcome, String)>, BackendError> {
+    ) -> Result<Option<Outcome>, BackendError> {
         let Some(cmd) = self.cmd(action) else { return Ok(None) };
         let ctx = Context { action, per: self.per, grant, port, now: unix_now() };
         let mut label = format!("{} command {}", action.name(), cmd.program);
@@ -270,21 +269,20 @@ impl ScriptBackend {
             program: label.clone(),
             detail: format!("cannot encode the grant as JSON: {e}"),
         })?;
-        let outcome = run::run(Invocation {
-            label: label.clone(),
-            program: cmd.program.clone(),
-            args: cmd.args.iter().map(|t| t.render(|v| ctx.value(v))).collect(),
-            env,
-            stdin,
-            limit: self.limit,
-        })?;
-        Ok(Some((outcome, label)))
+        let outcome = process::run(
+            Invocation::new(cmd.program.clone(), self.limit)
+                .args(cmd.args.iter().map(|t| t.render(|v| ctx.value(v))))
+                .env(Environment::Clear(env))
+                .stdin(stdin)
+                .label(label),
+        )?;
+        Ok(Some(outcome))
     }
 
     /// Runs `open` or `close` for one unit and requires success.
     fn must(&self, action: Action, grant: &Grant, port: Option<ProtoPort>) -> Result<(), BackendError> {
         match self.call(action, grant, port)? {
-            Some((outcome, label)) if !outcome.status.success() => Err(outcome.failed(label)),
+            Some(outcome) if !outcome.status.success() => Err(outcome.failed()),
             _ => Ok(()),
         }
     }
@@ -293,9 +291,9 @@ impl ScriptBackend {
     fn present(&self, grant: &Grant, port: Option<ProtoPort>) -> Result<Option<bool>, BackendError> {
         match self.call(Action::Check, grant, port)? {
             None => Ok(None),
-            Some((outcome, _)) if outcome.status.code() == Some(0) => Ok(Some(true)),
-            Some((outcome, _)) if outcome.status.code() == Some(1) => Ok(Some(false)),
-            Some((outcome, label)) => Err(outcome.failed(label)),
+            Some(outcome) if outcome.status.code() == Some(0) => Ok(Some(true)),
+            Some(outcome) if outcome.status.code() == Some(1) => Ok(Some(false)),
+            Some(outcome) => Err(outcome.failed()),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod ledger;
 #[cfg(test)]
 mod ledger_tests;
 mod none;
+pub mod process;
 mod registry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -8,7 +8,6 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, ToSocketAddrs};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -297,34 +296,26 @@ impl Worker {
         self.dirty = true;
     }
 
-    /// Runs an accepted command message (`enable_cmd_exec`) with `sh -c`, killed after 5 s,
-    /// as fwknopd does for root.
+    /// Runs an accepted command message (`enable_cmd_exec`) as `/bin/sh -c CMD`, as fwknopd
+    /// does: in `/`, with an empty environment (fwknopd passes none; we set only `PATH`),
+    /// stdin and stdout on `/dev/null`, stderr read (bounded) and dropped, killed after 5 s
+    /// together with its whole process group (what it put in the background too). The event
+    /// `command` records how it ended: its exit code, `signal`, `timeout`, or why it could not
+    /// start.
     fn run_command(&mut self, req: &GrantRequest, cmd: &str) {
-        let child = Command::new("/bin/sh")
+        use spa_backends::process::{self, DEFAULT_PATH, Environment, Invocation};
+        /// fwknopd's limit for a command; the worker (which changes the firewall) waits for it.
+        const LIMIT: Duration = Duration::from_secs(5);
+        let inv = Invocation::new("/bin/sh", LIMIT)
             .args(["-c", cmd])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let status = match child {
-            Ok(mut c) => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                let pid = c.id();
-                std::thread::spawn(move || {
-                    let _ = tx.send(c.wait());
-                });
-                match rx.recv_timeout(Duration::from_secs(5)) {
-                    Ok(Ok(s)) => s.code().map_or("signal".to_string(), |c| c.to_string()),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => {
-                        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        "timeout".to_string()
-                    }
-                }
-            }
-            Err(e) => e.to_string(),
+            .env(Environment::Clear(vec![("PATH".into(), DEFAULT_PATH.into())]))
+            .label("command");
+        let status = match process::run(inv) {
+            Ok(outcome) => outcome.status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
+            Err(spa_backends::BackendError::Timeout { .. }) => "timeout".to_owned(),
+            Err(e) => error_chain(&e),
         };
+        tracing::info!("command from {} ({}) ended: {status}", req.packet_source, req.stanza);
         self.audit().daemon(
             "command",
             serde_json::json!({
