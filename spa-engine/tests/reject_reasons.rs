@@ -201,7 +201,11 @@ fn cases() -> Vec<Case> {
     accept(any.verify(good.as_bytes(), client, NOW, &mut tiny));
     let second = seal_with(&access("192.0.2.10,tcp/22"), KEY, HMAC_KEY, 2);
     case("store full", RejectReason::ReplayStoreFull, any.verify(second.as_bytes(), client, NOW, &mut tiny));
-    case("unwritable", RejectReason::StateUnwritable, any.verify(good.as_bytes(), client, NOW, &mut Unwritable));
+    case(
+        "unwritable",
+        RejectReason::StateUnwritable,
+        any.verify(good.as_bytes(), client, NOW, &mut Unwritable),
+    );
 
     let expired = verifier(&[stanza("source = \"any\"\naccess_expire = \"2020-01-01\"")]);
     case("expired", RejectReason::StanzaExpired, run(&expired, good.as_bytes(), client, NOW));
