@@ -133,8 +133,9 @@ pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
 
 /// Opens `path` without following a symbolic link, and checks what was opened: a regular file
 /// of ours that only we may write. `None` when it does not exist (and `opts` does not create).
+/// `O_NONBLOCK` keeps a planted FIFO from hanging the open (it changes nothing for files).
 fn open_checked(path: &Path, opts: &mut OpenOptions) -> Result<Option<File>, StateError> {
-    let file = match opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path) {
+    let file = match opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(StateError::Symlink(path.to_owned())),
@@ -146,6 +147,26 @@ fn open_checked(path: &Path, opts: &mut OpenOptions) -> Result<Option<File>, Sta
     }
     check_owner(path, &m)?;
     Ok(Some(file))
+}
+
+/// The journals in a state directory.
+const JOURNALS: [&str; 2] = ["grants.jsonl", "replay.log"];
+
+/// Checks `path` without opening it, if it exists: not a link, a regular file, ours, and
+/// writable only by us.
+fn check_existing(path: &Path) -> Result<(), StateError> {
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StateError::Open(path.to_owned(), e)),
+    };
+    if m.file_type().is_symlink() {
+        return Err(StateError::Symlink(path.to_owned()));
+    }
+    if !m.is_file() {
+        return Err(StateError::WrongType(path.to_owned(), "regular file"));
+    }
+    check_owner(path, &m)
 }
 
 /// Exclusive use of a state directory, for as long as the value lives: an `flock` on its
@@ -182,6 +203,11 @@ impl StateLock {
             f.write_all(format!("{}\n", std::process::id()).as_bytes())
         };
         write(&mut file).map_err(|e| StateError::Lock(path, e))?;
+        // Refuse a bad journal before either is rewritten, so a refused start changes nothing.
+        // (They are checked again on the descriptors they are read from.)
+        for name in JOURNALS {
+            check_existing(&dir.join(name))?;
+        }
         Ok(Self { dir: dir.to_owned(), _file: file })
     }
 
