@@ -26,6 +26,9 @@ pub enum Insert {
     Seen,
     /// The store is full of live entries; the packet cannot be recorded.
     Full,
+    /// The store could not make the record durable (its journal cannot be written): the
+    /// packet must be refused, or after a restart it could be accepted a second time.
+    Unwritable,
 }
 
 /// Where the verifier remembers packets. The daemon may persist or share it; the engine only

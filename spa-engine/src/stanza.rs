@@ -562,6 +562,19 @@ impl Stanza {
         &self.name
     }
 
+    /// The longest grant a client may ask this stanza for, in seconds (`max_fw_timeout`): the
+    /// daemon caps deadlines it reads back from its state with it, so a forged or stale record
+    /// cannot keep a grant open longer than the policy allows.
+    pub fn max_fw_timeout(&self) -> u32 {
+        self.max_fw_timeout
+    }
+
+    /// The grant length used when the client asks for none (`fw_access_timeout`); it may exceed
+    /// `max_fw_timeout`, which caps only what clients ask for.
+    pub fn fw_access_timeout(&self) -> u32 {
+        self.fw_access_timeout
+    }
+
     /// Whether this stanza applies to a packet between these addresses.
     pub fn matches(&self, src: IpAddr, dst: IpAddr) -> bool {
         self.source.contains(src) && self.destination.as_ref().is_none_or(|d| d.contains(dst))

@@ -138,6 +138,10 @@ pub enum RejectReason {
     /// A command message to a stanza without `enable_cmd_exec`.
     #[error("command execution not enabled")]
     CommandNotEnabled,
+    /// The packet authenticated but the daemon could not record it durably (its state
+    /// directory cannot be written): accepting it would let it be replayed after a restart.
+    #[error("state cannot be written")]
+    StateUnwritable,
 }
 
 impl RejectReason {
@@ -163,11 +167,12 @@ impl RejectReason {
             RejectReason::SourceAddressRequired => "source_address_required",
             RejectReason::NatNotEnabled => "nat_not_enabled",
             RejectReason::CommandNotEnabled => "command_not_enabled",
+            RejectReason::StateUnwritable => "state_unwritable",
         }
     }
 
     /// Every reason code, for metrics that must exist before the first packet.
-    pub const ALL_CODES: [&'static str; 19] = [
+    pub const ALL_CODES: [&'static str; 20] = [
         "too_short",
         "too_long",
         "prefix_not_stripped",
@@ -187,6 +192,7 @@ impl RejectReason {
         "source_address_required",
         "nat_not_enabled",
         "command_not_enabled",
+        "state_unwritable",
     ];
 
     /// How far a packet got before this reason: with several stanzas the furthest reason is

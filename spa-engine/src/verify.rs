@@ -108,7 +108,11 @@ impl Verifier {
             }
             match self.try_stanza(stanza, index, payload, src, dst, now, &key, &mut recorded, replay) {
                 Ok(grant) => return Verdict::Accept(grant),
-                Err(reason @ (RejectReason::ReplayStoreFull | RejectReason::Replay)) => {
+                Err(
+                    reason @ (RejectReason::ReplayStoreFull
+                    | RejectReason::Replay
+                    | RejectReason::StateUnwritable),
+                ) => {
                     return Verdict::Reject(Rejection { reason, stanza: Some(stanza.name.clone()) });
                 }
                 Err(reason) => {
@@ -145,6 +149,7 @@ impl Verifier {
                 Insert::New => *recorded = true,
                 Insert::Seen => return Err(RejectReason::Replay),
                 Insert::Full => return Err(RejectReason::ReplayStoreFull),
+                Insert::Unwritable => return Err(RejectReason::StateUnwritable),
             }
         }
         let msg = &decoded.message;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use spa_engine::digest::HmacState;
 use spa_engine::packet::{self, SealOptions};
+use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
 use spa_engine::verdict::{Field, Rejection};
 use spa_engine::{
     Access, AccessStanza, Action, DigestType, EncryptionKey, EncryptionMode, Entropy, Error, GrantRequest,
@@ -151,6 +152,18 @@ fn reject(v: Verdict) -> Rejection {
     }
 }
 
+/// A replay store whose journal cannot be written (a full disk): nothing is ever recorded.
+struct Unwritable;
+
+impl ReplayStore for Unwritable {
+    fn contains(&self, _: &ReplayKey, _: u64) -> bool {
+        false
+    }
+    fn insert(&mut self, _: ReplayKey, _: u64) -> Insert {
+        Insert::Unwritable
+    }
+}
+
 /// One negative case: what it does and the reason it must produce.
 struct Case {
     name: &'static str,
@@ -188,6 +201,11 @@ fn cases() -> Vec<Case> {
     accept(any.verify(good.as_bytes(), client, NOW, &mut tiny));
     let second = seal_with(&access("192.0.2.10,tcp/22"), KEY, HMAC_KEY, 2);
     case("store full", RejectReason::ReplayStoreFull, any.verify(second.as_bytes(), client, NOW, &mut tiny));
+    case(
+        "unwritable",
+        RejectReason::StateUnwritable,
+        any.verify(good.as_bytes(), client, NOW, &mut Unwritable),
+    );
 
     let expired = verifier(&[stanza("source = \"any\"\naccess_expire = \"2020-01-01\"")]);
     case("expired", RejectReason::StanzaExpired, run(&expired, good.as_bytes(), client, NOW));

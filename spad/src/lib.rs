@@ -33,7 +33,7 @@ use crate::audit::Audit;
 use crate::config::{Config, Mode, error_chain};
 use crate::ratelimit::RateLimiter;
 use crate::receive::{Batch, CaptureReceiver, UdpReceiver};
-use crate::state::{GrantStore, PersistentReplay};
+use crate::state::{GrantStore, PersistentReplay, StanzaLimits, StateError, StateLock};
 use crate::worker::{Msg, Worker, unix_now};
 
 /// Authenticated requests waiting for the backend worker, at most.
@@ -103,17 +103,22 @@ pub fn list(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `spad teardown`: removes everything the backend owns.
+/// `spad teardown`: removes everything the backend owns. Refused while a daemon holds the
+/// state directory (it would put its grants back, or lose track of them); otherwise the lock
+/// is held while the firewall and the journal are cleared.
 pub fn teardown(path: &Path) -> Result<()> {
     let c = load(path)?;
+    let lock = StateLock::acquire(&c.replay.state_dir).map_err(|e| match e {
+        StateError::Locked(..) => {
+            anyhow::Error::new(e).context("cannot tear down while spad runs; stop it first")
+        }
+        e => anyhow::Error::new(e),
+    })?;
     let mut b = registry()?.create(&c.firewall.backend, &c.firewall.table)?;
     b.teardown().context("teardown")?;
     // Nothing is granted any more.
-    let (mut store, grants) = GrantStore::open(&c.replay.state_dir)?;
-    for id in grants.keys() {
-        store.del(*id)?;
-    }
-    store.sync()?;
+    let (mut store, _) = GrantStore::open(&lock, &StanzaLimits::of(&c.verifier), unix_now())?;
+    store.rewrite(std::iter::empty())?;
     println!("removed everything the {} backend owned", c.firewall.backend);
     Ok(())
 }
@@ -220,6 +225,15 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // One spad per state directory: the lock comes before anything there is read or written,
+    // and before the firewall is touched, so a second spad changes nothing.
+    let state_dir = if test {
+        state::prepare_dir(&config.replay.state_dir)?;
+        config.replay.state_dir.join("test")
+    } else {
+        config.replay.state_dir.clone()
+    };
+    let lock = StateLock::acquire(&state_dir)?;
     let registry = registry()?;
     let mut backend: Box<dyn Backend> = if test {
         tracing::info!("test mode: decisions are logged, the firewall is not changed");
@@ -227,23 +241,33 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     } else {
         registry.create(&config.firewall.backend, &config.firewall.table)?
     };
-    let state_dir = if test { config.replay.state_dir.join("test") } else { config.replay.state_dir.clone() };
     let now = unix_now();
 
-    // Reconcile: the firewall must hold exactly the recorded live grants.
-    let (mut store, recorded) = GrantStore::open(&state_dir)?;
-    let (live, expired): (Vec<_>, Vec<_>) = recorded.into_values().partition(|g| g.deadline > now);
+    // Reconcile: the firewall must hold exactly the recorded live grants of configured stanzas.
+    let (mut store, loaded) = GrantStore::open(&lock, &StanzaLimits::of(&config.verifier), now)?;
+    let (live, expired): (Vec<_>, Vec<_>) = loaded.grants.into_values().partition(|g| g.deadline > now);
     backend.prepare(&live).with_context(|| format!("preparing the {} backend", backend.name()))?;
     let audit = Arc::new(Mutex::new(open_audit(&config)?));
-    for g in &expired {
+    let ended = expired.iter().map(|g| (g, "expire")).chain(loaded.dropped.iter().map(|g| (g, "revoke")));
+    for (g, event) in ended {
         if let Err(e) = backend.revoke(g) {
-            tracing::warn!("revoking expired grant {}: {}", g.id, error_chain(&e));
+            tracing::warn!("revoking {event}d grant {}: {}", g.id, error_chain(&e));
         }
-        audit.lock().unwrap_or_else(PoisonError::into_inner).grant("expire", g);
-        store.del(g.id)?;
+        audit.lock().unwrap_or_else(PoisonError::into_inner).grant(event, g);
+        if event == "expire"
+            && let Err(e) = store.del(g.id)
+        {
+            tracing::error!("{}", error_chain(&e));
+        }
+    }
+    if store.needs_rewrite()
+        && let Err(e) = store.rewrite(live.iter())
+    {
+        // Retried before each new grant, which is refused until it works.
+        tracing::error!("{}", error_chain(&e));
     }
     let replay = Arc::new(Mutex::new(PersistentReplay::open(
-        &state_dir,
+        &lock,
         2 * config.replay.max_packet_age,
         config.replay.capacity,
         now,
@@ -322,6 +346,7 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .daemon("stop", serde_json::json!({"kept_grants": keep}));
+    drop(lock);
     Ok(())
 }
 

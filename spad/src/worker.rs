@@ -151,17 +151,45 @@ impl Worker {
         }
     }
 
+    /// fsyncs the journals once a second while anything is pending. A grant journal that lost
+    /// a record is rewritten from the live grants instead, retried every second until it
+    /// works (new grants are refused meanwhile).
     fn sync_if_due(&mut self) {
-        if self.dirty && self.last_sync.elapsed() >= Duration::from_secs(1) {
-            if let Err(e) = self.store.sync() {
+        if !self.dirty || self.last_sync.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_sync = Instant::now();
+        let mut retry = false;
+        if self.store.needs_rewrite() {
+            retry = !self.rewrite_grants();
+        } else if let Err(e) = self.store.sync() {
+            tracing::error!("{}; it will be rewritten", error_chain(&e));
+            retry = true;
+        }
+        if let Ok(mut r) = self.replay.lock() {
+            if let Err(e) = r.sync() {
                 tracing::error!("{}", error_chain(&e));
             }
-            let replay = self.replay.lock().map(|mut r| r.sync());
-            if let Ok(Err(e)) = replay {
-                tracing::error!("{}", error_chain(&e));
+            retry |= r.needs_rewrite();
+        }
+        // Stay dirty so that the next second tries again.
+        self.dirty = retry;
+    }
+
+    /// Rewrites the grant journal with the live grants; reports the first failure of a run of
+    /// them (then one a minute) and the recovery. True when the journal is whole again.
+    fn rewrite_grants(&mut self) -> bool {
+        match self.store.rewrite(self.grants.values()) {
+            Ok(()) => {
+                tracing::info!("grant journal rewritten; new grants are recorded again");
+                true
             }
-            self.last_sync = Instant::now();
-            self.dirty = false;
+            Err(e) => {
+                if self.store.failed_rewrites() % 60 == 1 {
+                    tracing::error!("{}; new grants are refused until it can be rewritten", error_chain(&e));
+                }
+                false
+            }
         }
     }
 
@@ -192,7 +220,12 @@ impl Worker {
         self.grants.remove(&g.id);
         self.by_access.remove(&key_of(g));
         if let Err(e) = self.store.del(g.id) {
-            tracing::error!("{}", error_chain(&e));
+            // The grant has ended; the journal still says it is live, so it is rewritten.
+            tracing::error!(
+                "the end of {} was not recorded: {}; the journal will be rewritten",
+                g.id,
+                error_chain(&e)
+            );
         }
         self.dirty = true;
     }
@@ -266,9 +299,21 @@ impl Worker {
         self.apply(grant, "grant");
     }
 
+    /// Records, then applies a grant. A grant that cannot be recorded is not made: after a
+    /// restart nothing would know to close it, and its packet could be accepted again.
     fn apply(&mut self, grant: Grant, event: &'static str) {
+        if self.store.needs_rewrite() && !self.rewrite_grants() {
+            self.dirty = true;
+        }
         if let Err(e) = self.store.put(&grant) {
-            tracing::error!("{}", error_chain(&e));
+            tracing::error!(
+                "{event} {} for {} refused, its record cannot be written: {}",
+                grant.id,
+                grant.source,
+                error_chain(&e)
+            );
+            self.audit().error(event, &grant, "state_unwritable");
+            return;
         }
         let started = Instant::now();
         let result = self.backend.grant(&grant);
@@ -335,9 +380,17 @@ impl Worker {
                 self.end(&g, "revoke");
             }
         }
-        let _ = self.store.sync();
-        if let Ok(mut r) = self.replay.lock() {
-            let _ = r.sync();
+        if self.store.needs_rewrite() {
+            // A grant still recorded as live after this is reopened (until its deadline) by
+            // the next start.
+            self.rewrite_grants();
+        } else if let Err(e) = self.store.sync() {
+            tracing::error!("{}", error_chain(&e));
+        }
+        if let Ok(mut r) = self.replay.lock()
+            && let Err(e) = r.sync()
+        {
+            tracing::error!("{}", error_chain(&e));
         }
     }
 }
