@@ -58,6 +58,9 @@ pub trait Driver: Send {
         now: u64,
         journal: &mut dyn Journal,
     ) -> Result<Vec<Event>, BackendError>;
+    /// Takes over recorded grants without touching the firewall (for listings and
+    /// comparisons, beside a running daemon).
+    fn adopt(&mut self, records: Vec<Record>);
     /// A grant (new, or a re-knock of a live one).
     fn grant(&mut self, grant: Grant, now: u64, journal: &mut dyn Journal) -> Vec<Event>;
     /// Ends a grant now (or retries closing it).
@@ -322,6 +325,10 @@ impl<B: Backend> Driver for Gate<B> {
         self.ledger = Ledger::load(records);
         self.rebuild(now)?;
         Ok(self.settle_after_prepare(journal))
+    }
+
+    fn adopt(&mut self, records: Vec<Record>) {
+        self.ledger = Ledger::load(records);
     }
 
     fn grant(&mut self, grant: Grant, now: u64, journal: &mut dyn Journal) -> Vec<Event> {

@@ -222,6 +222,9 @@ pub struct GrantRequest {
     pub packet_source: IpAddr,
     /// The packet's network-layer destination.
     pub packet_destination: IpAddr,
+    /// The local address the access is restricted to: the packet's destination when the
+    /// stanza has a `destination` list (so the firewall opens only that address), else none.
+    pub destination: Option<IpAddr>,
     /// The username in the packet.
     pub username: String,
     /// The packet's timestamp (Unix seconds).

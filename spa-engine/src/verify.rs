@@ -216,6 +216,7 @@ impl Verifier {
             allowed_source,
             packet_source: src,
             packet_destination: dst,
+            destination: stanza.destination.is_some().then_some(dst),
             username: decoded.message.username,
             timestamp: decoded.message.timestamp,
             timeout,

@@ -595,6 +595,8 @@ fn destination_must_match() {
     let p = seal(&access("192.0.2.10,tcp/22"));
     let g = accept(run(&v, p.as_bytes(), from(CLIENT), NOW));
     assert_eq!(g.packet_destination, SERVER.parse::<IpAddr>().unwrap());
+    // The stanza restricts destinations, so the grant is for that address only.
+    assert_eq!(g.destination, Some(SERVER.parse::<IpAddr>().unwrap()));
     let elsewhere =
         PacketMeta { source: CLIENT.parse().unwrap(), destination: "198.51.100.9".parse().unwrap() };
     assert_eq!(reject(run(&v, p.as_bytes(), elsewhere, NOW)).reason, RejectReason::NoStanzaForSource);
@@ -625,6 +627,7 @@ fn ipv4_mapped_sources_match_ipv4_stanzas() {
     assert_eq!(g.allowed_source, CLIENT.parse::<IpAddr>().unwrap());
     assert_eq!(g.packet_source, CLIENT.parse::<IpAddr>().unwrap());
     assert_eq!(g.packet_destination, SERVER.parse::<IpAddr>().unwrap());
+    assert_eq!(g.destination, None, "no destination list: the grant is for any local address");
     assert!(v.source_is_known("::ffff:192.0.2.200".parse().unwrap()));
     assert!(!v.source_is_known("::ffff:192.0.3.1".parse().unwrap()));
 }

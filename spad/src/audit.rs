@@ -134,10 +134,11 @@ impl Audit {
         self.write(v);
     }
 
-    /// A grant made, extended, expired or revoked (`event` says which).
-    pub fn grant(&mut self, event: &'static str, g: &Grant) {
+    /// A grant made, extended, re-knocked, expired or revoked (`event` says which);
+    /// `attempts` counts earlier attempts to end it that failed.
+    pub fn grant(&mut self, event: &'static str, g: &Grant, attempts: u32) {
         self.tick();
-        self.write(json!({
+        let mut v = json!({
             "event": event,
             "id": g.id.to_string(),
             "packet_source": g.packet_source.to_string(),
@@ -147,7 +148,14 @@ impl Audit {
             "stanza": g.stanza,
             "username": g.username,
             "expires": rfc3339(g.deadline, 0),
-        }));
+        });
+        if let Some(d) = g.destination {
+            v["destination"] = json!(d.to_string());
+        }
+        if attempts > 0 {
+            v["failed_attempts"] = json!(attempts);
+        }
+        self.write(v);
     }
 
     /// A backend failure for a grant.
@@ -161,6 +169,23 @@ impl Audit {
             "access": access_json(&g.access),
             "stanza": g.stanza,
             "error": error,
+        }));
+    }
+
+    /// Ending a grant failed; it stays recorded as closing and is retried.
+    pub fn closing(&mut self, g: &Grant, c: &spa_backends::Closing, error: &str) {
+        self.write(json!({
+            "event": "error",
+            "action": c.why.event(),
+            "id": g.id.to_string(),
+            "packet_source": g.packet_source.to_string(),
+            "allowed_source": g.source.to_string(),
+            "access": access_json(&g.access),
+            "stanza": g.stanza,
+            "error": error,
+            "closing": true,
+            "attempts": c.attempts,
+            "retry_at": rfc3339(c.retry_at, 0),
         }));
     }
 

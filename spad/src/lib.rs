@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Sender, TrySendError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use spa_backends::{Backend, NoneBackend, Registry};
+use spa_backends::{Driver, NoneBackend, Registry, State};
 use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
 use spa_engine::stanza::canonical;
 use spa_engine::{PacketMeta, RejectReason, Verdict, Verifier};
@@ -75,18 +75,32 @@ pub fn backends() -> Result<()> {
     Ok(())
 }
 
-/// `spad list`: the active grants, from the state journal.
-pub fn list(path: &Path, json: bool) -> Result<()> {
+/// `spad list`: the recorded grants (live, and closing ones whose end failed and is retried),
+/// from the state journal; with `firewall`, also what the backend says the firewall holds,
+/// beside what the ledger expects, with the differences marked.
+pub fn list(path: &Path, json: bool, firewall: bool) -> Result<()> {
     let c = load(path)?;
     let now = unix_now();
-    let grants: Vec<_> =
-        state::read_grants(&c.replay.state_dir)?.into_iter().filter(|g| g.deadline > now).collect();
-    for g in &grants {
+    let records: Vec<_> = state::read_grants(&c.replay.state_dir)?
+        .into_iter()
+        .filter(|r| r.grant.deadline > now || matches!(r.state, State::Closing(_)))
+        .collect();
+    for r in &records {
+        let g = &r.grant;
+        let state = match &r.state {
+            State::Closing(cl) => {
+                format!("closing ({} failed, next try {})", cl.attempts, audit::rfc3339(cl.retry_at, 0))
+            }
+            _ => "live".to_owned(),
+        };
         if json {
-            println!("{}", serde_json::to_string(g)?);
+            let mut v = serde_json::to_value(g)?;
+            v["id"] = serde_json::json!(g.id.to_string());
+            v["state"] = serde_json::json!(if state == "live" { "live" } else { "closing" });
+            println!("{v}");
         } else {
             println!(
-                "{}  {:<39} {:<24} expires {} ({}s left)  stanza {}  user {}",
+                "{}  {:<39} {:<24} expires {} ({}s left)  stanza {}  user {}  {state}",
                 g.id,
                 g.source,
                 g.access.to_string(),
@@ -97,8 +111,49 @@ pub fn list(path: &Path, json: bool) -> Result<()> {
             );
         }
     }
-    if !json && grants.is_empty() {
+    if !json && records.is_empty() {
         println!("no active grants");
+    }
+    if firewall {
+        list_firewall(&c, records, now, json)?;
+    }
+    Ok(())
+}
+
+/// The firewall's side of `spad list --firewall`.
+fn list_firewall(c: &Config, records: Vec<spa_backends::Record>, now: u64, json: bool) -> Result<()> {
+    let mut d = registry()?.create(&c.firewall.backend, &c.firewall.table)?;
+    d.adopt(records);
+    let expected = d.expected(now);
+    let observed = d.observe(now).with_context(|| format!("reading what the {} backend holds", d.name()))?;
+    let seen: std::collections::BTreeMap<&str, &spa_backends::Observed> =
+        observed.iter().map(|o| (o.entry.as_str(), o)).collect();
+    let wanted: std::collections::BTreeSet<&str> = expected.iter().map(|(e, ..)| e.as_str()).collect();
+    let mut lines = Vec::new();
+    for (entry, holder, until, closing) in &expected {
+        let (mark, note) = match (seen.get(entry.as_str()), closing) {
+            (Some(_), true) => ("!", "closing: should be gone"),
+            (None, true) => (" ", "closing: gone"),
+            (Some(o), false) if o.holder.is_some_and(|h| h != *holder) => ("~", "held for another grant"),
+            (Some(_), false) => (" ", "ok"),
+            (None, false) => ("-", "missing"),
+        };
+        lines.push((mark, entry.clone(), Some(*holder), Some(*until), note));
+    }
+    for o in observed.iter().filter(|o| !wanted.contains(o.entry.as_str())) {
+        lines.push(("+", o.entry.clone(), o.holder, o.until, "not in the ledger"));
+    }
+    for (mark, entry, holder, until, note) in lines {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"firewall": entry, "grant": holder.map(|h| h.to_string()), "until": until, "status": note})
+            );
+        } else {
+            let holder = holder.map_or_else(|| "-".to_owned(), |h| h.to_string());
+            let until = until.map_or_else(|| "-".to_owned(), |u| audit::rfc3339(u, 0));
+            println!("{mark} {entry:<48} grant {holder}  until {until}  {note}");
+        }
     }
     Ok(())
 }
@@ -235,33 +290,25 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     };
     let lock = StateLock::acquire(&state_dir)?;
     let registry = registry()?;
-    let mut backend: Box<dyn Backend> = if test {
+    let mut driver: Box<dyn Driver> = if test {
         tracing::info!("test mode: decisions are logged, the firewall is not changed");
-        Box::new(NoneBackend::default())
+        spa_backends::create::<NoneBackend>(&toml::Table::new())?
     } else {
         registry.create(&config.firewall.backend, &config.firewall.table)?
     };
     let now = unix_now();
 
-    // Reconcile: the firewall must hold exactly the recorded live grants of configured stanzas.
+    // Reconcile: the firewall holds exactly the recorded live grants of configured stanzas;
+    // what ended meanwhile, or whose close failed, is closed by the first ticks.
     let (mut store, loaded) = GrantStore::open(&lock, &StanzaLimits::of(&config.verifier), now)?;
-    let (live, expired): (Vec<_>, Vec<_>) = loaded.grants.into_values().partition(|g| g.deadline > now);
-    backend.prepare(&live).with_context(|| format!("preparing the {} backend", backend.name()))?;
     let audit = Arc::new(Mutex::new(open_audit(&config)?));
-    let ended = expired.iter().map(|g| (g, "expire")).chain(loaded.dropped.iter().map(|g| (g, "revoke")));
-    for (g, event) in ended {
-        if let Err(e) = backend.revoke(g) {
-            tracing::warn!("revoking {event}d grant {}: {}", g.id, error_chain(&e));
-        }
-        audit.lock().unwrap_or_else(PoisonError::into_inner).grant(event, g);
-        if event == "expire"
-            && let Err(e) = store.del(g.id)
-        {
-            tracing::error!("{}", error_chain(&e));
-        }
-    }
+    let events = driver
+        .start(loaded.records, now, &mut store)
+        .with_context(|| format!("preparing the {} backend", driver.name()))?;
+    worker::report(&audit, events);
+    let live = driver.ledger().live().filter(|g| g.deadline > now).count();
     if store.needs_rewrite()
-        && let Err(e) = store.rewrite(live.iter())
+        && let Err(e) = store.rewrite(driver.ledger().records())
     {
         // Retried before each new grant, which is refused until it works.
         tracing::error!("{}", error_chain(&e));
@@ -272,18 +319,18 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         config.replay.capacity,
         now,
     )?));
-    audit.lock().unwrap_or_else(PoisonError::into_inner).daemon(
-        "start",
-        serde_json::json!({"backend": backend.name(), "live_grants": live.len(), "test": test}),
-    );
-    tracing::info!("backend {} ready with {} live grants", backend.name(), live.len());
+    audit
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .daemon("start", serde_json::json!({"backend": driver.name(), "live_grants": live, "test": test}));
+    tracing::info!("backend {} ready with {live} live grants", driver.name());
 
     // Bounded: a flood of authenticated requests (only key holders can make them) waits here
     // at most this deep; beyond it they are refused as `backend_busy`, never queued forever.
     let (wtx, wrx) = crossbeam_channel::bounded(WORKER_QUEUE);
     let watchdog = sd_notify::watchdog_enabled();
     let heartbeat = Arc::new(AtomicU64::new(unix_now()));
-    let worker = Worker::new(backend, live, store, replay.clone(), audit.clone(), heartbeat.clone());
+    let worker = Worker::new(driver, store, replay.clone(), audit.clone(), heartbeat.clone());
     let worker_thread = thread::Builder::new()
         .name("backend".into())
         .spawn(move || worker.run(wrx, watchdog.map(|w| w / 2)))

@@ -29,6 +29,11 @@ enum Cmd {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also show what the backend says the firewall holds, beside the ledger, with the
+        /// differences marked (`-` missing, `+` not in the ledger, `~` other grant, `!` should
+        /// be gone).
+        #[arg(long)]
+        firewall: bool,
     },
     /// Remove everything the configured backend owns in the firewall, protections included.
     /// Stop spad first.
@@ -41,7 +46,7 @@ fn main() {
         None => spad::run(&cli.config, cli.test),
         Some(Cmd::Check) => spad::check(&cli.config),
         Some(Cmd::Backends) => spad::backends(),
-        Some(Cmd::List { json }) => spad::list(&cli.config, json),
+        Some(Cmd::List { json, firewall }) => spad::list(&cli.config, json, firewall),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
     };
     if let Err(e) = result {

@@ -28,7 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spa_backends::{Grant, GrantId};
+use spa_backends::{Closing, EndKind, Grant, GrantId, Record, State};
 use spa_engine::Verifier;
 use spa_engine::replay::{Insert, MemoryReplayStore, ReplayKey, ReplayStore};
 
@@ -402,15 +402,29 @@ impl Journal {
     }
 }
 
+/// One line of `grants.jsonl`.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum GrantRecord {
+    /// A grant as it now is (new or extended).
     Put { grant: Grant },
+    /// Ending the grant failed; it is retried (its entries may still be in the firewall).
+    Closing { id: GrantId, closing: Closing },
+    /// The grant ended.
     Del { id: GrantId },
 }
 
 fn put_line(grant: &Grant) -> Option<String> {
     serde_json::to_string(&GrantRecord::Put { grant: grant.clone() }).ok()
+}
+
+/// The lines that record `r`: its put, and its closing state if it has one.
+fn record_lines(r: &Record) -> Vec<String> {
+    let mut v: Vec<String> = put_line(&r.grant).into_iter().collect();
+    if let State::Closing(c) = &r.state {
+        v.extend(serde_json::to_string(&GrantRecord::Closing { id: r.grant.id, closing: *c }).ok());
+    }
+    v
 }
 
 /// The longest grant each configured stanza can make, by stanza name: what a grant read back
@@ -441,12 +455,21 @@ impl StanzaLimits {
     }
 }
 
-/// Replays `grants.jsonl` into the live set; unusable lines are counted by [`read_journal`].
-fn load_grants(path: &Path) -> Result<BTreeMap<GrantId, Grant>, StateError> {
-    let mut grants = BTreeMap::new();
+/// Replays `grants.jsonl` into the recorded grants, live and closing; unusable lines are
+/// counted by [`read_journal`].
+fn load_grants(path: &Path) -> Result<BTreeMap<GrantId, Record>, StateError> {
+    let mut grants: BTreeMap<GrantId, Record> = BTreeMap::new();
     read_journal(path, |line| match serde_json::from_str::<GrantRecord>(line) {
         Ok(GrantRecord::Put { grant }) => {
-            grants.insert(grant.id, grant);
+            // A put keeps a closing state: only `del` ends a grant.
+            let state = grants.get(&grant.id).map_or(State::Live, |r| r.state.clone());
+            grants.insert(grant.id, Record { grant, state });
+            true
+        }
+        Ok(GrantRecord::Closing { id, closing }) => {
+            if let Some(r) = grants.get_mut(&id) {
+                r.state = State::Closing(closing);
+            }
             true
         }
         Ok(GrantRecord::Del { id }) => {
@@ -461,11 +484,11 @@ fn load_grants(path: &Path) -> Result<BTreeMap<GrantId, Grant>, StateError> {
 /// What [`GrantStore::open`] found.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The recorded grants of configured stanzas, deadlines capped; some may have expired.
-    pub grants: BTreeMap<GrantId, Grant>,
-    /// Recorded grants whose stanza is not in the configuration: no longer recorded, and to
-    /// be revoked.
-    pub dropped: Vec<Grant>,
+    /// The recorded grants, live (some may have expired) and closing. Grants of stanzas no
+    /// longer configured are closing (to be revoked); deadlines are capped.
+    pub records: Vec<Record>,
+    /// How many of them were dropped for an unknown stanza (now closing).
+    pub dropped: usize,
 }
 
 /// The journal of grants.
@@ -473,6 +496,32 @@ pub struct Loaded {
 pub struct GrantStore {
     journal: Journal,
     failed_rewrites: u64,
+}
+
+/// The ledger's view of the journal: a new grant's record must be written (or the grant is
+/// refused); the others mark the journal for a rewrite when they cannot be written.
+impl spa_backends::Journal for GrantStore {
+    fn put(&mut self, grant: &Grant) -> Result<(), String> {
+        GrantStore::put(self, grant).map_err(|e| crate::config::error_chain(&e))
+    }
+
+    fn closing(&mut self, id: GrantId, closing: &Closing) {
+        if let Err(e) = GrantStore::closing(self, id, closing) {
+            tracing::error!(
+                "the closing state of {id} was not recorded: {}; the journal will be rewritten",
+                crate::config::error_chain(&e)
+            );
+        }
+    }
+
+    fn del(&mut self, id: GrantId) {
+        if let Err(e) = GrantStore::del(self, id) {
+            tracing::error!(
+                "the end of {id} was not recorded: {}; the journal will be rewritten",
+                crate::config::error_chain(&e)
+            );
+        }
+    }
 }
 
 impl GrantStore {
@@ -483,25 +532,32 @@ impl GrantStore {
         let path = lock.dir().join("grants.jsonl");
         let mut loaded = Loaded::default();
         let mut capped = 0usize;
-        for (id, mut g) in load_grants(&path)? {
-            let Some(limit) = limits.get(&g.stanza) else {
-                loaded.dropped.push(g);
-                continue;
-            };
-            let latest = now.saturating_add(limit);
-            if g.deadline > latest {
-                g.deadline = latest;
-                capped += 1;
+        let mut first_dropped = None;
+        for (_, mut r) in load_grants(&path)? {
+            match limits.get(&r.grant.stanza) {
+                None => {
+                    // Not ours any more: it ends now (what it holds must still be closed).
+                    if r.state == State::Live {
+                        r.state = State::Closing(Closing { why: EndKind::Revoke, attempts: 0, retry_at: 0 });
+                    }
+                    loaded.dropped += 1;
+                    first_dropped.get_or_insert((r.grant.id, r.grant.source));
+                }
+                Some(limit) => {
+                    let latest = now.saturating_add(limit);
+                    if r.grant.deadline > latest {
+                        r.grant.deadline = latest;
+                        capped += 1;
+                    }
+                }
             }
-            loaded.grants.insert(id, g);
+            loaded.records.push(r);
         }
-        if let Some(first) = loaded.dropped.first() {
+        if let Some((id, source)) = first_dropped {
             tracing::warn!(
-                "{}: dropped {} grant(s) whose stanza is not in the configuration (the first: {} for {})",
+                "{}: {} grant(s) of stanzas no longer configured are closed (the first: {id} for {source})",
                 path.display(),
-                loaded.dropped.len(),
-                first.id,
-                first.source
+                loaded.dropped,
             );
         }
         if capped > 0 {
@@ -510,7 +566,7 @@ impl GrantStore {
                 path.display()
             );
         }
-        let journal = Journal::rewrite_or_append(&path, loaded.grants.values().filter_map(put_line))?;
+        let journal = Journal::rewrite_or_append(&path, loaded.records.iter().flat_map(record_lines))?;
         Ok((Self { journal, failed_rewrites: 0 }, loaded))
     }
 
@@ -542,9 +598,17 @@ impl GrantStore {
         self.failed_rewrites
     }
 
-    /// Rewrites the journal so that it records exactly `live`.
-    pub fn rewrite<'a>(&mut self, live: impl Iterator<Item = &'a Grant>) -> Result<(), StateError> {
-        let r = self.journal.replace(live.filter_map(put_line));
+    /// Records that ending a grant failed (it is retried). If that cannot be written the
+    /// journal is marked for a rewrite.
+    pub fn closing(&mut self, id: GrantId, closing: &Closing) -> Result<(), StateError> {
+        let line = serde_json::to_string(&GrantRecord::Closing { id, closing: *closing }).unwrap_or_default();
+        self.journal.append(&line).inspect_err(|_| self.journal.stale = true)
+    }
+
+    /// Rewrites the journal so that it records exactly `records` (lingering ones excluded:
+    /// they have ended).
+    pub fn rewrite<'a>(&mut self, records: impl Iterator<Item = &'a Record>) -> Result<(), StateError> {
+        let r = self.journal.replace(records.filter(|r| r.state != State::Lingering).flat_map(record_lines));
         self.failed_rewrites = if r.is_ok() { 0 } else { self.failed_rewrites + 1 };
         r
     }
@@ -555,9 +619,9 @@ impl GrantStore {
     }
 }
 
-/// Reads the live grants recorded in `dir` without locking or writing anything (for
-/// `spad list`, which may run beside the daemon). Same checks as the daemon's.
-pub fn read_grants(dir: &Path) -> Result<Vec<Grant>, StateError> {
+/// Reads the grants recorded in `dir` (live and closing) without locking or writing anything
+/// (for `spad list`, which may run beside the daemon). Same checks as the daemon's.
+pub fn read_grants(dir: &Path) -> Result<Vec<Record>, StateError> {
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         _ => {}
@@ -693,7 +757,7 @@ mod tests {
         let lock = StateLock::acquire(dir.path()).unwrap();
         {
             let (mut s, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
-            assert!(l.grants.is_empty());
+            assert!(l.records.is_empty());
             s.put(&grant(1)).unwrap();
             s.put(&grant(2)).unwrap();
             s.del(GrantId(1)).unwrap();
@@ -705,9 +769,38 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(dir.path().join("grants.jsonl")).unwrap();
         f.write_all(b"{\"op\":\"put\",\"gra").unwrap();
         let (_, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
-        assert_eq!(l.grants.len(), 1);
-        assert_eq!(l.grants[&GrantId(2)].deadline, 200);
+        assert_eq!(l.records.len(), 1);
+        assert_eq!(l.records[0].grant.deadline, 200);
         assert_eq!(read_grants(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_closing_grant_stays_closing_across_reopen_and_puts() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = StateLock::acquire(dir.path()).unwrap();
+        let closing = Closing { why: EndKind::Expire, attempts: 2, retry_at: 50 };
+        {
+            let (mut s, _) = GrantStore::open(&lock, &limits(), 0).unwrap();
+            s.put(&grant(1)).unwrap();
+            s.put(&grant(2)).unwrap();
+            GrantStore::closing(&mut s, GrantId(1), &closing).unwrap();
+        }
+        let (mut s, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+        let state =
+            |l: &Loaded, id| l.records.iter().find(|r| r.grant.id == GrantId(id)).map(|r| r.state.clone());
+        assert_eq!(state(&l, 1), Some(State::Closing(closing)));
+        assert_eq!(state(&l, 2), Some(State::Live));
+        // The rewrite at open kept it; a del ends it.
+        s.del(GrantId(1)).unwrap();
+        drop(s);
+        let (_, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+        assert_eq!(state(&l, 1), None);
+        // A grant of a stanza that is gone is closing, to be revoked.
+        let mut other = limits();
+        other.0.clear();
+        let (_, l) = GrantStore::open(&lock, &other, 0).unwrap();
+        assert!(matches!(state(&l, 2), Some(State::Closing(Closing { why: EndKind::Revoke, .. }))));
+        assert_eq!(l.dropped, 1);
     }
 
     #[test]

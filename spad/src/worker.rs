@@ -1,23 +1,26 @@
 //! The backend worker: the one thread that changes the firewall.
 //!
-//! It owns the backend, the live grants, a deadline queue and the grant journal. Requests from
-//! the receivers arrive on a channel; the thread sleeps in `recv_timeout` until the next
-//! deadline (or forever when nothing is due), so an idle daemon uses no CPU. A re-knock for the
-//! same source and access extends the existing grant instead of adding a second one.
+//! A thin shell around the backend's [`Driver`] (the grant ledger and the backend): it turns
+//! accepted requests into grants, feeds them and the time to the driver, lets the driver write
+//! the grant journal, and writes what happened to the log and the audit trail. It sleeps in
+//! `recv_timeout` until the next deadline, retry or tamper check (a second at most), so an
+//! idle daemon costs one cheap look at the firewall a second.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use spa_backends::{Access, Backend, Grant, GrantId, Nat};
+use spa_backends::{Driver, Event, Grant, GrantId, Nat, RefusedBecause};
 use spa_engine::{Action, GrantRequest, NatHost};
 
 use crate::audit::Audit;
 use crate::config::error_chain;
 use crate::state::{GrantStore, PersistentReplay};
+
+/// How often the worker asks the backend whether its setup was tampered with.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Work for the worker.
 pub enum Msg {
@@ -37,6 +40,12 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// How long until the wall clock reaches Unix second `t` (zero if it has).
+fn until_unix(t: u64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Duration::from_secs(t).saturating_sub(now)
+}
+
 fn new_id() -> GrantId {
     let mut b = [0u8; 8];
     // If the OS has no randomness left something is very wrong; fall back to time.
@@ -44,96 +53,137 @@ fn new_id() -> GrantId {
         let n = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         b = n.to_le_bytes();
     }
-    GrantId(u64::from_le_bytes(b))
+    GrantId(u64::from_le_bytes(b).max(1))
 }
 
-type AccessKey = (IpAddr, Option<IpAddr>, Access, Option<Nat>);
-
-fn key_of(g: &Grant) -> AccessKey {
-    (g.source, g.destination, g.access.clone(), g.nat.clone())
+/// Writes what the driver reports to the log and the audit trail.
+pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
+    let audit = || audit.lock().unwrap_or_else(PoisonError::into_inner);
+    for e in events {
+        match e {
+            Event::Granted(g) => {
+                tracing::info!("grant {} for {} ({}) until {}", g.id, g.source, g.access, g.deadline);
+                audit().grant("grant", &g, 0);
+            }
+            Event::Extended(g) => {
+                tracing::info!("extend {} for {} ({}) until {}", g.id, g.source, g.access, g.deadline);
+                audit().grant("extend", &g, 0);
+            }
+            Event::Reknocked(g) => audit().grant("reknock", &g, 0),
+            Event::Refused { grant, extension, cause } => {
+                let action = if extension { "extend" } else { "grant" };
+                let text = match &cause {
+                    RefusedBecause::StateUnwritable(_) => "state_unwritable".to_owned(),
+                    other => error_chain(other),
+                };
+                tracing::error!(
+                    "{action} {} for {} refused: {}",
+                    grant.id,
+                    grant.source,
+                    error_chain(&cause)
+                );
+                audit().error(action, &grant, &text);
+            }
+            Event::Ended { grant, why, attempts } => {
+                tracing::info!("{} {} for {}", why.event(), grant.id, grant.source);
+                audit().grant(why.event(), &grant, attempts);
+            }
+            Event::CloseFailed { grant, closing, error } => {
+                tracing::error!(
+                    "{} {} failed ({} attempts; next in {} s): {}",
+                    closing.why.event(),
+                    grant.id,
+                    closing.attempts,
+                    closing.retry_at.saturating_sub(unix_now()),
+                    error_chain(&error)
+                );
+                audit().closing(&grant, &closing, &error_chain(&error));
+            }
+            Event::Tampered { detail } => {
+                tracing::warn!("the firewall was changed under us: {detail}; rebuilding");
+                audit().daemon("tamper", serde_json::json!({ "detail": detail }));
+            }
+            Event::Repaired { live } => {
+                tracing::warn!("protection rebuilt with {live} live grants");
+                audit().daemon("repaired", serde_json::json!({ "live_grants": live }));
+            }
+            Event::RepairFailed { error } => {
+                tracing::error!("rebuilding the protection failed: {}", error_chain(&error));
+                audit().daemon("repair_failed", serde_json::json!({ "error": error_chain(&error) }));
+            }
+        }
+    }
 }
 
 /// The worker's state.
 pub struct Worker {
-    backend: Box<dyn Backend>,
-    grants: HashMap<GrantId, Grant>,
-    by_access: HashMap<AccessKey, GrantId>,
-    deadlines: BinaryHeap<Reverse<(u64, GrantId)>>,
+    driver: Box<dyn Driver>,
     store: GrantStore,
     replay: Arc<Mutex<PersistentReplay>>,
     audit: Arc<Mutex<Audit>>,
     last_sync: Instant,
+    last_check: Instant,
     dirty: bool,
-    heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    heartbeat: Arc<AtomicU64>,
 }
 
 impl Worker {
-    /// Takes over `live` grants (already applied by `prepare`).
+    /// Takes over a started driver.
     pub fn new(
-        backend: Box<dyn Backend>,
-        live: Vec<Grant>,
+        driver: Box<dyn Driver>,
         store: GrantStore,
         replay: Arc<Mutex<PersistentReplay>>,
         audit: Arc<Mutex<Audit>>,
-        heartbeat: Arc<std::sync::atomic::AtomicU64>,
+        heartbeat: Arc<AtomicU64>,
     ) -> Self {
-        let mut w = Self {
-            backend,
-            grants: HashMap::new(),
-            by_access: HashMap::new(),
-            deadlines: BinaryHeap::new(),
+        Self {
+            driver,
             store,
             replay,
             audit,
             last_sync: Instant::now(),
-            dirty: false,
+            last_check: Instant::now(),
+            dirty: true,
             heartbeat,
-        };
-        for g in live {
-            w.track(g);
         }
-        w
     }
 
-    fn track(&mut self, g: Grant) {
-        self.deadlines.push(Reverse((g.deadline, g.id)));
-        self.by_access.insert(key_of(&g), g.id);
-        self.grants.insert(g.id, g);
+    fn audit(&self) -> MutexGuard<'_, Audit> {
+        self.audit.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn audit(&self) -> std::sync::MutexGuard<'_, Audit> {
-        self.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn report(&self, events: Vec<Event>) {
+        if !events.is_empty() {
+            report(&self.audit, events);
+        }
     }
 
     /// Runs until a shutdown message (or all senders are gone).
     pub fn run(mut self, rx: Receiver<Msg>, watchdog: Option<Duration>) {
         loop {
             let now = unix_now();
-            self.expire_due(now);
+            let events = self.driver.tick(now, &mut self.store);
+            self.dirty |= !events.is_empty();
+            self.report(events);
+            if self.last_check.elapsed() >= CHECK_EVERY {
+                self.last_check = Instant::now();
+                let events = self.driver.check(now, &mut self.store);
+                self.dirty |= !events.is_empty();
+                self.report(events);
+            }
             self.sync_if_due();
-            self.heartbeat.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
-            let mut wait =
-                self.deadlines.peek().map(|Reverse((d, _))| Duration::from_secs(d.saturating_sub(now)));
-            // Pending journal data is fsynced within a second; the watchdog needs a heartbeat.
-            if self.dirty {
-                wait = Some(wait.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1))));
+            self.heartbeat.store(unix_now(), Ordering::Relaxed);
+            // Wake for the next due item (whole seconds: deadlines are), the next tamper check,
+            // the watchdog, and the journal's fsync.
+            let mut wait = CHECK_EVERY.saturating_sub(self.last_check.elapsed());
+            if let Some(due) = self.driver.next_due() {
+                wait = wait.min(until_unix(due));
             }
             if let Some(wd) = watchdog {
-                wait = Some(wait.map_or(wd, |w| w.min(wd)));
+                wait = wait.min(wd);
             }
-            let msg = match wait {
-                Some(w) => match rx.recv_timeout(w.max(Duration::from_millis(1))) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return,
-                },
-            };
-            match msg {
-                Msg::Request(req, accepted) => {
+            match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(Msg::Request(req, accepted)) => {
                     let queued = accepted.elapsed();
                     self.handle(*req);
                     tracing::debug!(
@@ -142,18 +192,20 @@ impl Worker {
                         queued.as_micros()
                     );
                 }
-                Msg::Shutdown { keep, done } => {
+                Ok(Msg::Shutdown { keep, done }) => {
                     self.shutdown(keep);
                     let _ = done.send(());
                     return;
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
     /// fsyncs the journals once a second while anything is pending. A grant journal that lost
-    /// a record is rewritten from the live grants instead, retried every second until it
-    /// works (new grants are refused meanwhile).
+    /// a record is rewritten from the ledger instead, retried every second until it works
+    /// (new grants are refused meanwhile).
     fn sync_if_due(&mut self) {
         if !self.dirty || self.last_sync.elapsed() < Duration::from_secs(1) {
             return;
@@ -176,10 +228,10 @@ impl Worker {
         self.dirty = retry;
     }
 
-    /// Rewrites the grant journal with the live grants; reports the first failure of a run of
-    /// them (then one a minute) and the recovery. True when the journal is whole again.
+    /// Rewrites the grant journal from the ledger; reports the first failure of a run of them
+    /// (then one a minute) and the recovery. True when the journal is whole again.
     fn rewrite_grants(&mut self) -> bool {
-        match self.store.rewrite(self.grants.values()) {
+        match self.store.rewrite(self.driver.ledger().records()) {
             Ok(()) => {
                 tracing::info!("grant journal rewritten; new grants are recorded again");
                 true
@@ -191,43 +243,6 @@ impl Worker {
                 false
             }
         }
-    }
-
-    fn expire_due(&mut self, now: u64) {
-        while let Some(&Reverse((deadline, id))) = self.deadlines.peek() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            // Skip stale queue entries (the grant was extended or revoked since).
-            let Some(g) = self.grants.get(&id) else { continue };
-            if g.deadline != deadline {
-                continue;
-            }
-            let g = g.clone();
-            self.end(&g, "expire");
-        }
-    }
-
-    fn end(&mut self, g: &Grant, event: &'static str) {
-        match self.backend.revoke(g) {
-            Ok(()) => self.audit().grant(event, g),
-            Err(e) => {
-                tracing::error!("revoking {} failed: {}", g.id, error_chain(&e));
-                self.audit().error("revoke", g, &error_chain(&e));
-            }
-        }
-        self.grants.remove(&g.id);
-        self.by_access.remove(&key_of(g));
-        if let Err(e) = self.store.del(g.id) {
-            // The grant has ended; the journal still says it is live, so it is rewritten.
-            tracing::error!(
-                "the end of {} was not recorded: {}; the journal will be rewritten",
-                g.id,
-                error_chain(&e)
-            );
-        }
-        self.dirty = true;
     }
 
     fn resolve(host: &NatHost, like: IpAddr) -> Option<IpAddr> {
@@ -266,11 +281,11 @@ impl Worker {
                 }
             }
         };
-        let mut grant = Grant {
+        let grant = Grant {
             id: new_id(),
             source: req.allowed_source,
             packet_source: req.packet_source,
-            destination: None,
+            destination: req.destination,
             access,
             nat,
             created: now,
@@ -278,66 +293,14 @@ impl Worker {
             stanza: req.stanza.to_string(),
             username: req.username,
         };
-        if let Some(&id) = self.by_access.get(&key_of(&grant))
-            && let Some(existing) = self.grants.get(&id)
-        {
-            if grant.deadline <= existing.deadline {
-                // Nothing to extend; the re-knock is still recorded.
-                let e = existing.clone();
-                self.audit().grant("extend", &e);
-                return;
-            }
-            let mut extended = existing.clone();
-            extended.deadline = grant.deadline;
-            extended.packet_source = grant.packet_source;
-            self.apply(extended, "extend");
-            return;
-        }
-        if grant.id.0 == 0 || self.grants.contains_key(&grant.id) {
-            grant.id = new_id();
-        }
-        self.apply(grant, "grant");
-    }
-
-    /// Records, then applies a grant. A grant that cannot be recorded is not made: after a
-    /// restart nothing would know to close it, and its packet could be accepted again.
-    fn apply(&mut self, grant: Grant, event: &'static str) {
-        if self.store.needs_rewrite() && !self.rewrite_grants() {
-            self.dirty = true;
-        }
-        if let Err(e) = self.store.put(&grant) {
-            tracing::error!(
-                "{event} {} for {} refused, its record cannot be written: {}",
-                grant.id,
-                grant.source,
-                error_chain(&e)
-            );
-            self.audit().error(event, &grant, "state_unwritable");
-            return;
+        // A journal that lost a record is rewritten before anything new is recorded.
+        if self.store.needs_rewrite() {
+            self.rewrite_grants();
         }
         let started = Instant::now();
-        let result = self.backend.grant(&grant);
-        tracing::debug!("backend {} took {} µs", self.backend.name(), started.elapsed().as_micros());
-        match result {
-            Ok(()) => {
-                tracing::info!(
-                    "{event} {} for {} ({}) until {}",
-                    grant.id,
-                    grant.source,
-                    grant.access,
-                    grant.deadline
-                );
-                self.audit().grant(event, &grant);
-                self.track(grant);
-            }
-            Err(e) => {
-                tracing::error!("{event} {} failed: {}", grant.id, error_chain(&e));
-                self.audit().error(event, &grant, &error_chain(&e));
-                if event == "grant" {
-                    let _ = self.store.del(grant.id);
-                }
-            }
-        }
+        let events = self.driver.grant(grant, now, &mut self.store);
+        tracing::debug!("backend {} took {} µs", self.driver.name(), started.elapsed().as_micros());
+        self.report(events);
         self.dirty = true;
     }
 
@@ -374,12 +337,8 @@ impl Worker {
     }
 
     fn shutdown(&mut self, keep: bool) {
-        if !keep {
-            let all: Vec<Grant> = self.grants.values().cloned().collect();
-            for g in all {
-                self.end(&g, "revoke");
-            }
-        }
+        let events = self.driver.stop(keep, unix_now(), &mut self.store);
+        self.report(events);
         if self.store.needs_rewrite() {
             // A grant still recorded as live after this is reopened (until its deadline) by
             // the next start.
