@@ -93,6 +93,15 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A stanza key whose value is not a usable key.
+    #[error("invalid {key}")]
+    InvalidKey {
+        /// The stanza key (`key`, `key_base64`, `hmac_key`, `hmac_key_base64`).
+        key: &'static str,
+        /// What is wrong with the value.
+        #[source]
+        source: Box<Error>,
+    },
     /// A stanza with neither `key` nor `key_base64`.
     #[error("neither key nor key_base64 is set")]
     MissingKey,

@@ -55,6 +55,11 @@ pub struct AccessStanza {
     /// HMAC key in base64.
     #[serde(default)]
     pub hmac_key_base64: Option<Secret>,
+    /// Accept this stanza without an HMAC key: fwknop's legacy mode, where packets are
+    /// decrypted before anything authenticates them. Discouraged; only for old clients that
+    /// cannot send an HMAC. Setting it together with an HMAC key is an error.
+    #[serde(default)]
+    pub allow_no_hmac: bool,
     /// HMAC algorithm (default sha256).
     #[serde(default)]
     pub hmac_digest_type: Option<DigestType>,
@@ -451,6 +456,7 @@ pub struct Stanza {
     pub(crate) key: EncryptionKey,
     pub(crate) mode: EncryptionMode,
     pub(crate) hmac: Option<HmacState>,
+    pub(crate) hmac_key_len: Option<usize>,
     pub(crate) fw_access_timeout: u32,
     pub(crate) max_fw_timeout: u32,
     pub(crate) require_username: Option<String>,
@@ -463,6 +469,17 @@ pub struct Stanza {
     pub(crate) enable_cmd_exec: bool,
     /// The cmd-cycle settings, carried for the daemon.
     pub cmd_cycle: Option<CmdCycle>,
+}
+
+/// The lengths in bytes of a stanza's keys, after base64 decoding (never the keys
+/// themselves). The engine takes any length fwknop takes, since clients and fwknop's own test
+/// vectors use short keys; a daemon reads these to hold its configuration to a stricter rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyLengths {
+    /// The Rijndael key.
+    pub encryption: usize,
+    /// The HMAC key, if the stanza has one.
+    pub hmac: Option<usize>,
 }
 
 /// fwknop's `CMD_CYCLE_*`: commands run instead of a firewall change.
@@ -485,15 +502,18 @@ impl Stanza {
     }
 
     fn compile_inner(raw: &AccessStanza, name: Arc<str>, settings: &Settings) -> Result<Stanza, Error> {
+        let invalid = |key: &'static str| move |e: Error| Error::InvalidKey { key, source: Box::new(e) };
         let key = match (&raw.key, &raw.key_base64) {
-            (Some(k), None) => EncryptionKey::new(k.expose().as_bytes().to_vec())?,
-            (None, Some(k)) => EncryptionKey::from_base64(k.expose())?,
+            (Some(k), None) => EncryptionKey::new(k.expose().as_bytes().to_vec()).map_err(invalid("key"))?,
+            (None, Some(k)) => EncryptionKey::from_base64(k.expose()).map_err(invalid("key_base64"))?,
             (None, None) => return Err(Error::MissingKey),
             (Some(_), Some(_)) => return Err(Error::ConflictingKeys { a: "key", b: "key_base64" }),
         };
         let hmac_key = match (&raw.hmac_key, &raw.hmac_key_base64) {
-            (Some(k), None) => Some(HmacKey::new(k.expose().as_bytes().to_vec())?),
-            (None, Some(k)) => Some(HmacKey::from_base64(k.expose())?),
+            (Some(k), None) => {
+                Some(HmacKey::new(k.expose().as_bytes().to_vec()).map_err(invalid("hmac_key"))?)
+            }
+            (None, Some(k)) => Some(HmacKey::from_base64(k.expose()).map_err(invalid("hmac_key_base64"))?),
             (None, None) => None,
             (Some(_), Some(_)) => return Err(Error::ConflictingKeys { a: "hmac_key", b: "hmac_key_base64" }),
         };
@@ -502,6 +522,11 @@ impl Stanza {
         {
             return Err(Error::KeysEqual);
         }
+        if raw.allow_no_hmac && hmac_key.is_some() {
+            let b = if raw.hmac_key.is_some() { "hmac_key" } else { "hmac_key_base64" };
+            return Err(Error::ConflictingKeys { a: "allow_no_hmac", b });
+        }
+        let hmac_key_len = hmac_key.as_ref().map(|h| h.as_bytes().len());
         let hmac = hmac_key.map(|h| HmacState::new(raw.hmac_digest_type.unwrap_or_default(), h.as_bytes()));
         let snat = match (raw.force_snat, raw.force_masquerade) {
             (Some(ip), false) => Some(crate::verdict::Snat::To(ip)),
@@ -543,6 +568,7 @@ impl Stanza {
             key,
             mode: raw.encryption_mode,
             hmac,
+            hmac_key_len,
             fw_access_timeout,
             max_fw_timeout,
             require_username: raw.require_username.clone(),
@@ -573,6 +599,11 @@ impl Stanza {
     /// `max_fw_timeout`, which caps only what clients ask for.
     pub fn fw_access_timeout(&self) -> u32 {
         self.fw_access_timeout
+    }
+
+    /// The lengths of the stanza's keys, for a daemon's key-strength rules.
+    pub fn key_lengths(&self) -> KeyLengths {
+        KeyLengths { encryption: self.key.as_bytes().len(), hmac: self.hmac_key_len }
     }
 
     /// Whether this stanza applies to a packet between these addresses.
@@ -676,5 +707,31 @@ mod tests {
             msg("name = \"x\"\nsource = \"any\"\nkey = \"k\"\nforward_all = true", ok)
                 .starts_with("access stanza x")
         );
+        assert_eq!(
+            msg("source = \"any\"\nkey = \"k\"\nhmac_key_base64 = \"REPLACE_ME\"", ok),
+            "access stanza stanza-1: invalid hmac_key_base64: key is not valid base64"
+        );
+        assert_eq!(
+            msg("source = \"any\"\nkey = \"k\"\nhmac_key = \"h\"\nallow_no_hmac = true", ok),
+            "access stanza stanza-1: both allow_no_hmac and hmac_key are set"
+        );
+    }
+
+    #[test]
+    fn key_lengths_are_counted_after_decoding() {
+        let ok = Settings::default();
+        let s = compile("source = \"any\"\nkey = \"testkey123\"\nallow_no_hmac = true", ok).unwrap();
+        assert_eq!(s.key_lengths(), KeyLengths { encryption: 10, hmac: None });
+        // 24 base64 characters are 18 bytes; the HMAC key is 64 bytes of text.
+        let s = compile(
+            &format!(
+                "source = \"any\"\nkey_base64 = \"{}\"\nhmac_key = \"{}\"",
+                "QUJD".repeat(6),
+                "h".repeat(64)
+            ),
+            ok,
+        )
+        .unwrap();
+        assert_eq!(s.key_lengths(), KeyLengths { encryption: 18, hmac: Some(64) });
     }
 }

@@ -4,7 +4,8 @@
 //!    `source`/`destination` match the packet's addresses, not a known replay. No cryptography
 //!    has run yet, so junk costs a few hundred nanoseconds.
 //! 2. For each matching stanza in file order: HMAC (constant time) → decrypt → inner digest →
-//!    fields. The first stanza that authenticates the packet records it in the replay store
+//!    fields (a username starting with `-` is refused here: admin scripts that get it in their
+//!    argv would read it as an option). The first stanza that authenticates the packet records it in the replay store
 //!    (so junk never fills the store), then policy: timestamp window, allow address, username,
 //!    message type, NAT permissions, ports. The first stanza that fully succeeds wins.
 //! 3. If none does, the reason of the stanza that got furthest is reported.
@@ -19,7 +20,7 @@ use crate::message::Request;
 use crate::packet::{self, GPG_PREFIX, MAX_PACKET_LEN, MIN_PACKET_LEN, RIJNDAEL_PREFIX};
 use crate::replay::{Insert, ReplayStore, replay_key};
 use crate::stanza::{AccessStanza, Settings, Stanza, canonical};
-use crate::verdict::{Access, Action, GrantRequest, Nat, RejectReason, Rejection, Verdict};
+use crate::verdict::{Access, Action, Field, GrantRequest, Nat, RejectReason, Rejection, Verdict};
 
 /// The network-layer facts about one datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +145,11 @@ impl Verifier {
             return Err(RejectReason::StanzaExpired);
         }
         let decoded = packet::open(payload, &stanza.keys())?;
+        // fwknop allows it and `spa decode` shows it, but a username like `-rf` or `--help`
+        // would be read as an option by a command that gets `{username}` in its argv.
+        if decoded.message.username.starts_with('-') {
+            return Err(RejectReason::MalformedField(Field::Username));
+        }
         if !*recorded {
             match replay.insert(*key, now) {
                 Insert::New => *recorded = true,
@@ -252,4 +258,86 @@ fn check_ports(stanza: &Stanza, ports: &[ProtoPort]) -> Result<(), RejectReason>
         return Err(RejectReason::PortNotPermitted);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{EncryptionKey, HmacKey};
+    use crate::message::{MessageType, SpaMessage};
+    use crate::packet::{OpenKeys, SealOptions};
+    use crate::replay::MemoryReplayStore;
+    use crate::{DigestType, EncryptionMode, Entropy};
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const HMAC_KEY: &str = "fedcba9876543210fedcba9876543210fedcba98";
+    const NOW: u64 = 1_800_000_000;
+
+    struct Counter(u8);
+
+    impl Entropy for Counter {
+        fn fill(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                self.0 = self.0.wrapping_add(29);
+                *b = self.0;
+            }
+        }
+    }
+
+    fn packet(username: &str) -> String {
+        let msg = SpaMessage {
+            random: "1234567890123456".into(),
+            username: username.into(),
+            timestamp: NOW,
+            version: "3.0.0".into(),
+            message_type: MessageType::Access,
+            message: "192.0.2.10,tcp/22".into(),
+            nat_access: None,
+            server_auth: None,
+            client_timeout: None,
+        };
+        let key = EncryptionKey::new(KEY.as_bytes().to_vec()).unwrap();
+        let hkey = HmacKey::new(HMAC_KEY.as_bytes().to_vec()).unwrap();
+        let opts = SealOptions {
+            key: &key,
+            mode: EncryptionMode::Cbc,
+            digest: DigestType::Sha256,
+            hmac: Some((&hkey, DigestType::Sha256)),
+        };
+        packet::seal(&msg, &opts, &mut Counter(username.len() as u8)).unwrap()
+    }
+
+    #[test]
+    fn usernames_that_look_like_options_are_refused() {
+        let stanza: AccessStanza = toml::from_str(&format!(
+            "source = \"any\"\nkey = \"{KEY}\"\nhmac_key = \"{HMAC_KEY}\"\nopen_ports = \"tcp/22\""
+        ))
+        .unwrap();
+        let v = Verifier::new(&[stanza], Settings::default()).unwrap();
+        let meta = PacketMeta {
+            source: "192.0.2.10".parse().unwrap(),
+            destination: "198.51.100.1".parse().unwrap(),
+        };
+        for bad in ["-rf", "--help", "-"] {
+            let p = packet(bad);
+            let mut replay = MemoryReplayStore::new(240, 16);
+            match v.verify(p.as_bytes(), meta, NOW, &mut replay) {
+                Verdict::Reject(r) => {
+                    assert_eq!(r.reason, RejectReason::MalformedField(Field::Username), "{bad}")
+                }
+                Verdict::Accept(g) => panic!("{bad:?} accepted: {g:?}"),
+            }
+            // The client's decoder still shows what such a packet says.
+            let key = EncryptionKey::new(KEY.as_bytes().to_vec()).unwrap();
+            let mac = crate::digest::HmacState::new(DigestType::Sha256, HMAC_KEY.as_bytes());
+            let keys = OpenKeys { key: &key, mode: EncryptionMode::Cbc, hmac: Some(&mac) };
+            assert_eq!(packet::open(p.as_bytes(), &keys).unwrap().message.username, bad);
+        }
+        // A dash elsewhere is an ordinary username.
+        let mut replay = MemoryReplayStore::new(240, 16);
+        match v.verify(packet("mary-jane").as_bytes(), meta, NOW, &mut replay) {
+            Verdict::Accept(g) => assert_eq!(g.username, "mary-jane"),
+            Verdict::Reject(r) => panic!("rejected: {r:?}"),
+        }
+    }
 }

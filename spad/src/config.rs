@@ -3,6 +3,11 @@
 //! Everything is parsed into typed values first (unknown keys are errors), then the access
 //! stanzas are compiled by the engine. A failure anywhere leaves the caller's running
 //! configuration untouched, which is what makes SIGHUP safe.
+//!
+//! The daemon is stricter than the engine (which must read fwknop's short test keys): files
+//! that define stanzas must not be open to group or others, keys are at least
+//! [`MIN_KEY_LEN`] bytes, every stanza has an HMAC key unless it says `allow_no_hmac`, and
+//! values that would switch replay protection or rate limits off are refused.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,10 +16,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use spa_engine::stanza::Stanza;
 use spa_engine::{AccessStanza, Settings, Verifier};
 
 /// The SPA port fwknop uses.
 pub const DEFAULT_PORT: u16 = 62201;
+/// Shortest key, in bytes after base64 decoding, a stanza may have (encryption and HMAC). The
+/// engine takes shorter ones (fwknop does, and its test vectors use them); a daemon should not.
+pub const MIN_KEY_LEN: usize = 16;
+/// Keys shorter than this draw a warning: `spa keygen` and `fwknop --key-gen` make 32-byte
+/// encryption keys and longer HMAC keys.
+pub const RECOMMENDED_KEY_LEN: usize = 32;
+/// Largest `[replay] max_packet_age` (a day): the replay cache keeps packets for twice that,
+/// and a timestamp window wider than a day protects nothing.
+pub const MAX_PACKET_AGE: u64 = 86_400;
 
 /// How packets are received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -197,7 +212,7 @@ pub struct Config {
     pub limits: Limits,
     /// The compiled access policy.
     pub verifier: Verifier,
-    /// Warnings to log (for example, secrets readable by others).
+    /// Warnings to log (short keys, stanzas without an HMAC), each naming file and line.
     pub warnings: Vec<String>,
 }
 
@@ -271,30 +286,177 @@ struct RawAccessFile {
 struct StanzaOrigin {
     file: PathBuf,
     line: usize,
+    /// The line of each key written in the stanza.
+    keys: BTreeMap<String, usize>,
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
+impl StanzaOrigin {
+    /// An error (or warning) at `key`'s line, or at the stanza's when the key is not written.
+    fn at(&self, key: Option<&str>, message: String) -> ConfigError {
+        let line = key.and_then(|k| self.keys.get(k)).copied().unwrap_or(self.line);
+        ConfigError { file: self.file.clone(), line: Some(line), message }
+    }
+}
+
+/// Where values were written: a second, lenient parse of a text that the typed parse has
+/// accepted, because the typed values keep no positions and the checks made on them must
+/// still name the line.
+#[derive(Deserialize, Default)]
+struct Spans {
+    #[serde(default)]
+    replay: BTreeMap<String, toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    limits: BTreeMap<String, toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    access: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
+}
+
+impl Spans {
+    fn of(text: &str) -> Self {
+        toml::from_str(text).unwrap_or_default()
+    }
+}
+
+fn key_lines(text: &str, table: &BTreeMap<String, toml::Spanned<toml::Value>>) -> BTreeMap<String, usize> {
+    table.iter().map(|(k, v)| (k.clone(), line_of(text, v.span().start))).collect()
+}
+
+/// A configuration file's text and its permission bits, both from one open file.
+struct Source {
+    text: String,
+    mode: u32,
+}
+
+fn read(path: &Path) -> Result<Source, ConfigError> {
+    let fail = |e: std::io::Error| ConfigError { file: path.to_owned(), line: None, message: e.to_string() };
+    let mut f = std::fs::File::open(path).map_err(fail)?;
+    let mode = f.metadata().map_err(fail)?.permissions().mode();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(fail)?;
+    Ok(Source { text, mode })
+}
+
+/// Refuses a file that defines access stanzas (and so holds keys) when group or others may
+/// read or write it: anyone who reads the keys can open the firewall, and anyone who writes
+/// them can choose the keys.
+fn check_private(path: &Path, source: &Source, stanzas: usize) -> Result<(), ConfigError> {
+    if stanzas == 0 || source.mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(ConfigError {
         file: path.to_owned(),
         line: None,
-        message: e.to_string(),
+        message: format!(
+            "holds keys but its mode {:03o} lets group or others read or write it; run chmod 600 {}",
+            source.mode & 0o777,
+            path.display()
+        ),
     })
 }
 
-/// A warning when a file holding keys is readable by group or others.
-fn permission_warning(path: &Path, text: &str) -> Option<String> {
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    let has_secret = text.lines().any(|l| {
-        let k = l.trim_start();
-        k.starts_with("key") || k.starts_with("hmac_key")
-    });
-    (has_secret && mode & 0o077 != 0).then(|| {
-        format!(
-            "{} holds keys but is readable by others (mode {:o}); run chmod 600 on it",
-            path.display(),
-            mode & 0o777
-        )
-    })
+/// `[replay]` and `[limits]` values that would switch a protection off or break arithmetic.
+fn check_ranges(path: &Path, text: &str, raw: &RawMain, spans: &Spans) -> Result<(), ConfigError> {
+    let err =
+        |table: &BTreeMap<String, toml::Spanned<toml::Value>>, key: &str, message: String| ConfigError {
+            file: path.to_owned(),
+            line: table.get(key).map(|v| line_of(text, v.span().start)),
+            message,
+        };
+    let age = raw.replay.max_packet_age;
+    if !(1..=MAX_PACKET_AGE).contains(&age) {
+        return Err(err(
+            &spans.replay,
+            "max_packet_age",
+            format!("replay.max_packet_age: {age} is out of range; use 1 to {MAX_PACKET_AGE} seconds"),
+        ));
+    }
+    if raw.replay.capacity == 0 {
+        return Err(err(
+            &spans.replay,
+            "capacity",
+            "replay.capacity: 0 is out of range; use at least 1".into(),
+        ));
+    }
+    let rate = raw.limits.per_source_rate;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(err(
+            &spans.limits,
+            "per_source_rate",
+            format!("limits.per_source_rate: {rate} is out of range; use a finite number above 0"),
+        ));
+    }
+    let burst = raw.limits.per_source_burst;
+    if !(burst.is_finite() && burst >= 1.0) {
+        return Err(err(
+            &spans.limits,
+            "per_source_burst",
+            format!("limits.per_source_burst: {burst} is out of range; use a finite number of at least 1"),
+        ));
+    }
+    Ok(())
+}
+
+/// The daemon's rules for a compiled stanza's keys, stricter than the engine's: an HMAC key
+/// unless `allow_no_hmac`, and keys of at least [`MIN_KEY_LEN`] bytes. Returns the warnings.
+fn check_keys(
+    raw: &AccessStanza,
+    stanza: &Stanza,
+    origin: &StanzaOrigin,
+) -> Result<Vec<String>, ConfigError> {
+    let name = stanza.name();
+    let lengths = stanza.key_lengths();
+    let mut warnings = Vec::new();
+    if lengths.hmac.is_none() {
+        if !raw.allow_no_hmac {
+            return Err(origin.at(
+                None,
+                format!(
+                    "access stanza {name}: neither hmac_key nor hmac_key_base64 is set; add one \
+                     (`spa keygen` makes a pair), or allow_no_hmac = true for legacy clients"
+                ),
+            ));
+        }
+        warnings.push(
+            origin
+                .at(
+                    Some("allow_no_hmac"),
+                    format!(
+                        "access stanza {name}: allow_no_hmac: packets are decrypted before anything \
+                         authenticates them (fwknop's legacy mode); prefer an HMAC key"
+                    ),
+                )
+                .to_string(),
+        );
+    }
+    let enc = if raw.key.is_some() { "key" } else { "key_base64" };
+    let hmac = if raw.hmac_key.is_some() { "hmac_key" } else { "hmac_key_base64" };
+    for (key, len) in [(enc, Some(lengths.encryption)), (hmac, lengths.hmac)] {
+        let Some(len) = len else { continue };
+        let what = if key.ends_with("_base64") { "decodes to" } else { "is" };
+        if len < MIN_KEY_LEN {
+            return Err(origin.at(
+                Some(key),
+                format!(
+                    "access stanza {name}: {key} {what} {len} bytes; at least {MIN_KEY_LEN} are \
+                     required (`spa keygen` makes {RECOMMENDED_KEY_LEN} or more)"
+                ),
+            ));
+        }
+        if len < RECOMMENDED_KEY_LEN {
+            warnings.push(
+                origin
+                    .at(
+                        Some(key),
+                        format!(
+                            "access stanza {name}: {key} {what} {len} bytes; \
+                             {RECOMMENDED_KEY_LEN} or more are recommended (`spa keygen`)"
+                        ),
+                    )
+                    .to_string(),
+            );
+        }
+    }
+    Ok(warnings)
 }
 
 fn parse_firewall(
@@ -341,10 +503,14 @@ fn parse_firewall(
 impl Config {
     /// Loads `path` and every `*.toml` in the `access.d` folder beside it (in name order).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = read(path)?;
-        let raw: RawMain = toml::from_str(&text).map_err(|e| located(path, &text, &e))?;
-        let mut warnings: Vec<String> = permission_warning(path, &text).into_iter().collect();
-        let firewall = parse_firewall(path, &text, raw.firewall)?;
+        let source = read(path)?;
+        let text = &source.text;
+        let raw: RawMain = toml::from_str(text).map_err(|e| located(path, text, &e))?;
+        check_private(path, &source, raw.access.len())?;
+        let spans = Spans::of(text);
+        check_ranges(path, text, &raw, &spans)?;
+        let mut warnings: Vec<String> = Vec::new();
+        let firewall = parse_firewall(path, text, raw.firewall)?;
         if raw.listen.mode == Mode::Socket && raw.listen.addresses.is_empty() {
             return Err(ConfigError {
                 file: path.to_owned(),
@@ -362,8 +528,9 @@ impl Config {
 
         let mut stanzas: Vec<AccessStanza> = Vec::new();
         let mut origins: Vec<StanzaOrigin> = Vec::new();
-        for s in raw.access {
-            origins.push(StanzaOrigin { file: path.to_owned(), line: line_of(&text, s.span().start) });
+        for (i, s) in raw.access.into_iter().enumerate() {
+            let keys = spans.access.get(i).map(|t| key_lines(text, t)).unwrap_or_default();
+            origins.push(StanzaOrigin { file: path.to_owned(), line: line_of(text, s.span().start), keys });
             stanzas.push(s.into_inner());
         }
         let dir = path.parent().unwrap_or(Path::new(".")).join("access.d");
@@ -375,11 +542,14 @@ impl Config {
                 .collect();
             files.sort();
             for f in files {
-                let t = read(&f)?;
-                let raw: RawAccessFile = toml::from_str(&t).map_err(|e| located(&f, &t, &e))?;
-                warnings.extend(permission_warning(&f, &t));
-                for s in raw.access {
-                    origins.push(StanzaOrigin { file: f.clone(), line: line_of(&t, s.span().start) });
+                let source = read(&f)?;
+                let t = &source.text;
+                let raw: RawAccessFile = toml::from_str(t).map_err(|e| located(&f, t, &e))?;
+                check_private(&f, &source, raw.access.len())?;
+                let spans = Spans::of(t);
+                for (i, s) in raw.access.into_iter().enumerate() {
+                    let keys = spans.access.get(i).map(|a| key_lines(t, a)).unwrap_or_default();
+                    origins.push(StanzaOrigin { file: f.clone(), line: line_of(t, s.span().start), keys });
                     stanzas.push(s.into_inner());
                 }
             }
@@ -411,24 +581,18 @@ impl Config {
         };
         // Compile stanza by stanza so an error can point at the stanza's file and line.
         for (i, s) in stanzas.iter().enumerate() {
-            if let Err(e) = spa_engine::stanza::Stanza::compile(s, i, &settings) {
-                let o = &origins[i];
-                return Err(ConfigError {
-                    file: o.file.clone(),
-                    line: Some(o.line),
-                    message: error_chain(&e),
-                });
-            }
+            let o = &origins[i];
+            let compiled =
+                Stanza::compile(s, i, &settings).map_err(|e| o.at(invalid_key(&e), error_chain(&e)))?;
             if s.cmd_cycle_open.is_some() {
-                let o = &origins[i];
-                return Err(ConfigError {
-                    file: o.file.clone(),
-                    line: Some(o.line),
-                    message: "cmd_cycle_open: spad runs custom commands through the script backend \
-                              ([firewall] backend = \"script\"), not per stanza"
+                return Err(o.at(
+                    Some("cmd_cycle_open"),
+                    "cmd_cycle_open: spad runs custom commands through the script backend \
+                     ([firewall] backend = \"script\"), not per stanza"
                         .into(),
-                });
+                ));
             }
+            warnings.extend(check_keys(s, &compiled, o)?);
         }
         let verifier = Verifier::new(&stanzas, settings).map_err(|e| ConfigError {
             file: path.to_owned(),
@@ -449,6 +613,15 @@ impl Config {
     }
 }
 
+/// The stanza key an engine error is about, when it is one key's value.
+fn invalid_key(e: &spa_engine::Error) -> Option<&'static str> {
+    match e {
+        spa_engine::Error::Stanza { source, .. } => invalid_key(source),
+        spa_engine::Error::InvalidKey { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
 /// `error: cause: cause` on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -465,12 +638,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    /// Writes `text` and sets `mode` explicitly, whatever the umask.
+    fn write_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         p
     }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        write_mode(dir, name, text, 0o600)
+    }
+
+    const KEY: &str = "spad-config-test-encryption-key!";
+    const HMAC_KEY: &str = "spad-config-test-hmac-key-0123456789abcdef";
 
     const GOOD: &str = r#"
 [listen]
@@ -486,32 +667,36 @@ state_dir = "/tmp/x"
 [[access]]
 name = "admins"
 source = "any"
-key = "secret"
-hmac_key = "other"
+key = "spad-config-test-encryption-key!"
+hmac_key = "spad-config-test-hmac-key-0123456789abcdef"
 open_ports = ["tcp/22"]
 "#;
+
+    /// An access.d file with one stanza and good keys.
+    fn access_file(name: &str, source: &str) -> String {
+        format!(
+            "[[access]]\nname = \"{name}\"\nsource = \"{source}\"\nkey = \"{KEY}\"\nhmac_key = \"{HMAC_KEY}\"\n"
+        )
+    }
+
+    fn load_err(p: &Path) -> String {
+        Config::load(p).unwrap_err().to_string()
+    }
 
     #[test]
     fn loads_main_file_and_access_d() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "spad.toml", GOOD);
-        std::fs::create_dir(dir.path().join("access.d")).unwrap();
-        write(
-            &dir.path().join("access.d"),
-            "b.toml",
-            "[[access]]\nname = \"b\"\nsource = \"10.0.0.0/8\"\nkey = \"k\"\n",
-        );
-        write(
-            &dir.path().join("access.d"),
-            "a.toml",
-            "[[access]]\nname = \"a\"\nsource = \"any\"\nkey = \"k\"\n",
-        );
-        write(&dir.path().join("access.d"), "ignored.txt", "not toml");
+        let d = dir.path().join("access.d");
+        std::fs::create_dir(&d).unwrap();
+        write(&d, "b.toml", &access_file("b", "10.0.0.0/8"));
+        write(&d, "a.toml", &access_file("a", "any"));
+        write(&d, "ignored.txt", "not toml");
         let c = Config::load(&p).unwrap();
         let names: Vec<&str> = c.verifier.stanzas().iter().map(|s| &**s.name()).collect();
         assert_eq!(names, vec!["admins", "a", "b"]);
         assert_eq!(c.firewall.backend, "none");
-        assert!(c.warnings.is_empty());
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
@@ -519,24 +704,24 @@ open_ports = ["tcp/22"]
         let dir = tempfile::tempdir().unwrap();
         let bad = GOOD.replace("open_ports = [\"tcp/22\"]", "open_ports = [\"tcp/22\"]\nopne_ports = 1");
         let p = write(dir.path(), "spad.toml", &bad);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = load_err(&p);
         assert!(e.starts_with(&format!("{}:18: ", p.display())), "{e}");
         assert!(e.contains("opne_ports"), "{e}");
 
-        let bad = GOOD.replace("hmac_key = \"other\"", "hmac_key = \"secret\"");
+        let bad = GOOD.replace(&format!("hmac_key = \"{HMAC_KEY}\""), &format!("hmac_key = \"{KEY}\""));
         let p = write(dir.path(), "spad.toml", &bad);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = load_err(&p);
         assert!(e.contains(":12: access stanza admins: encryption key equals hmac key"), "{e}");
 
         let bad = GOOD.replace("open_ports = [\"tcp/22\"]", "open_ports = [\"tcp/70000\"]");
         let p = write(dir.path(), "spad.toml", &bad);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = load_err(&p);
         assert!(e.contains(":17: access.open_ports: ") && e.contains("tcp/70000"), "{e}");
 
         std::fs::create_dir(dir.path().join("access.d")).unwrap();
         let p2 = write(&dir.path().join("access.d"), "x.toml", "[[access]]\nsource = \"any\"\n");
         let p = write(dir.path(), "spad.toml", GOOD);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = load_err(&p);
         assert!(e.starts_with(&format!("{}:1: ", p2.display())) && e.contains("neither key"), "{e}");
     }
 
@@ -545,16 +730,137 @@ open_ports = ["tcp/22"]
         let dir = tempfile::tempdir().unwrap();
         let bad = GOOD.replace("backend = \"none\"", "backend = \"none\"\n[firewall.nft]\ntable = \"x\"");
         let p = write(dir.path(), "spad.toml", &bad);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = load_err(&p);
         assert!(e.contains("[firewall.nft] does not match"), "{e}");
     }
 
     #[test]
-    fn readable_secrets_warn() {
+    fn files_with_keys_must_be_private() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "spad.toml", GOOD);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o602, 0o620] {
+            let p = write_mode(dir.path(), "spad.toml", GOOD, mode);
+            let e = load_err(&p);
+            assert_eq!(
+                e,
+                format!(
+                    "{p}: holds keys but its mode {mode:03o} lets group or others read or write it; \
+                     run chmod 600 {p}",
+                    p = p.display()
+                )
+            );
+        }
+        let p = write_mode(dir.path(), "spad.toml", GOOD, 0o400);
+        assert!(Config::load(&p).is_ok());
+
+        // A main file without stanzas holds no keys; the access.d file that does is checked.
+        let (head, _) = GOOD.split_once("[[access]]").unwrap();
+        let p = write_mode(dir.path(), "spad.toml", head, 0o644);
+        let d = dir.path().join("access.d");
+        std::fs::create_dir(&d).unwrap();
+        let a = write_mode(&d, "a.toml", &access_file("a", "any"), 0o640);
+        write_mode(&d, "b.toml", "# nothing here yet\n", 0o644);
+        let e = load_err(&p);
+        assert!(e.starts_with(&format!("{}: holds keys but its mode 640", a.display())), "{e}");
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::load(&p).unwrap();
-        assert!(c.warnings[0].contains("readable by others"), "{:?}", c.warnings);
+        assert_eq!(c.verifier.stanzas().len(), 1);
+    }
+
+    #[test]
+    fn values_that_disable_a_protection_are_refused_at_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for (extra, line, needle) in [
+            ("[replay]\nmax_packet_age = 0\n", 3, "replay.max_packet_age: 0 is out of range"),
+            ("[replay]\nmax_packet_age = 86401\n", 3, "replay.max_packet_age: 86401 is out of range"),
+            (
+                "[replay]\nmax_packet_age = 9223372036854775807\n",
+                3,
+                "replay.max_packet_age: 9223372036854775807",
+            ),
+            ("[replay]\ncapacity = 0\n", 3, "replay.capacity: 0 is out of range"),
+            ("[limits]\nper_source_rate = 0\n", 3, "limits.per_source_rate: 0 is out of range"),
+            ("[limits]\nper_source_rate = -1.5\n", 3, "limits.per_source_rate: -1.5 is out"),
+            ("[limits]\nper_source_rate = nan\n", 3, "limits.per_source_rate: NaN is out"),
+            ("[limits]\nper_source_rate = inf\n", 3, "limits.per_source_rate: inf is out"),
+            ("[limits]\nper_source_burst = 0.5\n", 3, "limits.per_source_burst: 0.5 is out"),
+            ("[limits]\nper_source_burst = -inf\n", 3, "limits.per_source_burst: -inf is out"),
+        ] {
+            let text = GOOD.replace("[replay]\nstate_dir = \"/tmp/x\"\n", "").replacen(
+                '\n',
+                &format!("\n{extra}"),
+                1,
+            );
+            let p = write(dir.path(), "spad.toml", &text);
+            let e = load_err(&p);
+            assert!(
+                e.starts_with(&format!("{}:{line}: ", p.display())) && e.contains(needle),
+                "{extra}: {e}"
+            );
+        }
+        // The limits themselves are fine.
+        let text = GOOD.replacen('\n', "\n[limits]\nper_source_rate = 0.1\nper_source_burst = 1\n", 1);
+        let text = text.replace(
+            "state_dir = \"/tmp/x\"",
+            "state_dir = \"/tmp/x\"\nmax_packet_age = 86400\ncapacity = 1",
+        );
+        let p = write(dir.path(), "spad.toml", &text);
+        let c = Config::load(&p).unwrap();
+        assert_eq!((c.replay.max_packet_age, c.replay.capacity), (86400, 1));
+    }
+
+    #[test]
+    fn keys_must_be_long_and_hmac_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |from: &str, to: &str| {
+            assert!(GOOD.contains(from), "{from}");
+            let p = write(dir.path(), "spad.toml", &GOOD.replace(from, to));
+            (Config::load(&p), p)
+        };
+        let key = format!("key = \"{KEY}\"");
+        let hmac = format!("hmac_key = \"{HMAC_KEY}\"");
+
+        // Too short: an error at the key's line, counted in bytes after decoding.
+        let (r, p) = with(&key, "key = \"fifteen-bytes!!\"");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:15: access stanza admins: key is 15 bytes; at least 16", p.display())),
+            "{e}"
+        );
+        let (r, _) = with(&key, "key_base64 = \"c2hvcnRrZXk=\"");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(":15: access stanza admins: key_base64 decodes to 8 bytes; at least 16"), "{e}");
+        let (r, _) = with(&hmac, "hmac_key = \"hmac\"");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(":16: access stanza admins: hmac_key is 4 bytes; at least 16"), "{e}");
+
+        // 16 to 31 bytes: accepted with a warning that names file and line.
+        let (r, p) = with(&key, "key = \"twenty-byte-key-1234\"");
+        let c = r.unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![format!(
+                "{}:15: access stanza admins: key is 20 bytes; 32 or more are recommended (`spa keygen`)",
+                p.display()
+            )]
+        );
+        let (r, _) = with(&hmac, &format!("hmac_key_base64 = \"{}\"", "QUJD".repeat(6)));
+        let c = r.unwrap();
+        assert!(
+            c.warnings[0].contains(":16: access stanza admins: hmac_key_base64 decodes to 18 bytes"),
+            "{:?}",
+            c.warnings
+        );
+
+        // No HMAC key: refused, unless allow_no_hmac says so (then a warning).
+        let (r, _) = with(&format!("{hmac}\n"), "");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(":12: access stanza admins: neither hmac_key nor hmac_key_base64 is set"), "{e}");
+        let (r, _) = with(&format!("{hmac}\n"), "allow_no_hmac = true\n");
+        let c = r.unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains(":16: access stanza admins: allow_no_hmac: "), "{:?}", c.warnings);
+        let (r, _) = with(&hmac, &format!("{hmac}\nallow_no_hmac = true"));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("both allow_no_hmac and hmac_key are set"), "{e}");
     }
 }

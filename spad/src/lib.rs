@@ -52,7 +52,7 @@ pub fn check(path: &Path) -> Result<()> {
     let c = load(path)?;
     registry()?.create(&c.firewall.backend, &c.firewall.table)?;
     for w in &c.warnings {
-        println!("warning: {w}");
+        eprintln!("warning: {w}");
     }
     println!(
         "{}: ok ({} access stanzas, backend {}, {} mode)",

@@ -13,8 +13,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spa_e2e::{GatewayLab, Netns};
 
-const KEY: &str = "testkey123";
-const HMAC_KEY: &str = "hmackey456";
+const KEY: &str = "spad-daemon-test-encryption-key!";
+const HMAC_KEY: &str = "spad-daemon-test-hmac-key-0123456789abcdef012345";
+
+/// Writes a configuration file the way spad requires of files holding keys: mode 0600, set
+/// explicitly whatever the umask.
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
 
 fn config(dir: &Path, listen: &str, extra_access: &str) -> String {
     format!(
@@ -58,7 +65,7 @@ struct Daemon {
 impl Daemon {
     fn start(gw: &Netns, dir: &Path, config_text: &str) -> Self {
         let config = dir.join("spad.toml");
-        std::fs::write(&config, config_text).unwrap();
+        write_private(&config, config_text);
         let mut d = Self { child: None, dir: dir.to_owned(), config, log: Arc::default() };
         d.spawn(gw);
         d
@@ -358,11 +365,10 @@ fn sighup_with_a_broken_config_keeps_the_daemon_and_its_grants() {
     );
     d.wait_event("grant", |e| is(e, "grant"));
 
-    std::fs::write(
+    write_private(
         &d.config,
-        good.replace("open_ports = [\"tcp/22\", \"udp/53\"]", "open_ports = [\"tcp/99999\"]"),
-    )
-    .unwrap();
+        &good.replace("open_ports = [\"tcp/22\", \"udp/53\"]", "open_ports = [\"tcp/99999\"]"),
+    );
     d.signal("HUP");
     let f = d.wait_event("reload_failed", |e| is(e, "reload_failed"));
     assert!(f["detail"]["error"].as_str().unwrap().contains("tcp/99999"), "{f}");
@@ -376,14 +382,13 @@ fn sighup_with_a_broken_config_keeps_the_daemon_and_its_grants() {
     d.wait_event("second grant", |e| is(e, "grant") && e["access"] == serde_json::json!(["udp/53"]));
 
     // A good new configuration takes effect without dropping grants.
-    std::fs::write(
+    write_private(
         &d.config,
-        good.replace(
+        &good.replace(
             "open_ports = [\"tcp/22\", \"udp/53\"]",
             "open_ports = [\"tcp/22\", \"udp/53\", \"tcp/443\"]",
         ),
-    )
-    .unwrap();
+    );
     d.signal("HUP");
     d.wait_event("reload", |e| is(e, "reload"));
     send_from(
@@ -407,7 +412,12 @@ fn a_valid_knock_during_a_junk_flood_is_granted() {
     let d = Daemon::start(
         &lab.gw,
         dir.path(),
-        &config(dir.path(), SOCKET, "\n[[access]]\nname = \"wide\"\nsource = \"any\"\nkey = \"otherkey\"\n"),
+        &config(
+            dir.path(),
+            SOCKET,
+            "\n[[access]]\nname = \"wide\"\nsource = \"any\"\nkey = \"spad-daemon-flood-encryption-k!!\"\n\
+             hmac_key = \"spad-daemon-flood-hmac-key-0123456789abcdef\"\n",
+        ),
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -559,7 +569,7 @@ fn test_mode_decides_and_logs_but_changes_no_firewall() {
         "[firewall]\nbackend = \"nft\"\n[firewall.nft]\nprotect = [\"tcp/22\"]\n",
     );
     let config_path = dir.path().join("spad.toml");
-    std::fs::write(&config_path, &text).unwrap();
+    write_private(&config_path, &text);
     let mut child = lab
         .gw
         .cmd(env!("CARGO_BIN_EXE_spad"))

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use spa_e2e::{GatewayLab, Netns};
 
-const KEY: &str = "fwtestkey";
-const HMAC_KEY: &str = "fwtesthmac";
+const KEY: &str = "spad-firewall-test-encryption-k!";
+const HMAC_KEY: &str = "spad-firewall-test-hmac-key-0123456789abcdef";
 
 fn spa_bin() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_spad")).with_file_name("spa");
@@ -125,6 +125,8 @@ fw_access_timeout = {timeout}
         dir = dir.display()
     );
     std::fs::write(&config, text).unwrap();
+    // spad refuses key files open to group or others; set the mode whatever the umask.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     config
 }
 
