@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use spa_backends::{Closing, EndKind, Grant, GrantId, Record, State};
 use spa_engine::Verifier;
-use spa_engine::replay::{Insert, MemoryReplayStore, ReplayKey, ReplayStore};
+use spa_engine::replay::{Insert, MemoryReplayStore, ReplayKey, ReplayStore, StoredKey, stored_key};
 
 /// Longest journal line read back; a longer one is skipped as unreadable, so a damaged or
 /// planted file cannot make spad allocate without bound.
@@ -638,15 +638,17 @@ pub fn read_grants(dir: &Path) -> Result<Vec<Record>, StateError> {
     Ok(load_grants(&dir.join("grants.jsonl"))?.into_values().collect())
 }
 
-fn hex(k: &ReplayKey) -> String {
+fn hex(k: &[u8]) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<ReplayKey> {
-    if s.len() != 64 {
+/// A stored replay key from its hex text: 32 digits, or the 64 of a full SHA-256 (journals
+/// written before the store kept 128 bits), of which the first 32 count.
+fn unhex(s: &str) -> Option<StoredKey> {
+    if s.len() != 32 && s.len() != 64 {
         return None;
     }
-    let mut k = [0u8; 32];
+    let mut k = [0u8; 16];
     for (i, b) in k.iter_mut().enumerate() {
         *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
@@ -716,7 +718,7 @@ impl ReplayStore for PersistentReplay {
     fn insert(&mut self, key: ReplayKey, now: u64) -> Insert {
         let r = self.store.insert(key, now);
         if r == Insert::New
-            && let Err(e) = self.journal.append(&format!("{} {now}", hex(&key)))
+            && let Err(e) = self.journal.append(&format!("{} {now}", hex(&stored_key(&key))))
         {
             tracing::error!("refusing an authenticated packet: {}", crate::config::error_chain(&e));
             return Insert::Unwritable;
