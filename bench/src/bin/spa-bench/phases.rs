@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use spa_bench::knock::Knocker;
 use spa_bench::probe::Prober;
 use spa_bench::procstat;
+use spa_bench::sources::SourceSocket;
 use spa_bench::stats::Summary;
 
 use crate::daemon::{Counts, Daemon, Kind, Programs};
@@ -25,8 +26,13 @@ fn knock_limit(kind: Kind) -> Duration {
 pub(crate) const FLOOD_KNOCK_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where knocks go.
+fn spa_target4() -> SocketAddrV4 {
+    SocketAddrV4::new(lab::gw4(), SPA_PORT)
+}
+
+/// Where knocks go, for `std::net`.
 fn spa_target() -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(lab::gw4(), SPA_PORT))
+    SocketAddr::V4(spa_target4())
 }
 
 fn access() -> String {
@@ -288,12 +294,13 @@ struct Filled {
     lost: usize,
 }
 
-/// Sends knocks for fill addresses from `first` on, at most `window` outstanding, until
-/// `count` are granted or `deadline` passes; then waits for the knocks already sent to be
-/// handled, so nothing queued delays later measurements. A daemon that drops knocks (fwknopd
-/// does now and then) gets new ones instead; five silent rounds in a row is an error.
+/// Sends knocks for fill addresses from `first` on, each from the address it asks for, at most
+/// `window` outstanding, until `count` are granted or `deadline` passes; then waits for the
+/// knocks already sent to be handled, so nothing queued delays later measurements. A daemon
+/// that drops knocks (fwknopd does now and then) gets new ones instead; five silent rounds in a
+/// row is an error. Runs in the client namespace.
 fn fill(
-    sock: &UdpSocket,
+    sock: &SourceSocket,
     d: &mut Daemon,
     knocker: &Knocker,
     first: usize,
@@ -314,8 +321,9 @@ fn fill(
             return Ok(out);
         }
         while open && out.granted + outstanding < count && outstanding < window {
-            let pkt = knocker.packet(fill_addr(first + sent).into(), &access())?;
-            sock.send_to(pkt.as_bytes(), spa_target()).context("sending a fill knock")?;
+            let from = fill_addr(first + sent);
+            let pkt = knocker.packet(from.into(), &access())?;
+            sock.send(pkt.as_bytes(), from, spa_target4()).context("sending a fill knock")?;
             sent += 1;
             outstanding += 1;
         }
@@ -394,7 +402,7 @@ pub(crate) fn cpu(
     let own0 = procstat::own_cpu(d.pid())?;
     let t0 = Instant::now();
     let filled = lab.in_client(|| {
-        let sock = knock_socket()?;
+        let sock = SourceSocket::new()?;
         fill(&sock, d, knocker, 0, valid, window, None)
     })?;
     let granted = filled.granted;
@@ -480,7 +488,7 @@ pub(crate) fn scale(
         let need = target.saturating_sub(active);
         let t0 = Instant::now();
         let f = lab.in_client(|| {
-            let sock = knock_socket()?;
+            let sock = SourceSocket::new()?;
             fill(&sock, d, knocker, next_addr, need, window, deadline)
         })?;
         let got = f.granted;
