@@ -91,6 +91,27 @@ fn settle(d: &Daemon, idle: f64, max: Duration) -> Result<Duration> {
     }
 }
 
+/// Waits until the daemon's log stops growing (no grant, replay or reject for 1.5 s), at most
+/// `max`. fwknopd's capture buffer still holds junk for seconds after a full-speed flood while
+/// its CPU use stays low (it sleeps between reads), so [`settle`] alone does not see it; knocks
+/// sent before it is worked off would wait behind it and count as lost.
+fn drain(d: &mut Daemon, max: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut last = d.counts();
+    let mut quiet_since = Instant::now();
+    while start.elapsed() < max {
+        sleep(Duration::from_millis(250))?;
+        let now = d.counts();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// spad writes suppressed-reject counts once a second, at the next event: one junk packet
 /// after a second's pause makes it write them. The daemon leaves such markers out of its counts.
 fn flush_counts(d: &mut Daemon, sock: &UdpSocket) -> Result<Counts> {
@@ -390,6 +411,7 @@ pub(crate) fn cpu(
     let c0 = cpu_time(d)?;
     let t0 = Instant::now();
     out.junk_report = FloodProc::start(lab, progs, junk_secs)?.finish(false)?;
+    drain(d, Duration::from_secs(60))?;
     let c1 = settle(d, idle, Duration::from_secs(20))?;
     let dt = t0.elapsed().as_secs_f64();
     let counts = flush_counts(d, &sock)?;
