@@ -77,6 +77,22 @@ pub(crate) struct Counts {
     pub(crate) replays: u64,
     /// Every other refused packet (junk).
     pub(crate) junk: u64,
+    /// Of those, packets refused as over a per-source budget (spad's `rate_limited`).
+    pub(crate) limited: u64,
+}
+
+impl Counts {
+    /// Counts `n` rejects of spad's `reason`.
+    fn add_reject(&mut self, reason: &str, n: u64) {
+        if reason == "replay" {
+            self.replays += n;
+        } else {
+            self.junk += n;
+            if reason == "rate_limited" {
+                self.limited += n;
+            }
+        }
+    }
 }
 
 /// Follows a growing log file.
@@ -343,22 +359,11 @@ impl Daemon {
                 match v["event"].as_str() {
                     Some("grant") => self.counts.grants += 1,
                     Some("extend") => self.counts.extends += 1,
-                    Some("reject") => {
-                        if v["reason"] == "replay" {
-                            self.counts.replays += 1;
-                        } else {
-                            self.counts.junk += 1;
-                        }
-                    }
+                    Some("reject") => self.counts.add_reject(v["reason"].as_str().unwrap_or(""), 1),
                     Some("reject_summary") => {
                         if let Some(m) = v["suppressed"].as_object() {
                             for (reason, n) in m {
-                                let n = n.as_u64().unwrap_or(0);
-                                if reason == "replay" {
-                                    self.counts.replays += n;
-                                } else {
-                                    self.counts.junk += n;
-                                }
+                                self.counts.add_reject(reason, n.as_u64().unwrap_or(0));
                             }
                         }
                     }

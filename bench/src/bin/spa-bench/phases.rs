@@ -169,19 +169,46 @@ pub(crate) fn latency(lab: &BenchLab, d: &mut Daemon, knocker: &Knocker, knocks:
     Ok(Latency { summary: summary(&samples), after_first: summary(samples.get(1..).unwrap_or(&[])), knocks })
 }
 
+/// Where a junk flood comes from, where it goes, and how fast.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FloodFrom<'a> {
+    /// The namespace `spa-flood` sends from (its address is the junk's source).
+    pub(crate) netns: &'a str,
+    /// The gateway's SPA port as seen from there.
+    pub(crate) target: SocketAddrV4,
+    /// Datagrams per second; `None` is as fast as this machine allows.
+    pub(crate) rate: Option<u64>,
+}
+
+impl<'a> FloodFrom<'a> {
+    /// From the attacker, a host without keys, to the gateway's attacker-side address.
+    pub(crate) fn attacker(lab: &'a BenchLab, rate: Option<u64>) -> Self {
+        Self {
+            netns: lab.lab.attacker.name(),
+            target: SocketAddrV4::new(lab::gw_attacker4(), SPA_PORT),
+            rate,
+        }
+    }
+
+    /// From the knocking client itself (its own address), to the address it knocks on.
+    pub(crate) fn client(lab: &'a BenchLab, rate: Option<u64>) -> Self {
+        Self { netns: lab.lab.client.name(), target: SocketAddrV4::new(lab::gw4(), SPA_PORT), rate }
+    }
+}
+
 /// A running `spa-flood`, stopped (SIGINT) and reaped on drop.
 struct FloodProc(Option<std::process::Child>);
 
 impl FloodProc {
-    /// Floods the gateway's attacker-side SPA port from the attacker namespace at full rate.
-    fn start(lab: &BenchLab, progs: &Programs, secs: u64) -> Result<Self> {
-        let target = SocketAddrV4::new(lab::gw_attacker4(), SPA_PORT);
+    /// Floods as `from` says for at most `secs` seconds.
+    fn start(from: &FloodFrom<'_>, progs: &Programs, secs: u64) -> Result<Self> {
         let child = std::process::Command::new(&progs.flood)
             .arg("--netns")
-            .arg(lab.lab.attacker.name())
+            .arg(from.netns)
             .arg("--target")
-            .arg(target.to_string())
+            .arg(from.target.to_string())
             .args(["--duration", &secs.to_string()])
+            .args(["--rate", &from.rate.unwrap_or(0).to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -254,17 +281,20 @@ pub(crate) struct Flood {
     pub(crate) report: FloodReport,
     /// Junk datagrams the daemon handled (from its log).
     pub(crate) handled: u64,
+    /// Packets the daemon refused as over a per-source budget (`rate_limited`; spad only).
+    pub(crate) limited: u64,
     /// Daemon CPU while flooded, as a fraction of one core.
     pub(crate) cpu_fraction: f64,
 }
 
-/// Floods the SPA port from the attacker at full rate while the client knocks `knocks` times,
-/// `spacing` apart.
+/// Floods the SPA port as `from` says while the client knocks `knocks` times, `spacing`
+/// apart, each knock from the client's own address and for a new grant.
 pub(crate) fn flood(
     lab: &BenchLab,
     d: &mut Daemon,
     knocker: &Knocker,
     progs: &Programs,
+    from: &FloodFrom<'_>,
     knocks: usize,
     spacing: Duration,
 ) -> Result<Flood> {
@@ -275,7 +305,7 @@ pub(crate) fn flood(
     let before = d.counts();
     let c0 = cpu_time(d)?;
     let t0 = Instant::now();
-    let proc = FloodProc::start(lab, progs, 600)?;
+    let proc = FloodProc::start(from, progs, 600)?;
     sleep(Duration::from_secs(1))?;
     let samples = lab.in_client(|| {
         let sock = knock_socket()?;
@@ -302,6 +332,7 @@ pub(crate) fn flood(
         daemon_grants: counts.grants - before.grants,
         report,
         handled: counts.junk - before.junk,
+        limited: counts.limited - before.limited,
         cpu_fraction: (c1 - c0).as_secs_f64() / busy_secs,
     })
 }
@@ -410,7 +441,7 @@ pub(crate) fn cpu(
     let before = flush_counts(d, &sock)?;
     let c0 = cpu_time(d)?;
     let t0 = Instant::now();
-    out.junk_report = FloodProc::start(lab, progs, junk_secs)?.finish(false)?;
+    out.junk_report = FloodProc::start(&FloodFrom::attacker(lab, None), progs, junk_secs)?.finish(false)?;
     drain(d, Duration::from_secs(60))?;
     let c1 = settle(d, idle, Duration::from_secs(20))?;
     let dt = t0.elapsed().as_secs_f64();
