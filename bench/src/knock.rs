@@ -13,11 +13,11 @@ use spa_engine::{DigestType, EncryptionKey, EncryptionMode, Entropy, HmacKey, Me
 
 use crate::{Error, Result};
 
-/// Encryption key length: a multiple of three, so its base64 form needs no padding (any
-/// length up to 32 works for both daemons).
-const KEY_LEN: usize = 30;
-/// HMAC key length, again a multiple of three.
-const HMAC_LEN: usize = 63;
+/// Encryption key length: 32 bytes, the most both daemons take (AES-256), as `fwknop
+/// --key-gen` makes them (spad refuses keys under 16 bytes).
+const KEY_LEN: usize = 32;
+/// HMAC key length: 64 bytes, again as `fwknop --key-gen` makes them.
+const HMAC_LEN: usize = 64;
 
 /// Operating-system randomness for the engine.
 struct OsEntropy;
@@ -29,6 +29,16 @@ impl Entropy for OsEntropy {
             std::process::abort();
         }
     }
+}
+
+/// Base64 with `=` padding, the way `fwknop --key-gen` prints keys (fwknopd reads them so;
+/// spad takes either form).
+fn padded_base64(bytes: &[u8]) -> String {
+    let mut s = spa_engine::b64::encode(bytes);
+    while !s.len().is_multiple_of(4) {
+        s.push('=');
+    }
+    s
 }
 
 /// A client with its own keys.
@@ -60,12 +70,12 @@ impl Knocker {
 
     /// The encryption key as `KEY_BASE64` / `key_base64` wants it.
     pub fn key_base64(&self) -> String {
-        spa_engine::b64::encode(self.key.as_bytes())
+        padded_base64(self.key.as_bytes())
     }
 
     /// The HMAC key as `HMAC_KEY_BASE64` / `hmac_key_base64` wants it.
     pub fn hmac_base64(&self) -> String {
-        spa_engine::b64::encode(self.hmac.as_bytes())
+        padded_base64(self.hmac.as_bytes())
     }
 
     /// An access request for `allow` (the address the daemon opens, like `spa -a`) to
@@ -105,7 +115,10 @@ mod tests {
         let k = Knocker::generate().unwrap();
         let wire = k.packet("10.210.0.7".parse().unwrap(), "tcp/22").unwrap();
         assert!((150..=250).contains(&wire.len()), "{}", wire.len());
+        assert!(k.key_base64().ends_with('=') && k.key_base64().len() == 44, "padded like fwknop --key-gen");
         let key = EncryptionKey::from_base64(&k.key_base64()).unwrap();
+        assert_eq!(key.as_bytes().len(), 32);
+        assert_eq!(HmacKey::from_base64(&k.hmac_base64()).unwrap().as_bytes().len(), 64);
         let mac =
             HmacState::new(DigestType::Sha256, HmacKey::from_base64(&k.hmac_base64()).unwrap().as_bytes());
         let d = open(wire.as_bytes(), &OpenKeys { key: &key, mode: EncryptionMode::Cbc, hmac: Some(&mac) })

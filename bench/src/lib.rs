@@ -6,6 +6,8 @@
 //!   bytes open `spad` and `fwknopd`.
 //! - [`probe`]: open latency, measured by starting a new non-blocking TCP connect every
 //!   ~100 µs until one completes, so no SYN retransmit timer hides the real figure.
+//! - [`sources`]: one UDP socket that sends each datagram from its own source address
+//!   (`IP_PKTINFO`), so fills look like many clients.
 //! - [`procstat`]: CPU time (a process and its children) and resident memory from `/proc`.
 //! - [`stats`]: medians and percentiles.
 //! - [`netns`]: entering a named network namespace from a thread.
@@ -16,6 +18,7 @@ pub mod knock;
 pub mod netns;
 pub mod probe;
 pub mod procstat;
+pub mod sources;
 pub mod stats;
 
 use std::io;

@@ -77,6 +77,22 @@ pub(crate) struct Counts {
     pub(crate) replays: u64,
     /// Every other refused packet (junk).
     pub(crate) junk: u64,
+    /// Of those, packets refused as over a per-source budget (spad's `rate_limited`).
+    pub(crate) limited: u64,
+}
+
+impl Counts {
+    /// Counts `n` rejects of spad's `reason`.
+    fn add_reject(&mut self, reason: &str, n: u64) {
+        if reason == "replay" {
+            self.replays += n;
+        } else {
+            self.junk += n;
+            if reason == "rate_limited" {
+                self.limited += n;
+            }
+        }
+    }
 }
 
 /// Follows a growing log file.
@@ -136,11 +152,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Writes a file that holds keys: created with mode 0600 (never readable by others, not even
+/// for a moment), and both daemons refuse or warn about key files others can read.
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // The mode given at creation is masked by the umask, which can only take bits away; set it
+    // exactly anyway, so the file is 0600 whatever the umask.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -166,10 +193,14 @@ impl Daemon {
         let d = dir.path().to_path_buf();
         let gw = &lab.lab.gw;
         let (mut cmd, log, follow) = if kind.is_spad() {
+            // spad's shipped defaults apart from what the lab needs (listed, with the reasons,
+            // in the report's method): capture needs its interfaces named; the firewall must
+            // protect something; state and audit go to this run's own directory; the grants
+            // outlive the longest phase. `[limits]` stays at its defaults.
             let listen = if kind == Kind::SpadCapture {
-                format!("mode = \"capture\"\ninterfaces = [\"c0\", \"a0\"]\nport = {SPA_PORT}")
+                "mode = \"capture\"\ninterfaces = [\"c0\", \"a0\"]\n".to_owned()
             } else {
-                format!("mode = \"socket\"\naddresses = [\"0.0.0.0:{SPA_PORT}\"]")
+                "mode = \"socket\"\n".to_owned()
             };
             // In capture mode nothing listens on the SPA port, so it is dropped like the
             // protected port (as conf/spad.toml advises); otherwise the gateway would answer
@@ -180,15 +211,13 @@ impl Daemon {
                 format!("[\"tcp/{PROTECTED_PORT}\"]")
             };
             let firewall = match progs.spad_backend.as_str() {
-                "nft" => format!("backend = \"nft\"\n\n[firewall.nft]\ntable = \"spa\"\nprotect = {protect}"),
+                "nft" => format!("backend = \"nft\"\n\n[firewall.nft]\nprotect = {protect}"),
                 other => format!("backend = \"{other}\""),
             };
             let conf = format!(
-                "[listen]\n{listen}\n\n[firewall]\n{firewall}\n\n\
+                "[listen]\n{listen}\n[firewall]\n{firewall}\n\n\
                  [replay]\nstate_dir = \"{state}\"\n\n\
                  [log]\naudit = \"{audit}\"\n\n\
-                 [limits]\n# effectively off: every packet takes the full path, as from many sources\n\
-                 per_source_rate = 1000000000.0\nper_source_burst = 1000000000.0\n\n\
                  [[access]]\nname = \"bench\"\nsource = \"any\"\nopen_ports = [\"tcp/{PROTECTED_PORT}\"]\n\
                  key_base64 = \"{key}\"\nhmac_key_base64 = \"{hmac}\"\n\
                  fw_access_timeout = 3600\n",
@@ -330,22 +359,11 @@ impl Daemon {
                 match v["event"].as_str() {
                     Some("grant") => self.counts.grants += 1,
                     Some("extend") => self.counts.extends += 1,
-                    Some("reject") => {
-                        if v["reason"] == "replay" {
-                            self.counts.replays += 1;
-                        } else {
-                            self.counts.junk += 1;
-                        }
-                    }
+                    Some("reject") => self.counts.add_reject(v["reason"].as_str().unwrap_or(""), 1),
                     Some("reject_summary") => {
                         if let Some(m) = v["suppressed"].as_object() {
                             for (reason, n) in m {
-                                let n = n.as_u64().unwrap_or(0);
-                                if reason == "replay" {
-                                    self.counts.replays += n;
-                                } else {
-                                    self.counts.junk += n;
-                                }
+                                self.counts.add_reject(reason, n.as_u64().unwrap_or(0));
                             }
                         }
                     }

@@ -5,8 +5,16 @@
 //! knock therefore asks for a different address (`-a` style: the allow address inside the
 //! message, which both daemons open), and the client connects from exactly that address. The
 //! client owns `10.210.0.0/16` addresses on its interface for that; the gateway routes the
-//! range back via the client. Grants that only fill the firewall for the scale runs use
-//! `10.64.0.0/10` addresses that nobody owns (no traffic is ever sent to or from them).
+//! range back via the client. These measured knocks are sent from the client's own address
+//! (`10.201.1.2`), at most about 25 per second, within spad's per-source budget.
+//!
+//! Knocks that only fill the firewall (the scale levels, CPU per valid knock) come from many
+//! packet sources instead, one per grant, as 100,000 grants do in real life, and so each
+//! source stays within spad's per-source budget for authenticated requests: the client owns
+//! all of `10.64.0.0/10` through one local route on its loopback ("AnyIP"; no interface
+//! addresses), and each fill knock leaves from its own address there and asks for that
+//! address. The gateway has no route back to them and needs none (nothing answers a UDP
+//! knock); reverse-path filtering is off in the gateway so that it does not drop them.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -45,7 +53,11 @@ pub(crate) fn probe_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 210, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
 }
 
-/// Fill address number `i` (nobody owns it; only for grants that fill the firewall).
+/// The prefix the client owns as a whole (a local route) for fill knocks.
+pub(crate) const FILL_PREFIX: &str = "10.64.0.0/10";
+
+/// Fill address number `i`, inside [`FILL_PREFIX`]: the source of a fill knock and the address
+/// it asks for. Never a destination.
 pub(crate) fn fill_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + 1 + i as u32)
 }
@@ -120,8 +132,17 @@ impl BenchLab {
         for i in 0..probes {
             batch.push_str(&format!("address add {}/16 dev eth0\n", probe_addr(i)));
         }
+        // Fill knocks leave from any address of the prefix: local to the client, on no link.
+        batch.push_str(&format!("route add local {FILL_PREFIX} dev lo\n"));
         ip_batch(&lab.client, &batch)?;
         lab.gw.ip(&["route", "add", "10.210.0.0/16", "via", GatewayLab::CLIENT4]);
+        // New namespaces take IPv4 `all`/`default` settings from the host's, which may have
+        // reverse-path filtering on (strict or loose); either would drop the fill knocks, whose
+        // sources the gateway has no route to. The effective value is the larger of `all` and
+        // the interface's, so all of them are set.
+        for conf in ["all", "default", "c0", "a0", "i0"] {
+            lab.gw.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0");
+        }
         let listener = Listener::start(lab.gw.name(), PROTECTED_PORT)?;
         Ok(Self { _listener: listener, lab })
     }

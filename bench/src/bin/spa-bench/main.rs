@@ -30,8 +30,11 @@ use crate::lab::BenchLab;
 pub(crate) enum Phase {
     /// Open latency of single knocks.
     Latency,
-    /// Knocks while the SPA port is flooded.
+    /// Knocks while the SPA port is flooded (from the attacker).
     Flood,
+    /// Knocks while junk with the client's own address floods the SPA port.
+    #[value(name = "selfflood")]
+    SelfFlood,
     /// CPU per junk packet and per valid knock; idle CPU.
     Cpu,
     /// Grant apply time with 1k/10k/100k active grants; idle CPU and memory there.
@@ -41,7 +44,35 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 5] = [Phase::Latency, Phase::Flood, Phase::Cpu, Phase::Scale, Phase::Replay];
+    const ALL: [Phase; 6] =
+        [Phase::Latency, Phase::Flood, Phase::SelfFlood, Phase::Cpu, Phase::Scale, Phase::Replay];
+}
+
+/// A flood rate: datagrams per second, or as fast as this machine allows (`max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FloodRate(pub(crate) Option<u64>);
+
+impl FloodRate {
+    /// Reads `100`, `1000`, `max`.
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == "max" {
+            return Ok(Self(None));
+        }
+        match s.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Self(Some(n))),
+            _ => Err(format!("{s:?} is neither a positive number of packets per second nor `max`")),
+        }
+    }
+
+    /// Sorts full speed after every fixed rate.
+    pub(crate) fn order(self) -> u64 {
+        self.0.unwrap_or(u64::MAX)
+    }
+
+    /// For file names: `100`, `max`.
+    fn slug(self) -> String {
+        self.0.map_or_else(|| "max".to_owned(), |n| n.to_string())
+    }
 }
 
 /// Command-line names of the daemons.
@@ -81,6 +112,16 @@ pub(crate) struct Opts {
     /// Pause between knocks during the flood, milliseconds.
     #[arg(long, default_value_t = 250)]
     pub(crate) flood_spacing_ms: u64,
+    /// Knocks while the client's own address floods the SPA port, at each rate.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) selfflood_knocks: usize,
+    /// Junk rates (packets/s, or `max` for full speed) from the client's own address, spad.
+    #[arg(long, value_delimiter = ',', value_parser = FloodRate::parse, default_value = "100,1000,max")]
+    pub(crate) selfflood_rates: Vec<FloodRate>,
+    /// Junk rates from the client's own address, fwknopd (at full speed its 1,000 packets/s
+    /// capture loop loses knocks to any flood, which the `flood` phase shows already).
+    #[arg(long, value_delimiter = ',', value_parser = FloodRate::parse, default_value = "100,1000")]
+    pub(crate) fwknopd_selfflood_rates: Vec<FloodRate>,
     /// Seconds of junk-only flood for the CPU-per-junk figure.
     #[arg(long, default_value_t = 3)]
     pub(crate) junk_secs: u64,
@@ -171,6 +212,8 @@ pub(crate) struct Results {
     pub(crate) latency: Option<phases::Latency>,
     /// Knocks under flood.
     pub(crate) flood: Option<phases::Flood>,
+    /// Knocks while the client's own address is flooded, one entry per rate.
+    pub(crate) selfflood: Vec<(FloodRate, phases::Flood)>,
     /// CPU per packet.
     pub(crate) cpu: Option<phases::Cpu>,
     /// Scale.
@@ -206,9 +249,37 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(me.parent().map(|p| p.join(name)).unwrap_or_else(|| PathBuf::from(name)))
 }
 
+/// The self-flood phase: a fresh lab and daemon for every rate, so no rate inherits another's
+/// per-source budgets; a failed rate is noted and the next one runs.
+fn run_selfflood(kind: Kind, opts: &Opts, progs: &Programs, knocker: &Knocker) -> Result<Results> {
+    let rates = if kind == Kind::Fwknopd { &opts.fwknopd_selfflood_rates } else { &opts.selfflood_rates };
+    let spacing = Duration::from_millis(opts.flood_spacing_ms);
+    let mut r = Results::default();
+    for &rate in rates {
+        check_interrupt()?;
+        let label = format!("selfflood-{}", rate.slug());
+        let round = || -> Result<phases::Flood> {
+            let lab = BenchLab::new(opts.selfflood_knocks + 1)?;
+            let mut d = Daemon::start(kind, &label, &lab, progs, knocker)?;
+            let from = phases::FloodFrom::client(&lab, rate.0);
+            phases::flood(&lab, &mut d, knocker, progs, &from, opts.selfflood_knocks, spacing)
+        };
+        match round() {
+            Ok(f) => r.selfflood.push((rate, f)),
+            Err(e) => {
+                check_interrupt()?;
+                r.errors.push((Phase::SelfFlood, format!("at {}: {e:#}", report::rate_label(rate))));
+            }
+        }
+    }
+    Ok(r)
+}
+
 fn run_one(phase: Phase, kind: Kind, opts: &Opts, progs: &Programs, knocker: &Knocker) -> Result<Results> {
     let fw = kind == Kind::Fwknopd;
     let probes = match phase {
+        // A lab and a daemon for every rate.
+        Phase::SelfFlood => return run_selfflood(kind, opts, progs, knocker),
         Phase::Latency => opts.knocks,
         Phase::Flood => opts.flood_knocks,
         Phase::Scale => opts.scale_probes * opts.scale.len().max(opts.fwknopd_scale.len()),
@@ -222,8 +293,11 @@ fn run_one(phase: Phase, kind: Kind, opts: &Opts, progs: &Programs, knocker: &Kn
         Phase::Latency => r.latency = Some(phases::latency(&lab, &mut d, knocker, opts.knocks)?),
         Phase::Flood => {
             let spacing = Duration::from_millis(opts.flood_spacing_ms);
-            r.flood = Some(phases::flood(&lab, &mut d, knocker, progs, opts.flood_knocks, spacing)?);
+            let from = phases::FloodFrom::attacker(&lab, None);
+            r.flood = Some(phases::flood(&lab, &mut d, knocker, progs, &from, opts.flood_knocks, spacing)?);
         }
+        // Returned above.
+        Phase::SelfFlood => {}
         Phase::Cpu => {
             let (valid, window) =
                 if fw { (opts.fwknopd_valid, opts.fwknopd_window) } else { (opts.valid, opts.window) };
@@ -259,6 +333,7 @@ fn run_one(phase: Phase, kind: Kind, opts: &Opts, progs: &Programs, knocker: &Kn
 fn merge(into: &mut Results, from: Results) {
     into.latency = from.latency.or(into.latency.take());
     into.flood = from.flood.or(into.flood.take());
+    into.selfflood.extend(from.selfflood);
     into.cpu = from.cpu.or(into.cpu.take());
     into.scale = from.scale.or(into.scale.take());
     into.replay = from.replay.or(into.replay.take());
@@ -360,4 +435,25 @@ fn main() -> Result<()> {
         bail!("some measurements failed (see the table's notes)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flood_rates_read_as_the_help_says() {
+        assert_eq!(FloodRate::parse("100"), Ok(FloodRate(Some(100))));
+        assert_eq!(FloodRate::parse("max"), Ok(FloodRate(None)));
+        assert!(FloodRate::parse("0").is_err());
+        assert!(FloodRate::parse("fast").is_err());
+        let o = Opts::parse_from(["spa-bench", "--only", "selfflood", "--selfflood-rates", "1000,max"]);
+        assert_eq!(o.phases(), vec![Phase::SelfFlood]);
+        assert_eq!(o.selfflood_rates, vec![FloodRate(Some(1000)), FloodRate(None)]);
+        let d = Opts::parse_from(["spa-bench"]);
+        assert_eq!(d.selfflood_rates, vec![FloodRate(Some(100)), FloodRate(Some(1000)), FloodRate(None)]);
+        assert_eq!(d.fwknopd_selfflood_rates, vec![FloodRate(Some(100)), FloodRate(Some(1000))]);
+        assert_eq!(d.selfflood_knocks, 20);
+        assert!(d.phases().contains(&Phase::SelfFlood), "a full run includes it");
+    }
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use spa_bench::knock::Knocker;
 use spa_bench::probe::Prober;
 use spa_bench::procstat;
+use spa_bench::sources::SourceSocket;
 use spa_bench::stats::Summary;
 
 use crate::daemon::{Counts, Daemon, Kind, Programs};
@@ -25,8 +26,13 @@ fn knock_limit(kind: Kind) -> Duration {
 pub(crate) const FLOOD_KNOCK_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where knocks go.
+fn spa_target4() -> SocketAddrV4 {
+    SocketAddrV4::new(lab::gw4(), SPA_PORT)
+}
+
+/// Where knocks go, for `std::net`.
 fn spa_target() -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(lab::gw4(), SPA_PORT))
+    SocketAddr::V4(spa_target4())
 }
 
 fn access() -> String {
@@ -83,6 +89,27 @@ fn settle(d: &Daemon, idle: f64, max: Duration) -> Result<Duration> {
         }
         last = now;
     }
+}
+
+/// Waits until the daemon's log stops growing (no grant, replay or reject for 1.5 s), at most
+/// `max`. fwknopd's capture buffer still holds junk for seconds after a full-speed flood while
+/// its CPU use stays low (it sleeps between reads), so [`settle`] alone does not see it; knocks
+/// sent before it is worked off would wait behind it and count as lost.
+fn drain(d: &mut Daemon, max: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut last = d.counts();
+    let mut quiet_since = Instant::now();
+    while start.elapsed() < max {
+        sleep(Duration::from_millis(250))?;
+        let now = d.counts();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// spad writes suppressed-reject counts once a second, at the next event: one junk packet
@@ -142,19 +169,46 @@ pub(crate) fn latency(lab: &BenchLab, d: &mut Daemon, knocker: &Knocker, knocks:
     Ok(Latency { summary: summary(&samples), after_first: summary(samples.get(1..).unwrap_or(&[])), knocks })
 }
 
+/// Where a junk flood comes from, where it goes, and how fast.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FloodFrom<'a> {
+    /// The namespace `spa-flood` sends from (its address is the junk's source).
+    pub(crate) netns: &'a str,
+    /// The gateway's SPA port as seen from there.
+    pub(crate) target: SocketAddrV4,
+    /// Datagrams per second; `None` is as fast as this machine allows.
+    pub(crate) rate: Option<u64>,
+}
+
+impl<'a> FloodFrom<'a> {
+    /// From the attacker, a host without keys, to the gateway's attacker-side address.
+    pub(crate) fn attacker(lab: &'a BenchLab, rate: Option<u64>) -> Self {
+        Self {
+            netns: lab.lab.attacker.name(),
+            target: SocketAddrV4::new(lab::gw_attacker4(), SPA_PORT),
+            rate,
+        }
+    }
+
+    /// From the knocking client itself (its own address), to the address it knocks on.
+    pub(crate) fn client(lab: &'a BenchLab, rate: Option<u64>) -> Self {
+        Self { netns: lab.lab.client.name(), target: SocketAddrV4::new(lab::gw4(), SPA_PORT), rate }
+    }
+}
+
 /// A running `spa-flood`, stopped (SIGINT) and reaped on drop.
 struct FloodProc(Option<std::process::Child>);
 
 impl FloodProc {
-    /// Floods the gateway's attacker-side SPA port from the attacker namespace at full rate.
-    fn start(lab: &BenchLab, progs: &Programs, secs: u64) -> Result<Self> {
-        let target = SocketAddrV4::new(lab::gw_attacker4(), SPA_PORT);
+    /// Floods as `from` says for at most `secs` seconds.
+    fn start(from: &FloodFrom<'_>, progs: &Programs, secs: u64) -> Result<Self> {
         let child = std::process::Command::new(&progs.flood)
             .arg("--netns")
-            .arg(lab.lab.attacker.name())
+            .arg(from.netns)
             .arg("--target")
-            .arg(target.to_string())
+            .arg(from.target.to_string())
             .args(["--duration", &secs.to_string()])
+            .args(["--rate", &from.rate.unwrap_or(0).to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -227,17 +281,20 @@ pub(crate) struct Flood {
     pub(crate) report: FloodReport,
     /// Junk datagrams the daemon handled (from its log).
     pub(crate) handled: u64,
+    /// Packets the daemon refused as over a per-source budget (`rate_limited`; spad only).
+    pub(crate) limited: u64,
     /// Daemon CPU while flooded, as a fraction of one core.
     pub(crate) cpu_fraction: f64,
 }
 
-/// Floods the SPA port from the attacker at full rate while the client knocks `knocks` times,
-/// `spacing` apart.
+/// Floods the SPA port as `from` says while the client knocks `knocks` times, `spacing`
+/// apart, each knock from the client's own address and for a new grant.
 pub(crate) fn flood(
     lab: &BenchLab,
     d: &mut Daemon,
     knocker: &Knocker,
     progs: &Programs,
+    from: &FloodFrom<'_>,
     knocks: usize,
     spacing: Duration,
 ) -> Result<Flood> {
@@ -248,7 +305,7 @@ pub(crate) fn flood(
     let before = d.counts();
     let c0 = cpu_time(d)?;
     let t0 = Instant::now();
-    let proc = FloodProc::start(lab, progs, 600)?;
+    let proc = FloodProc::start(from, progs, 600)?;
     sleep(Duration::from_secs(1))?;
     let samples = lab.in_client(|| {
         let sock = knock_socket()?;
@@ -275,6 +332,7 @@ pub(crate) fn flood(
         daemon_grants: counts.grants - before.grants,
         report,
         handled: counts.junk - before.junk,
+        limited: counts.limited - before.limited,
         cpu_fraction: (c1 - c0).as_secs_f64() / busy_secs,
     })
 }
@@ -288,12 +346,13 @@ struct Filled {
     lost: usize,
 }
 
-/// Sends knocks for fill addresses from `first` on, at most `window` outstanding, until
-/// `count` are granted or `deadline` passes; then waits for the knocks already sent to be
-/// handled, so nothing queued delays later measurements. A daemon that drops knocks (fwknopd
-/// does now and then) gets new ones instead; five silent rounds in a row is an error.
+/// Sends knocks for fill addresses from `first` on, each from the address it asks for, at most
+/// `window` outstanding, until `count` are granted or `deadline` passes; then waits for the
+/// knocks already sent to be handled, so nothing queued delays later measurements. A daemon
+/// that drops knocks (fwknopd does now and then) gets new ones instead; five silent rounds in a
+/// row is an error. Runs in the client namespace.
 fn fill(
-    sock: &UdpSocket,
+    sock: &SourceSocket,
     d: &mut Daemon,
     knocker: &Knocker,
     first: usize,
@@ -314,8 +373,9 @@ fn fill(
             return Ok(out);
         }
         while open && out.granted + outstanding < count && outstanding < window {
-            let pkt = knocker.packet(fill_addr(first + sent).into(), &access())?;
-            sock.send_to(pkt.as_bytes(), spa_target()).context("sending a fill knock")?;
+            let from = fill_addr(first + sent);
+            let pkt = knocker.packet(from.into(), &access())?;
+            sock.send(pkt.as_bytes(), from, spa_target4()).context("sending a fill knock")?;
             sent += 1;
             outstanding += 1;
         }
@@ -381,7 +441,8 @@ pub(crate) fn cpu(
     let before = flush_counts(d, &sock)?;
     let c0 = cpu_time(d)?;
     let t0 = Instant::now();
-    out.junk_report = FloodProc::start(lab, progs, junk_secs)?.finish(false)?;
+    out.junk_report = FloodProc::start(&FloodFrom::attacker(lab, None), progs, junk_secs)?.finish(false)?;
+    drain(d, Duration::from_secs(60))?;
     let c1 = settle(d, idle, Duration::from_secs(20))?;
     let dt = t0.elapsed().as_secs_f64();
     let counts = flush_counts(d, &sock)?;
@@ -394,7 +455,7 @@ pub(crate) fn cpu(
     let own0 = procstat::own_cpu(d.pid())?;
     let t0 = Instant::now();
     let filled = lab.in_client(|| {
-        let sock = knock_socket()?;
+        let sock = SourceSocket::new()?;
         fill(&sock, d, knocker, 0, valid, window, None)
     })?;
     let granted = filled.granted;
@@ -480,7 +541,7 @@ pub(crate) fn scale(
         let need = target.saturating_sub(active);
         let t0 = Instant::now();
         let f = lab.in_client(|| {
-            let sock = knock_socket()?;
+            let sock = SourceSocket::new()?;
             fill(&sock, d, knocker, next_addr, need, window, deadline)
         })?;
         let got = f.granted;

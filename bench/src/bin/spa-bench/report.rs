@@ -7,7 +7,8 @@ use std::time::Duration;
 use spa_bench::stats::{Summary, ms};
 
 use crate::daemon::{Kind, Programs};
-use crate::{Opts, Phase, Results};
+use crate::phases::Flood;
+use crate::{FloodRate, Opts, Results};
 
 fn us(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} µs", d.as_secs_f64() * 1e6))
@@ -38,6 +39,33 @@ fn med_p99(s: &Summary, sent: usize) -> String {
         let _ = write!(t, " ({} of {sent} opened)", s.n);
     }
     t
+}
+
+/// `100 pkt/s`, `full speed`.
+pub(crate) fn rate_label(rate: FloodRate) -> String {
+    rate.0.map_or_else(|| "full speed".to_owned(), |n| format!("{} pkt/s", thousands(n)))
+}
+
+/// Knocks that opened in time, of those sent, and grants made too late to count.
+fn granted_cell(f: &Flood) -> String {
+    let late = f.daemon_grants.saturating_sub(f.summary.n as u64);
+    if late > 0 {
+        format!("{} of {} (+{late} granted too late)", f.summary.n, f.knocks)
+    } else {
+        format!("{} of {}", f.summary.n, f.knocks)
+    }
+}
+
+/// The self-flood round at `rate`.
+fn at(r: &Results, rate: FloodRate) -> Option<&Flood> {
+    r.selfflood.iter().find(|(x, _)| *x == rate).map(|(_, f)| f)
+}
+
+/// Junk the daemon handled: its rate over the flood and its share of what was sent.
+fn handled_cell(f: &Flood) -> String {
+    let rate = if f.report.secs > 0.0 { f.handled as f64 / f.report.secs } else { 0.0 };
+    let share = if f.report.sent > 0 { 100.0 * f.handled as f64 / f.report.sent as f64 } else { 0.0 };
+    format!("{} pkt/s ({share:.0} %)", thousands(rate as u64))
 }
 
 fn version(cmd: &str, arg: &str) -> String {
@@ -108,15 +136,9 @@ pub(crate) fn render(
             r.latency.as_ref().map_or("-".into(), |l| med_p99(&l.after_first, l.knocks.saturating_sub(1)))
         },
     );
-    row(format!("Under flood: knocks granted (of {})", opts.flood_knocks), "20 of 20", &|_, r| {
-        r.flood.as_ref().map_or("-".into(), |f| {
-            let late = f.daemon_grants.saturating_sub(f.summary.n as u64);
-            if late > 0 {
-                format!("{} of {} (+{late} granted too late)", f.summary.n, f.knocks)
-            } else {
-                format!("{} of {}", f.summary.n, f.knocks)
-            }
-        })
+    let n = opts.flood_knocks;
+    row(format!("Under flood: knocks granted (of {n})"), &format!("{n} of {n}"), &|_, r| {
+        r.flood.as_ref().map_or("-".into(), granted_cell)
     });
     row("Under flood: open latency, median / p99".into(), "p99 ≤ 20 ms", &|_, r| {
         r.flood.as_ref().map_or("-".into(), |f| med_p99(&f.summary, f.knocks))
@@ -128,15 +150,36 @@ pub(crate) fn render(
         r.flood.as_ref().map_or("-".into(), |f| format!("{} pkt/s", thousands(f.report.rate as u64)))
     });
     row("Under flood: junk handled by the daemon".into(), "", &|_, r| {
-        r.flood.as_ref().map_or("-".into(), |f| {
-            let rate = if f.report.secs > 0.0 { f.handled as f64 / f.report.secs } else { 0.0 };
-            let share = if f.report.sent > 0 { 100.0 * f.handled as f64 / f.report.sent as f64 } else { 0.0 };
-            format!("{} pkt/s ({share:.0} %)", thousands(rate as u64))
-        })
+        r.flood.as_ref().map_or("-".into(), handled_cell)
     });
     row("Under flood: daemon CPU".into(), "", &|_, r| {
         r.flood.as_ref().map_or("-".into(), |f| format!("{:.0} % of a core", f.cpu_fraction * 100.0))
     });
+    let mut rates: Vec<FloodRate> =
+        kinds.iter().flat_map(|&k| get(k).selfflood.iter().map(|(rate, _)| *rate)).collect();
+    rates.sort_unstable_by_key(|r| r.order());
+    rates.dedup();
+    for rate in rates {
+        let n = opts.selfflood_knocks;
+        row(
+            format!("Junk from the client's own address at {}: knocks granted (of {n})", rate_label(rate)),
+            &format!("{n} of {n}"),
+            &|_, r| at(r, rate).map_or("-".into(), granted_cell),
+        );
+        row("… open latency of the granted knocks, median / p99".into(), "", &|_, r| {
+            at(r, rate).map_or("-".into(), |f| med_p99(&f.summary, f.knocks))
+        });
+        row("… junk sent by spa-flood / handled by the daemon".into(), "", &|_, r| {
+            at(r, rate).map_or("-".into(), |f| {
+                let limited = if f.limited > 0 {
+                    format!("; {} refused as rate_limited", thousands(f.limited))
+                } else {
+                    String::new()
+                };
+                format!("{} pkt/s / {}{limited}", thousands(f.report.rate as u64), handled_cell(f))
+            })
+        });
+    }
     row(format!("CPU per junk packet ({} s flood)", opts.junk_secs), "", &|_, r| {
         r.cpu
             .as_ref()
@@ -313,6 +356,15 @@ fn targets(kinds: &[Kind], results: &BTreeMap<Kind, Results>) -> Vec<String> {
                 ms(f.summary.p99)
             ));
         }
+        for (rate, f) in &r.selfflood {
+            out.push(format!(
+                "{name}: {n} of {n} granted with junk from the client's own address at {}: {} ({} of {n})",
+                rate_label(*rate),
+                verdict(f.summary.n == f.knocks),
+                f.summary.n,
+                n = f.knocks,
+            ));
+        }
         if let Some(s) = &r.scale {
             if let Some(l) = s.levels.iter().find(|l| l.target == 100_000) {
                 let ok = l.probe.median.is_some_and(|m| m <= Duration::from_micros(500));
@@ -336,23 +388,27 @@ fn targets(kinds: &[Kind], results: &BTreeMap<Kind, Results>) -> Vec<String> {
 }
 
 fn method(opts: &Opts) -> String {
+    let rates = |r: &[FloodRate]| r.iter().map(|&r| rate_label(r)).collect::<Vec<_>>().join(", ");
+    let conntrack_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .map_or_else(|_| "conntrack not loaded".to_owned(), |t| format!("`nf_conntrack_max` = {}", t.trim()));
     let mut m = String::from("\n## How it was measured\n\n");
     let lines = [
-        "Lab: `spa_e2e::GatewayLab` (network namespaces; client, attacker and gateway joined by veth pairs). Each phase runs against a fresh lab and a freshly started daemon.".to_owned(),
-        "Client: packets built in-process with `spa_engine::packet::seal` (AES-CBC, SHA-256 digest, HMAC-SHA256, random keys per run); the same bytes go to both daemons. Knocks come from the client's own address and ask (like `spa -a`) for a distinct address of the client each, so no grant of an earlier knock can open the port for a later one.".to_owned(),
+        "Lab: `spa_e2e::GatewayLab` (network namespaces; client, attacker and gateway joined by veth pairs). Each phase runs against a fresh lab and a freshly started daemon (the self-flood phase: one for every rate). The gateway has reverse-path filtering off (`net.ipv4.conf.{all,default,c0,a0,i0}.rp_filter = 0`, set explicitly: new namespaces take the host's IPv4 setting), because fill knocks come from sources it has no route to.".to_owned(),
+        "Client: packets built in-process with `spa_engine::packet::seal` (AES-CBC, SHA-256 digest, HMAC-SHA256, a random 32-byte key and 64-byte HMAC key per run, as `fwknop --key-gen` makes them); the same bytes go to both daemons. Measured knocks come from the client's own address (10.201.1.2), at most about 25 per second (within spad's per-source budget), and ask (like `spa -a`) for a distinct address of the client each, so no grant of an earlier knock can open the port for a later one.".to_owned(),
+        format!("Fill knocks (scale levels, CPU per valid knock) come from many packet sources, one per grant, as 100,000 grants do in real life: the client owns all of `10.64.0.0/10` through one local route (`ip route add local 10.64.0.0/10 dev lo`, \"AnyIP\"), and every fill knock leaves one socket from its own address there (`sendmsg` with an `IP_PKTINFO` control message whose `ipi_spec_dst` is the source) and asks for that same address. So each source stays far below spad's per-source budget for authenticated requests, where knocks from one address would be held to 50/s. Nothing is sent back to these addresses, and no route back is needed. fwknopd gets the same packets. In socket mode every fill knock leaves a UDP conntrack entry in the gateway ({conntrack_max} on this host; it must exceed the top scale level)."),
         "Open latency: from the knock's `send` to the first completed TCP connect from that address to the protected port (tcp/22 on the gateway, a server run by the bench). A new non-blocking connect starts every 100 µs, all polled together, so no SYN retransmit hides the figure; resolution ≈ 0.1 ms. Before each knock a 20 ms connect storm from the same address must fail (the port is really closed). A knock not open after 3 s (spad) or 10 s (fwknopd), 2 s under flood, counts as not granted. p99 is nearest-rank (with fewer than 100 samples it is the largest). The first knock after a daemon starts is shown apart too.".to_owned(),
-        "spad: `[firewall] backend = \"nft\"`, `protect = [\"tcp/22\"]` (capture mode also `udp/62201`: nothing listens there), capture on both gateway links, `fw_access_timeout = 3600`, `[limits] per_source_rate/per_source_burst = 1e9` (the per-source limit is effectively off, so every packet takes the full path as if it came from many sources; one client address also fills 100,000 grants), everything else default (audit log to a file, 50 rejects/s written, the rest counted).".to_owned(),
-        "fwknopd (Debian 2.6.10): defaults except `PCAP_INTF any` (the attacker arrives on another link than the client), its run directory, and the stanza (`SOURCE ANY`, `OPEN_PORTS tcp/22`, `FW_ACCESS_TIMEOUT`/`MAX_FW_TIMEOUT 3600`); iptables backend (iptables-nft). The gateway's INPUT chain has fwknopd's jump first, then DROP for tcp/22 and udp/62201.".to_owned(),
-        format!("Flood: `spa-flood` in the attacker namespace sends base64 junk of 150–250 characters to the gateway's SPA port with `sendmmsg` at full speed for the whole phase; {} knocks go {} ms apart while it runs. 'Handled' comes from the daemon's own log (spad: audit rejects and reject summaries; fwknopd: one 'Error creating fko context' line per junk packet).", opts.flood_knocks, opts.flood_spacing_ms),
-        "CPU: utime+stime (plus reaped children) of the daemon and its live descendants (fwknopd's `iptables` runs, spad's `nft` process) from `/proc`, over the work, minus the idle rate measured just before, divided by the packets the daemon handled. Valid knocks each ask for a new address, so every one changes the firewall.".to_owned(),
-        "Scale: the firewall is filled with grants for addresses nobody owns (`10.64.0.0/10`), sent at most a window ahead of the daemon's grants; at each level further knocks from client addresses are measured as above. spad's scale is measured in socket mode only (the grant path does not depend on the receive mode). fwknopd is filled only within a time budget; where it stops, the table says how far it got.".to_owned(),
+        "spad: its shipped defaults, `[limits]` included (`per_source_rate = 50`, `per_source_burst = 100` authenticated requests per packet source; reject lines 50/s in all and a fifth of that per source, the rest counted in summaries), apart from what the lab needs: `[firewall] backend = \"nft\"` and `[firewall.nft] protect = [\"tcp/22\"]` (there is no default backend, and nothing is protected by default); in capture mode `[listen] mode = \"capture\"`, `interfaces = [\"c0\", \"a0\"]` (there are no default interfaces; the attacker arrives on a0) and `udp/62201` protected too (nothing listens there, so the gateway would answer every junk packet with an ICMP error); `[replay] state_dir` and `[log] audit` in a fresh private directory (a fresh replay cache per run; the bench counts grants and rejects from the audit trail); one stanza, `source = \"any\"`, `open_ports = [\"tcp/22\"]`, `fw_access_timeout = 3600` (grants must last the whole phase: fills take minutes). The configuration file is created mode 0600.".to_owned(),
+        "fwknopd (Debian 2.6.10): defaults except `PCAP_INTF any` (the attacker arrives on another link than the client), its run directory, and the stanza (`SOURCE ANY`, `OPEN_PORTS tcp/22`, `FW_ACCESS_TIMEOUT`/`MAX_FW_TIMEOUT 3600`); iptables backend (iptables-nft). The gateway's INPUT chain has fwknopd's jump first, then DROP for tcp/22 and udp/62201. Its files are mode 0600.".to_owned(),
+        format!("Flood: `spa-flood` in the attacker namespace sends base64 junk of 150–250 characters to the gateway's SPA port with `sendmmsg` at full speed for the whole phase; after 1 s of it, {} knocks go {} ms apart. 'Handled' comes from the daemon's own log (spad: audit rejects and reject summaries; fwknopd: one 'Error creating fko context' line per junk packet).", opts.flood_knocks, opts.flood_spacing_ms),
+        format!("Junk from the client's own address: `spa-flood` runs in the client namespace, so its junk carries the client's address (10.201.1.2) as source, the one the measured knocks come from, and goes to the address the client knocks on, at {} (spad) and {} (fwknopd; at full speed its 1,000 packets/s capture loop loses knocks to any flood, which the attacker flood shows already). After 1 s of junk the client knocks {} times, {} ms apart, each for a new grant; a knock not open after 2 s counts as not granted. Anyone who can spoof a client's address can send this junk, so every knock must still be granted: a daemon that charges a per-source budget for every datagram before the HMAC check lets such junk starve the client (spad did until the limit moved behind the HMAC). 'Handled' as for the flood; 'rate_limited' is what spad refused as over a per-source budget.", rates(&opts.selfflood_rates), rates(&opts.fwknopd_selfflood_rates), opts.selfflood_knocks, opts.flood_spacing_ms),
+        "CPU: utime+stime (plus reaped children) of the daemon and its live descendants (fwknopd's `iptables` runs, spad's `nft` process) from `/proc`, over the work, minus the idle rate measured just before, divided by the packets the daemon handled. After the junk flood the bench waits until the daemon's log has stopped growing for 1.5 s (fwknopd works off junk queued in its capture buffer for seconds after the flood, at low CPU), so the junk count includes that backlog and no valid knock waits behind it. Valid knocks are fill knocks (above): each from and for a new address, so every one changes the firewall.".to_owned(),
+        "Scale: the firewall is filled with fill knocks (above), sent at most a window ahead of the daemon's grants; at each level further knocks from the client's own address are measured as above. spad's scale is measured in socket mode only (the grant path does not depend on the receive mode). fwknopd is filled only within a time budget; where it stops, the table says how far it got.".to_owned(),
         format!("Replay: one valid knock, then the same bytes {} more times (spad at {} pkt/s, fwknopd at {} pkt/s, below its 1,000 pkt/s capture loop).", opts.replays, opts.replay_rate, opts.fwknopd_replay_rate),
-        "Noise: the machine has 2 cores shared by the flood generator, the client, the daemon, the kernel's packet path and possibly other work; single runs vary by tens of percent.".to_owned(),
+        "Noise: the machine's cores are shared by the flood generator, the client, the daemon, the kernel's packet path and possibly other work; single runs vary by tens of percent.".to_owned(),
     ];
     for l in lines {
         let _ = writeln!(m, "- {l}");
     }
-    let _ = Phase::ALL;
     m
 }
 
@@ -370,5 +426,47 @@ mod tests {
         assert_eq!(med_p99(&s, 2), "0.800 / 1.200 ms");
         assert_eq!(med_p99(&s, 3), "0.800 / 1.200 ms (2 of 3 opened)");
         assert_eq!(med_p99(&Summary::default(), 20), "none of 20 opened");
+    }
+
+    fn round(opened: usize, knocks: usize, limited: u64) -> Flood {
+        let samples = vec![Duration::from_micros(500); opened];
+        Flood {
+            knocks,
+            summary: Summary::of(&samples),
+            daemon_grants: opened as u64,
+            report: crate::phases::FloodReport { sent: 1000, secs: 10.0, rate: 100.0 },
+            handled: 1000,
+            limited,
+            ..Flood::default()
+        }
+    }
+
+    #[test]
+    fn a_self_flood_round_that_loses_knocks_is_shown_and_missed() {
+        use clap::Parser as _;
+        let opts = Opts::parse_from(["spa-bench", "--only", "selfflood", "--daemons", "spad-socket"]);
+        let progs = Programs {
+            spad: "/nonexistent/spad".into(),
+            flood: "/nonexistent/spa-flood".into(),
+            fwknopd: "/nonexistent/fwknopd".into(),
+            spad_backend: "nft".into(),
+            logs: None,
+        };
+        let mut results = BTreeMap::new();
+        let r = Results {
+            selfflood: vec![(FloodRate(None), round(4, 20, 1016)), (FloodRate(Some(100)), round(20, 20, 0))],
+            ..Results::default()
+        };
+        results.insert(Kind::SpadSocket, r);
+        let md = render(&opts, &progs, &[Kind::SpadSocket], &results);
+        let at_100 = "| Junk from the client's own address at 100 pkt/s: knocks granted (of 20) | 20 of 20 | 20 of 20 |";
+        let at_max = "| Junk from the client's own address at full speed: knocks granted (of 20) | 4 of 20 | 20 of 20 |";
+        let (i100, imax) = (md.find(at_100), md.find(at_max));
+        assert!(i100.is_some() && imax.is_some(), "{md}");
+        assert!(i100 < imax, "fixed rates come before full speed:\n{md}");
+        assert!(md.contains("100 pkt/s / 100 pkt/s (100 %); 1,016 refused as rate_limited"), "{md}");
+        assert!(md.contains("at full speed: MISSED (4 of 20)"), "{md}");
+        assert!(md.contains("at 100 pkt/s: met (20 of 20)"), "{md}");
+        assert!(!md.contains("1000000000") && !md.contains("1e9"), "no limits switched off:\n{md}");
     }
 }
