@@ -26,8 +26,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use spa_backends::{
-    Access, Backend, BackendDescriptor, BackendError, Capabilities, Change, Entry, Grant, GrantId, Health, Held,
-    Observed, ProtoPort,
+    Access, Backend, BackendDescriptor, BackendError, Capabilities, Change, Entry, Grant, GrantId, Health,
+    Held, Observed, ProtoPort,
 };
 
 // Registration: the daemon finds the backend by this name. (A binary links it only when it
@@ -121,7 +121,9 @@ impl Backend for FileBackend {
         }
         match &grant.access {
             Access::All => Err(BackendError::Unsupported("forward-all")),
-            Access::Ports(ports) => Ok(ports.iter().map(|p| Line { source: grant.source, port: *p }).collect()),
+            Access::Ports(ports) => {
+                Ok(ports.iter().map(|p| Line { source: grant.source, port: *p }).collect())
+            }
         }
     }
 
