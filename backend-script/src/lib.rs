@@ -16,9 +16,9 @@
 //! **What it creates:** nothing itself. Whatever exists in the firewall is what the `open`
 //! command made.
 //!
-//! **How to inspect:** `spad list` shows the grants on record and `spad list --firewall` the
-//! units they need (the firewall side cannot be read back: it is whatever the scripts manage;
-//! for the example `conf/script/nft-set.sh`: `nft list table inet spa_script`).
+//! **How to inspect:** `spad list` shows the grants on record (live and closing). The firewall
+//! side cannot be read back (`spad list --firewall` says so): it is whatever the scripts
+//! manage; for the example `conf/script/nft-set.sh`: `nft list table inet spa_script`.
 //!
 //! **How to remove by hand:** run the `close` command with the values of the grant, or undo
 //! what the script does (for the example: `nft delete table inet spa_script`). Stopping spad
