@@ -6,36 +6,45 @@
 //! process group, and the grant reaches the command three ways: `{placeholders}` in argv,
 //! `SPA_*` environment variables and JSON on stdin.
 //!
-//! **What it creates:** nothing itself. Whatever exists in the firewall is what the `open`
-//! command made; this backend only remembers (in memory) which grants it opened, so it can run
-//! `close` for them at their deadline, on revoke and at teardown.
+//! The backend is a renderer plus an applier, like every backend: a grant maps to units of
+//! work ([`Unit`]: one per port with `per = "port"`, one per grant with `per = "grant"`), and
+//! a change runs `open` or `close` for one unit. When that happens (re-knocks, units shared by
+//! several grants, expiry, closes retried with backoff, closes after a restart for grants that
+//! ended while spad was down) is decided by the grant ledger in `spa-backends` and recorded
+//! in spad's journal; this backend keeps no state and reads no clock.
 //!
-//! **How to inspect:** `spad list` shows the grants this backend holds; the firewall side is
-//! whatever the scripts manage (for the example `conf/script/nft-set.sh`:
-//! `nft list table inet spa_script`).
+//! **What it creates:** nothing itself. Whatever exists in the firewall is what the `open`
+//! command made.
+//!
+//! **How to inspect:** `spad list` shows the grants on record (live and closing). The firewall
+//! side cannot be read back (`spad list --firewall` says so): it is whatever the scripts
+//! manage; for the example `conf/script/nft-set.sh`: `nft list table inet spa_script`.
 //!
 //! **How to remove by hand:** run the `close` command with the values of the grant, or undo
-//! what the script does (for the example: `nft delete table inet spa_script`).
+//! what the script does (for the example: `nft delete table inet spa_script`). Stopping spad
+//! ends its grants through `close` (unless it is told to keep them).
 //!
 //! The rest of this page is the contract a script author gets (also in
 //! `conf/script/README.md`).
 //!
 #![doc = include_str!("../../conf/script/README.md")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use spa_backends::process::{self, Environment, Invocation, Outcome};
 use spa_backends::{
-    Access, Backend, BackendDescriptor, BackendError, Capabilities, Grant, GrantId, Nat, Owned, ProtoPort,
-    Snat,
+    Backend, BackendDescriptor, BackendError, Capabilities, Change, Grant, Health, Held, Nat, Observed,
+    ProtoPort, Snat,
 };
 
 mod template;
+mod unit;
 
 use template::{Template, TemplateError, Var};
+pub use unit::{Scope, Unit};
 
 /// The time limit of one command when `timeout_ms` is not set.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -50,18 +59,18 @@ inventory::submit! {
     BackendDescriptor {
         name: "script",
         description: "runs admin-written open/close/check commands (argv placeholders, SPA_* env, JSON on stdin)",
-        create: ScriptBackend::from_table,
+        create: spa_backends::create::<ScriptBackend>,
     }
 }
 
-/// How many times a command runs for one grant.
+/// How many units (and so calls) one grant makes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Per {
-    /// Once per (protocol, port); once with empty `{proto}`/`{port}` for forward-all.
+    /// One unit per (protocol, port); one with empty `{proto}`/`{port}` for forward-all.
     #[default]
     Port,
-    /// Once per grant, whatever its ports (`{ports}` lists them).
+    /// One unit per grant, whatever its ports (`{ports}` lists them).
     Grant,
 }
 
@@ -148,7 +157,8 @@ impl Cmd {
     }
 }
 
-/// The `script` backend. See the crate documentation for the contract.
+/// The `script` backend. See the crate documentation for the contract. It holds only its
+/// configuration: what is open is the ledger's business.
 #[derive(Debug)]
 pub struct ScriptBackend {
     open: Cmd,
@@ -159,8 +169,6 @@ pub struct ScriptBackend {
     reopen_on_extend: bool,
     /// The fixed part of every command's environment (PATH, `env`, `pass_env`).
     base_env: Vec<(String, String)>,
-    /// The grants whose `open` succeeded and whose `close` has not.
-    grants: BTreeMap<GrantId, Grant>,
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -180,14 +188,97 @@ fn check_env_name(key: &str, name: &str) -> Result<(), BackendError> {
 }
 
 impl ScriptBackend {
-    /// Builds it from `[firewall.script]`; every template is checked here, so a typo in a
-    /// placeholder stops the daemon at start rather than at the first knock.
-    pub fn from_table(table: &toml::Table) -> Result<Box<dyn Backend>, BackendError> {
-        Ok(Box::new(Self::new(table)?))
+    fn cmd(&self, action: Action) -> Option<&Cmd> {
+        match action {
+            Action::Open => Some(&self.open),
+            Action::Close => Some(&self.close),
+            Action::Check => self.check.as_ref(),
+        }
     }
 
-    /// Like [`ScriptBackend::from_table`], without the box (for tests and embedding).
-    pub fn new(table: &toml::Table) -> Result<Self, BackendError> {
+    /// Runs `action` for one unit with the values of the grant it is held for; `None` when
+    /// that action is not configured.
+    fn call(&self, action: Action, held: &Held<'_, Unit>, now: u64) -> Result<Option<Outcome>, BackendError> {
+        let Some(cmd) = self.cmd(action) else { return Ok(None) };
+        let port = held.entry.scope.port();
+        let ctx = Context { action, per: self.per, grant: held.holder, port, until: held.until, now };
+        let mut label = format!("{} command {}", action.name(), cmd.program);
+        if let Some(p) = port {
+            label.push_str(&format!(" for {p}"));
+        }
+        let mut env = self.base_env.clone();
+        env.extend(Var::ALL.iter().map(|&v| (v.env_name(), ctx.value(v))));
+        let input = Input {
+            action: action.name(),
+            per: self.per.name(),
+            id: held.holder.id.to_string(),
+            port,
+            timeout: ctx.timeout(),
+            grant: held.holder,
+        };
+        let stdin = serde_json::to_vec(&input).map_err(|e| BackendError::Parse {
+            program: label.clone(),
+            detail: format!("cannot encode the grant as JSON: {e}"),
+        })?;
+        let outcome = process::run(
+            Invocation::new(cmd.program.clone(), self.limit)
+                .args(cmd.args.iter().map(|t| t.render(|v| ctx.value(v))))
+                .env(Environment::Clear(env))
+                .stdin(stdin)
+                .label(label),
+        )?;
+        Ok(Some(outcome))
+    }
+
+    /// Runs `open` or `close` for one unit and requires success.
+    fn must(&self, action: Action, held: &Held<'_, Unit>, now: u64) -> Result<(), BackendError> {
+        match self.call(action, held, now)? {
+            Some(outcome) if !outcome.status.success() => Err(outcome.failed()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks `check` whether one unit is present: exit 0 yes, 1 no, anything else an error;
+    /// `None` without a `check` command.
+    fn present(&self, held: &Held<'_, Unit>, now: u64) -> Result<Option<bool>, BackendError> {
+        match self.call(Action::Check, held, now)? {
+            None => Ok(None),
+            Some(outcome) if outcome.status.code() == Some(0) => Ok(Some(true)),
+            Some(outcome) if outcome.status.code() == Some(1) => Ok(Some(false)),
+            Some(outcome) => Err(outcome.failed()),
+        }
+    }
+
+    /// Makes sure a unit that may or may not be there is: `open` unless `check` says it is
+    /// present.
+    fn ensure(&self, held: &Held<'_, Unit>, now: u64) -> Result<(), BackendError> {
+        match self.present(held, now)? {
+            Some(true) => Ok(()),
+            Some(false) | None => self.must(Action::Open, held, now),
+        }
+    }
+
+    /// A unit that is there gets a new deadline (and maybe a new grant holding it).
+    fn retime(&self, new: &Held<'_, Unit>, prior: &Held<'_, Unit>, now: u64) -> Result<(), BackendError> {
+        if self.reopen_on_extend {
+            return self.must(Action::Open, new, now);
+        }
+        if prior.holder.id == new.holder.id {
+            // A re-knock of the same grant: the firewall already lets it in.
+            return Ok(());
+        }
+        // The unit passes to another grant: one that shared it, whose holder ended, or a new
+        // grant taking it over from one whose close failed (then part of it may be gone).
+        self.ensure(new, now)
+    }
+}
+
+impl Backend for ScriptBackend {
+    type Entry = Unit;
+
+    /// Builds it from `[firewall.script]`; every template is checked here, so a typo in a
+    /// placeholder stops the daemon at start rather than at the first knock.
+    fn from_table(table: &toml::Table) -> Result<Self, BackendError> {
         let cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(BackendError::Config)?;
         if cfg.timeout_ms == 0 || cfg.timeout_ms > MAX_TIMEOUT_MS {
             return Err(BackendError::Invalid(format!(
@@ -221,222 +312,74 @@ impl ScriptBackend {
             limit: Duration::from_millis(cfg.timeout_ms),
             reopen_on_extend: cfg.reopen_on_extend,
             base_env: base.into_iter().collect(),
-            grants: BTreeMap::new(),
         })
     }
 
-    /// The calls one grant makes: one per port, or one for the grant.
-    fn units(&self, grant: &Grant) -> Vec<Option<ProtoPort>> {
-        match (self.per, &grant.access) {
-            (Per::Grant, _) | (Per::Port, Access::All) => vec![None],
-            (Per::Port, Access::Ports(ports)) if ports.is_empty() => vec![None],
-            (Per::Port, Access::Ports(ports)) => ports.iter().copied().map(Some).collect(),
+    fn name(&self) -> &'static str {
+        "script"
+    }
+
+    /// Scripts can do anything, so NAT and IPv6 are theirs to refuse. Nothing expires by
+    /// itself (as far as the backend knows), `prepare` cannot remove what scripts made, and a
+    /// grant of several units is several commands, not one transaction.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            nat: true,
+            ipv6: true,
+            native_expiry: false,
+            exact_prepare: false,
+            atomic_apply: false,
         }
     }
 
-    fn cmd(&self, action: Action) -> Option<&Cmd> {
-        match action {
-            Action::Open => Some(&self.open),
-            Action::Close => Some(&self.close),
-            Action::Check => self.check.as_ref(),
-        }
+    fn entries(&self, grant: &Grant) -> Result<Vec<Unit>, BackendError> {
+        Ok(Unit::of(grant, self.per))
     }
 
-    /// Runs `action` for one unit of `grant`; `None` when that action is not configured.
-    fn call(
-        &self,
-        action: Action,
-        grant: &Grant,
-        port: Option<ProtoPort>,
-    ) -> Result<Option<Outcome>, BackendError> {
-        let Some(cmd) = self.cmd(action) else { return Ok(None) };
-        let ctx = Context { action, per: self.per, grant, port, now: unix_now() };
-        let mut label = format!("{} command {}", action.name(), cmd.program);
-        if let Some(p) = port {
-            label.push_str(&format!(" for {p}"));
-        }
-        let mut env = self.base_env.clone();
-        env.extend(Var::ALL.iter().map(|&v| (v.env_name(), ctx.value(v))));
-        let input = Input {
-            action: action.name(),
-            per: self.per.name(),
-            id: grant.id.to_string(),
-            port,
-            timeout: grant.remaining(ctx.now),
-            grant,
-        };
-        let stdin = serde_json::to_vec(&input).map_err(|e| BackendError::Parse {
-            program: label.clone(),
-            detail: format!("cannot encode the grant as JSON: {e}"),
-        })?;
-        let outcome = process::run(
-            Invocation::new(cmd.program.clone(), self.limit)
-                .args(cmd.args.iter().map(|t| t.render(|v| ctx.value(v))))
-                .env(Environment::Clear(env))
-                .stdin(stdin)
-                .label(label),
-        )?;
-        Ok(Some(outcome))
-    }
-
-    /// Runs `open` or `close` for one unit and requires success.
-    fn must(&self, action: Action, grant: &Grant, port: Option<ProtoPort>) -> Result<(), BackendError> {
-        match self.call(action, grant, port)? {
-            Some(outcome) if !outcome.status.success() => Err(outcome.failed()),
-            _ => Ok(()),
-        }
-    }
-
-    /// Asks `check` whether one unit is present: exit 0 yes, 1 no, anything else an error.
-    fn present(&self, grant: &Grant, port: Option<ProtoPort>) -> Result<Option<bool>, BackendError> {
-        match self.call(Action::Check, grant, port)? {
-            None => Ok(None),
-            Some(outcome) if outcome.status.code() == Some(0) => Ok(Some(true)),
-            Some(outcome) if outcome.status.code() == Some(1) => Ok(Some(false)),
-            Some(outcome) => Err(outcome.failed()),
-        }
-    }
-
-    /// Opens every unit of a new grant; on a failure closes what it opened (best effort) and
-    /// returns the failure. With `use_check`, units that `check` finds present are left alone.
-    fn open_all(&self, grant: &Grant, use_check: bool) -> Result<(), BackendError> {
-        let mut opened = Vec::new();
-        for port in self.units(grant) {
-            let step = if use_check {
-                self.present(grant, port).and_then(|present| match present {
-                    Some(true) => Ok(()),
-                    _ => self.must(Action::Open, grant, port),
-                })
-            } else {
-                self.must(Action::Open, grant, port)
-            };
-            if let Err(e) = step {
-                for port in opened.into_iter().rev() {
-                    // The open error is what the caller needs; close is idempotent by
-                    // contract, and a failure here leaves what the script left.
-                    let _best_effort = self.must(Action::Close, grant, port);
-                }
-                return Err(e);
-            }
-            opened.push(port);
-        }
-        Ok(())
-    }
-
-    /// Runs `close` for every unit, all of them even when one fails; the first error wins.
-    fn close_all(&self, grant: &Grant) -> Result<(), BackendError> {
+    /// For each live unit: left alone when `check` says it is present, opened otherwise (or
+    /// always, without `check`). Never runs `close`: what ended is closed by the ledger,
+    /// through [`Backend::apply`], also after a restart. Every unit is tried; the first error
+    /// is returned.
+    fn prepare(&mut self, live: &[Held<'_, Unit>], now: u64) -> Result<(), BackendError> {
         let mut first = None;
-        for port in self.units(grant) {
-            if let Err(e) = self.must(Action::Close, grant, port) {
+        for held in live {
+            if let Err(e) = self.ensure(held, now) {
                 first.get_or_insert(e);
             }
         }
         first.map_or(Ok(()), Err)
     }
 
-    /// Runs `open` again for every unit of an extended grant (`reopen_on_extend`).
-    fn reopen(&self, grant: &Grant) -> Result<(), BackendError> {
-        for port in self.units(grant) {
-            self.must(Action::Open, grant, port)?;
+    /// In order: a new unit runs `open`, a re-timed one runs nothing (or `open` again with
+    /// `reopen_on_extend`; `check`-then-`open` when another grant takes it over), a removed
+    /// one runs `close` with the values it was opened with. Stops at the first failure: the
+    /// gate undoes a half-applied grant and retries a failed close with backoff.
+    fn apply(&mut self, changes: &[Change<'_, Unit>], now: u64) -> Result<(), BackendError> {
+        for change in changes {
+            match change {
+                Change::Put { new, prior: None } => self.must(Action::Open, new, now)?,
+                Change::Put { new, prior: Some(prior) } => self.retime(new, prior, now)?,
+                Change::Remove { old } => self.must(Action::Close, old, now)?,
+            }
         }
         Ok(())
     }
-}
 
-impl Backend for ScriptBackend {
-    fn name(&self) -> &str {
-        "script"
+    /// Scripts cannot be inspected cheaply (a `check` per unit, every second, would be a
+    /// process storm), and there is nothing of ours to rebuild: always intact.
+    fn check(&mut self, _now: u64) -> Result<Health, BackendError> {
+        Ok(Health::Intact)
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { nat: true, ipv6: true, native_expiry: false }
+    /// The firewall side is whatever the scripts manage; there is no command that lists it.
+    fn observe(&mut self, _now: u64) -> Result<Vec<Observed>, BackendError> {
+        Err(BackendError::Unsupported("reading the firewall"))
     }
 
-    fn prepare(&mut self, live: &[Grant]) -> Result<(), BackendError> {
-        let wanted: BTreeMap<GrantId, &Grant> = live.iter().map(|g| (g.id, g)).collect();
-        let mut first = None;
-        let stale: Vec<Grant> = self
-            .grants
-            .values()
-            .filter(|held| wanted.get(&held.id).is_none_or(|g| !held.same_access(g)))
-            .cloned()
-            .collect();
-        for held in stale {
-            match self.close_all(&held) {
-                Ok(()) => {
-                    self.grants.remove(&held.id);
-                }
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        let use_check = self.check.is_some();
-        for g in live {
-            match self.open_all(g, use_check) {
-                Ok(()) => {
-                    self.grants.insert(g.id, g.clone());
-                }
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
-    }
-
-    fn grant(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        if let Some(held) = self.grants.get(&grant.id) {
-            if held.same_access(grant) {
-                // A re-knock: the firewall already lets it in; only the deadline moves.
-                self.grants.insert(grant.id, grant.clone());
-                return if self.reopen_on_extend { self.reopen(grant) } else { Ok(()) };
-            }
-            // Same id, different access: never leave the old opening behind.
-            let held = held.clone();
-            self.close_all(&held)?;
-            self.grants.remove(&grant.id);
-        }
-        self.open_all(grant, false)?;
-        self.grants.insert(grant.id, grant.clone());
-        Ok(())
-    }
-
-    fn revoke(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        // A grant this process never opened is one the daemon recorded before a restart
-        // (it ended while the daemon was down): close it as recorded. `close` must therefore
-        // succeed when the opening is already gone.
-        let held = self.grants.get(&grant.id).cloned().unwrap_or_else(|| grant.clone());
-        // Close what was opened (the held grant), and keep it on failure so a retry or the
-        // teardown can still close it.
-        self.close_all(&held)?;
-        self.grants.remove(&grant.id);
-        Ok(())
-    }
-
-    fn list(&mut self) -> Result<Vec<Owned>, BackendError> {
-        Ok(self
-            .grants
-            .values()
-            .map(|g| Owned { id: Some(g.id), entry: describe(g), deadline: Some(g.deadline) })
-            .collect())
-    }
-
+    /// Owns no namespace, so there is nothing to remove: openings are closed by `close`, when
+    /// their grants end (stop spad without keeping its grants to close them all).
     fn teardown(&mut self) -> Result<(), BackendError> {
-        let mut first = None;
-        let ids: BTreeSet<GrantId> = self.grants.keys().copied().collect();
-        for id in ids {
-            let Some(held) = self.grants.get(&id).cloned() else { continue };
-            match self.close_all(&held) {
-                Ok(()) => {
-                    self.grants.remove(&id);
-                }
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 
@@ -456,12 +399,19 @@ struct Input<'a> {
 struct Context<'a> {
     action: Action,
     per: Per,
+    /// The grant the unit is held for.
     grant: &'a Grant,
     port: Option<ProtoPort>,
+    /// When the unit ends (the holder's deadline).
+    until: u64,
     now: u64,
 }
 
 impl Context<'_> {
+    fn timeout(&self) -> u64 {
+        self.until.saturating_sub(self.now)
+    }
+
     fn value(&self, var: Var) -> String {
         let g = self.grant;
         match var {
@@ -500,8 +450,8 @@ impl Context<'_> {
                 },
                 _ => String::new(),
             },
-            Var::Timeout => g.remaining(self.now).to_string(),
-            Var::Deadline => g.deadline.to_string(),
+            Var::Timeout => self.timeout().to_string(),
+            Var::Deadline => self.until.to_string(),
             Var::Created => g.created.to_string(),
             Var::Stanza => g.stanza.clone(),
             Var::Username => g.username.clone(),
@@ -516,23 +466,6 @@ fn family(addr: IpAddr) -> &'static str {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// One line for `spad list`.
-fn describe(g: &Grant) -> String {
-    let mut s = format!("{} {}", g.source, g.access);
-    match &g.nat {
-        None => {}
-        Some(Nat::Dnat { to, port: Some(p), .. }) => s.push_str(&format!(" dnat {to} port {p}")),
-        Some(Nat::Dnat { to, port: None, .. }) => s.push_str(&format!(" dnat {to}")),
-        Some(Nat::Route { .. }) => s.push_str(" route"),
-        Some(Nat::Redirect { port }) => s.push_str(&format!(" redirect {port}")),
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,12 +475,12 @@ mod tests {
     }
 
     fn err(s: &str) -> String {
-        ScriptBackend::new(&table(s)).unwrap_err().to_string()
+        ScriptBackend::from_table(&table(s)).unwrap_err().to_string()
     }
 
     #[test]
     fn config_is_checked_at_load() {
-        let ok = ScriptBackend::new(&table(
+        let ok = ScriptBackend::from_table(&table(
             r#"open = ["/bin/true", "{source}"]
 close = ["true"]"#,
         ))

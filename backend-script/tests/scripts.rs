@@ -1,19 +1,26 @@
-//! The script backend against real processes: shell scripts in a temporary directory record
-//! what they were given (argv, environment, stdin), and the tests assert on what they saw.
+//! The script backend against real processes, driven by the grant ledger exactly as the daemon
+//! drives it (a `Gate` with a journal): shell scripts in a temporary directory record what they
+//! were given (argv, environment, stdin), and the tests assert on what they saw. Time is a
+//! fixed clock passed in, as in the daemon; the backend never reads one.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use spa_backend_script::ScriptBackend;
-use spa_backends::{Access, Backend, BackendError, Grant, GrantId, Nat, Registry, Snat};
+use spa_backends::testkit::MemoryJournal;
+use spa_backends::{
+    Access, Backend, BackendError, Driver, EndKind, Event, Gate, Grant, GrantId, Nat, Record, RefusedBecause,
+    Registry, Snat, State,
+};
 
 /// Records each call in `$REC_DIR/<n>/{argv,env,stdin}` (n counts from 1; calls never
-/// overlap). Knobs, all files in `$REC_DIR`: `present-<port>` makes check answer "present",
-/// `fail-<action>-<port>` makes that call fail with a message on stderr.
+/// overlap) and keeps what is open as files: `open` makes `present-<port>`, `close` removes
+/// it, `check` answers from it. Knob: `fail-<action>-<port>` makes that call fail with a
+/// message on stderr, always when the file is empty, else as many times as the number in it.
 const RECORDER: &str = r#"#!/bin/sh
 d="$REC_DIR"
 n=$(cat "$d/count" 2>/dev/null || echo 0)
@@ -23,17 +30,26 @@ mkdir "$d/$n"
 for a in "$@"; do printf '[%s]\n' "$a"; done > "$d/$n/argv"
 env > "$d/$n/env"
 cat > "$d/$n/stdin"
-if [ -e "$d/fail-$SPA_ACTION-$SPA_PORT" ]; then
-    echo "cannot $SPA_ACTION port $SPA_PORT" >&2
-    echo "second line" >&2
-    exit 4
+f="$d/fail-$SPA_ACTION-$SPA_PORT"
+if [ -e "$f" ]; then
+    left=$(cat "$f")
+    if [ -z "$left" ] || [ "$left" -gt 0 ]; then
+        [ -z "$left" ] || echo $((left - 1)) > "$f"
+        echo "cannot $SPA_ACTION port $SPA_PORT" >&2
+        echo "second line" >&2
+        exit 4
+    fi
 fi
-if [ "$SPA_ACTION" = check ]; then
-    [ -e "$d/present-$SPA_PORT" ] && exit 0
-    exit 1
-fi
+case "$SPA_ACTION" in
+    open) : > "$d/present-$SPA_PORT" ;;
+    close) rm -f "$d/present-$SPA_PORT" ;;
+    check) [ -e "$d/present-$SPA_PORT" ] && exit 0; exit 1 ;;
+esac
 exit 0
 "#;
+
+/// The daemon's time in these tests.
+const NOW: u64 = 1_800_000_000;
 
 struct Call {
     argv: Vec<String>,
@@ -69,15 +85,21 @@ impl Lab {
         p.to_str().unwrap().to_owned()
     }
 
+    /// Makes a knob file (`fail-...` fails always, `present-...` answers check).
     fn touch(&self, name: &str) {
         fs::write(self.path(name), "").unwrap();
+    }
+
+    /// Makes `fail-<action>-<port>` fail `times` times, then succeed.
+    fn fail_times(&self, name: &str, times: u32) {
+        fs::write(self.path(name), times.to_string()).unwrap();
     }
 
     fn rec(&self) -> String {
         self.path("rec.sh").to_str().unwrap().to_owned()
     }
 
-    /// A backend whose open/close/check all run the recorder with `args`; `extra` is more TOML.
+    /// A backend whose open/close all run the recorder with `args`; `extra` is more TOML.
     fn backend(&self, args: &[&str], extra: &str) -> ScriptBackend {
         let argv = |action: &str| {
             let mut v = vec![self.rec(), action.to_owned()];
@@ -90,9 +112,10 @@ impl Lab {
             argv("close"),
             self.dir.path().to_str().unwrap()
         );
-        ScriptBackend::new(&toml::from_str(&toml).unwrap()).unwrap()
+        ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap()
     }
 
+    /// The same with a `check` command.
     fn backend_with_check(&self, args: &[&str], extra: &str) -> ScriptBackend {
         let check = {
             let mut v = vec![self.rec(), "check".to_owned()];
@@ -100,6 +123,14 @@ impl Lab {
             serde_json::to_string(&v).unwrap()
         };
         self.backend(args, &format!("check = {check}\n{extra}"))
+    }
+
+    fn gate(&self, args: &[&str], extra: &str) -> Gw {
+        Gw::started(self.backend(args, extra))
+    }
+
+    fn gate_with_check(&self, args: &[&str], extra: &str) -> Gw {
+        Gw::started(self.backend_with_check(args, extra))
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -130,12 +161,77 @@ impl Lab {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+/// The backend in its gate, with a journal: what the daemon's worker holds.
+struct Gw {
+    gate: Gate<ScriptBackend>,
+    journal: MemoryJournal,
+}
+
+impl Gw {
+    /// Started at [`NOW`] with nothing on record (which runs no command).
+    fn started(backend: ScriptBackend) -> Self {
+        let mut gw = Gw { gate: Gate::new(backend), journal: MemoryJournal::default() };
+        let events = gw.gate.start(Vec::new(), NOW, &mut gw.journal).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        gw
+    }
+
+    /// Started with the records of another gate's journal (a daemon restart).
+    fn restarted(backend: ScriptBackend, journal: MemoryJournal, now: u64) -> Result<Self, BackendError> {
+        let records = records(&journal);
+        let mut gw = Gw { gate: Gate::new(backend), journal };
+        gw.gate.start(records, now, &mut gw.journal)?;
+        Ok(gw)
+    }
+
+    fn grant(&mut self, g: &Grant) -> Result<(), BackendError> {
+        self.grant_at(g, NOW)
+    }
+
+    fn grant_at(&mut self, g: &Grant, now: u64) -> Result<(), BackendError> {
+        outcome(self.gate.grant(g.clone(), now, &mut self.journal))
+    }
+
+    fn revoke(&mut self, id: u64, now: u64) -> Result<(), BackendError> {
+        outcome(self.gate.revoke(GrantId(id), now, &mut self.journal))
+    }
+
+    /// The live grants on record.
+    fn live(&self) -> Vec<GrantId> {
+        let mut v: Vec<GrantId> = self.gate.ledger().live().map(|g| g.id).collect();
+        v.sort();
+        v
+    }
+}
+
+/// The grants a journal holds, as a restarted daemon loads them.
+fn records(journal: &MemoryJournal) -> Vec<Record> {
+    journal
+        .grants
+        .values()
+        .map(|g| Record {
+            grant: g.clone(),
+            state: journal.closing.get(&g.id).map_or(State::Live, |c| State::Closing(*c)),
+        })
+        .collect()
+}
+
+/// The first backend error among the events; any other failure is a test bug.
+fn outcome(events: Vec<Event>) -> Result<(), BackendError> {
+    for e in events {
+        match e {
+            Event::Refused { cause: RefusedBecause::Backend(error), .. }
+            | Event::CloseFailed { error, .. } => {
+                return Err(error);
+            }
+            Event::Granted(_) | Event::Extended(_) | Event::Reknocked(_) | Event::Ended { .. } => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    Ok(())
 }
 
 fn grant(id: u64, ports: &str) -> Grant {
-    let created = now();
     Grant {
         id: GrantId(id),
         source: "192.0.2.7".parse().unwrap(),
@@ -147,8 +243,8 @@ fn grant(id: u64, ports: &str) -> Grant {
             Access::Ports(ports.split(',').map(|p| p.parse().unwrap()).collect())
         },
         nat: None,
-        created,
-        deadline: created + 600,
+        created: NOW,
+        deadline: NOW + 600,
         stanza: "laptop".into(),
         username: "alice".into(),
     }
@@ -161,7 +257,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn open_substitutes_argv_and_sets_env_and_stdin() {
     let lab = Lab::new();
-    let mut b = lab.backend(
+    let mut b = lab.gate(
         &[
             "{source}",
             "saddr={source}/32",
@@ -180,13 +276,15 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
             "{action}",
             "{per}",
             "{nat}",
+            "{timeout}",
             "{{literal}}",
         ],
         r#"pass_env = ["CARGO_PKG_NAME"]"#,
     );
     let mut g = grant(0x1234, "tcp/22");
     g.destination = Some("203.0.113.1".parse().unwrap());
-    b.grant(&g).unwrap();
+    g.created = NOW - 100;
+    b.grant_at(&g, NOW + 10).unwrap();
 
     let calls = lab.calls();
     assert_eq!(calls.len(), 1);
@@ -214,6 +312,7 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
             "open",
             "port",
             "",
+            "590",
             "{literal}",
         ]
     );
@@ -234,6 +333,8 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
         ("SPA_NAT_ADDR", ""),
         ("SPA_NAT_PORT", ""),
         ("SPA_SNAT", ""),
+        // The deadline minus the `now` the daemon passed in.
+        ("SPA_TIMEOUT", "590"),
         ("SPA_DEADLINE", &deadline),
         ("SPA_CREATED", &created),
         ("SPA_STANZA", "laptop"),
@@ -242,8 +343,6 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
     ] {
         assert_eq!(c.env(k), v, "{k}");
     }
-    let timeout: u64 = c.env("SPA_TIMEOUT").parse().unwrap();
-    assert!(timeout > 0 && timeout <= 600, "SPA_TIMEOUT={timeout}");
     // Nothing is inherited except what pass_env names (cargo sets both for the test process).
     assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
     assert!(!c.env.contains_key("CARGO_MANIFEST_DIR"));
@@ -253,7 +352,7 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
     assert_eq!(c.stdin["per"], "port");
     assert_eq!(c.stdin["id"], "0000000000001234");
     assert_eq!(c.stdin["port"], "tcp/22");
-    assert_eq!(c.stdin["timeout"], timeout);
+    assert_eq!(c.stdin["timeout"], 590);
     let seen: Grant = serde_json::from_value(c.stdin["grant"].clone()).unwrap();
     assert_eq!(seen, g);
 }
@@ -261,7 +360,7 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
 #[test]
 fn multi_port_knock_is_one_call_per_port_or_one_per_grant() {
     let lab = Lab::new();
-    let mut b = lab.backend(&["{proto}/{port}"], "");
+    let mut b = lab.gate(&["{proto}/{port}"], "");
     let g = grant(1, "tcp/22,udp/53,tcp/443");
     b.grant(&g).unwrap();
     let calls = lab.calls();
@@ -270,9 +369,11 @@ fn multi_port_knock_is_one_call_per_port_or_one_per_grant() {
     assert_eq!(calls[1].env("SPA_PROTO_NUM"), "17");
     assert_eq!(calls[1].stdin["port"], "udp/53");
     assert!(calls.iter().all(|c| c.env("SPA_PORTS") == "tcp/22,udp/53,tcp/443"));
+    // What `spad list --firewall` shows for it: one unit per port.
+    assert_eq!(b.gate.describe(&g).unwrap(), ["192.0.2.7 tcp/22", "192.0.2.7 udp/53", "192.0.2.7 tcp/443"]);
 
     let lab = Lab::new();
-    let mut b = lab.backend(&["{ports}", "{proto}", "{port}"], r#"per = "grant""#);
+    let mut b = lab.gate(&["{ports}", "{proto}", "{port}"], r#"per = "grant""#);
     b.grant(&g).unwrap();
     let calls = lab.calls();
     assert_eq!(calls.len(), 1);
@@ -280,15 +381,16 @@ fn multi_port_knock_is_one_call_per_port_or_one_per_grant() {
     assert_eq!(calls[0].env("SPA_PER"), "grant");
     assert_eq!(calls[0].stdin["port"], serde_json::Value::Null);
     assert_eq!(calls[0].stdin["grant"]["access"]["ports"][2], "tcp/443");
+    assert_eq!(b.gate.describe(&g).unwrap(), ["192.0.2.7 tcp/22,udp/53,tcp/443"]);
 
-    b.revoke(&g).unwrap();
+    b.revoke(1, NOW + 1).unwrap();
     assert_eq!(lab.actions(), pairs(&[("open", ""), ("close", "")]));
 }
 
 #[test]
 fn forward_all_is_one_call_with_empty_port() {
     let lab = Lab::new();
-    let mut b = lab.backend(&["{ports}", "{proto}", "{proto_num}", "{port}"], "");
+    let mut b = lab.gate(&["{ports}", "{proto}", "{proto_num}", "{port}"], "");
     b.grant(&grant(2, "all")).unwrap();
     let calls = lab.calls();
     assert_eq!(calls.len(), 1);
@@ -300,11 +402,12 @@ fn forward_all_is_one_call_with_empty_port() {
 #[test]
 fn nat_fields_reach_the_script() {
     let lab = Lab::new();
-    let mut b = lab.backend(&["{nat}", "{nat_addr}", "{nat_port}", "{snat}", "{port}"], "");
+    let mut b = lab.gate(&["{nat}", "{nat_addr}", "{nat_port}", "{snat}", "{port}"], "");
 
     let mut g = grant(3, "tcp/2222");
     g.nat = Some(Nat::Dnat { to: "10.0.0.2".parse().unwrap(), port: Some(22), snat: Some(Snat::Masquerade) });
     b.grant(&g).unwrap();
+    assert_eq!(b.gate.describe(&g).unwrap(), ["192.0.2.7 tcp/2222 dnat 10.0.0.2:22 masquerade"]);
 
     // Forward-all DNAT keeps each port: the internal port is the call's own port.
     let mut h = grant(4, "tcp/80,udp/53");
@@ -337,13 +440,15 @@ fn nat_fields_reach_the_script() {
     let calls = lab.calls();
     assert_eq!(calls[0].env("SPA_NAT_ADDR"), "10.0.0.2");
     assert_eq!(calls[0].stdin["grant"]["nat"]["dnat"]["port"], 22);
-    assert!(b.capabilities().nat && b.capabilities().ipv6 && !b.capabilities().native_expiry);
+    let caps = b.gate.capabilities();
+    assert!(caps.nat && caps.ipv6, "{caps:?}");
+    assert!(!caps.native_expiry && !caps.exact_prepare && !caps.atomic_apply, "{caps:?}");
 }
 
 #[test]
 fn ipv6_source() {
     let lab = Lab::new();
-    let mut b = lab.backend(&["{source}", "{family}"], "");
+    let mut b = lab.gate(&["{source}", "{family}"], "");
     let mut g = grant(7, "udp/53");
     g.source = "2001:db8::7".parse().unwrap();
     b.grant(&g).unwrap();
@@ -353,7 +458,7 @@ fn ipv6_source() {
 #[test]
 fn failing_script_is_an_error_with_its_stderr_and_nothing_is_held() {
     let lab = Lab::new();
-    let mut b = lab.backend(&[], "");
+    let mut b = lab.gate(&[], "");
     lab.touch("fail-open-22");
     let err = b.grant(&grant(8, "tcp/22")).unwrap_err();
     let BackendError::Failed { program, status, stderr } = &err else { panic!("{err:?}") };
@@ -361,18 +466,46 @@ fn failing_script_is_an_error_with_its_stderr_and_nothing_is_held() {
     assert_eq!(stderr, "cannot open port 22 / second line");
     assert!(program.starts_with("open command ") && program.ends_with(" for tcp/22"), "{program}");
     assert!(err.to_string().contains("cannot open port 22"), "{err}");
-    assert!(b.list().unwrap().is_empty());
+    // The gate cleans up after a failed grant: close runs for its unit (whatever the failed
+    // open left behind), and nothing is on record.
+    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("close", "22")]));
+    assert!(b.gate.ledger().is_empty());
+    assert!(b.journal.grants.is_empty());
 }
 
 #[test]
 fn failed_multi_port_open_closes_what_it_opened() {
     let lab = Lab::new();
-    let mut b = lab.backend(&[], "");
+    let mut b = lab.gate(&[], "");
     lab.touch("fail-open-53");
     let err = b.grant(&grant(9, "tcp/22,udp/53,tcp/443")).unwrap_err();
     assert!(matches!(err, BackendError::Failed { .. }), "{err:?}");
-    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "53"), ("close", "22")]));
-    assert!(b.list().unwrap().is_empty());
+    // Open stops at the first failure; the gate's clean-up closes every unit of the grant
+    // (close is idempotent: for 443 it finds nothing).
+    assert_eq!(
+        lab.actions(),
+        pairs(&[("open", "22"), ("open", "53"), ("close", "22"), ("close", "53"), ("close", "443")])
+    );
+    assert!(!lab.path("present-22").exists(), "tcp/22 stayed open");
+    assert!(b.gate.ledger().is_empty());
+    assert!(b.journal.grants.is_empty());
+}
+
+#[test]
+fn a_failed_clean_up_is_retried_until_it_works() {
+    let lab = Lab::new();
+    let mut b = lab.gate(&[], "");
+    lab.touch("fail-open-53");
+    lab.fail_times("fail-close-22", 1);
+    let err = b.grant(&grant(9, "tcp/22,udp/53")).unwrap_err();
+    assert!(err.to_string().contains("cannot open port 53"), "{err}");
+    // Not granted, but tcp/22 may be open: kept on record as closing.
+    assert!(b.live().is_empty());
+    assert!(b.journal.closing.contains_key(&GrantId(9)));
+    let ev = b.gate.tick(NOW + 1, &mut b.journal);
+    assert!(matches!(ev.as_slice(), [Event::Ended { why: EndKind::Revoke, attempts: 1, .. }]), "{ev:?}");
+    assert!(!lab.path("present-22").exists());
+    assert!(b.gate.ledger().is_empty() && b.journal.grants.is_empty() && b.journal.closing.is_empty());
 }
 
 #[test]
@@ -380,9 +513,10 @@ fn missing_program_is_a_spawn_error() {
     let lab = Lab::new();
     let missing = lab.path("does-not-exist");
     let toml = format!("open = [{missing:?}]\nclose = [{missing:?}]");
-    let mut b = ScriptBackend::new(&toml::from_str(&toml).unwrap()).unwrap();
+    let mut b = Gw::started(ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap());
     let err = b.grant(&grant(10, "tcp/22")).unwrap_err();
     assert!(matches!(err, BackendError::Spawn { .. }), "{err:?}");
+    assert!(b.live().is_empty());
 }
 
 /// True once `pid` is gone (or a zombie nobody reaped yet: it no longer runs).
@@ -398,24 +532,26 @@ fn hanging_script_is_killed_at_the_limit_with_its_children() {
     let lab = Lab::new();
     let hang = lab.script(
         "hang.sh",
-        "#!/bin/sh\nsleep 1000 &\necho $! > \"$REC_DIR/child\"\necho $$ > \"$REC_DIR/parent\"\nwait\n",
+        "#!/bin/sh\nsleep 1000 &\necho $! >> \"$REC_DIR/pids\"\necho $$ >> \"$REC_DIR/pids\"\nwait\n",
     );
     let toml = format!(
         "open = [{hang:?}]\nclose = [{hang:?}]\ntimeout_ms = 300\nenv = {{ REC_DIR = {:?} }}",
         lab.dir.path().to_str().unwrap()
     );
-    let mut b = ScriptBackend::new(&toml::from_str(&toml).unwrap()).unwrap();
+    let mut b = Gw::started(ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap());
     let err = b.grant(&grant(11, "tcp/22")).unwrap_err();
     let BackendError::Timeout { limit_ms, .. } = err else { panic!("{err:?}") };
     assert_eq!(limit_ms, 300);
-    assert!(b.list().unwrap().is_empty());
+    assert!(b.live().is_empty());
 
-    let child = fs::read_to_string(lab.path("child")).unwrap().trim().to_owned();
-    let parent = fs::read_to_string(lab.path("parent")).unwrap().trim().to_owned();
+    // The open and the clean-up's close both ran over; every process of both is killed.
+    let pids = fs::read_to_string(lab.path("pids")).unwrap();
+    let pids: Vec<&str> = pids.lines().collect();
+    assert_eq!(pids.len(), 4, "{pids:?}");
     // SIGKILL is delivered asynchronously; this is a safety limit, not a timing assertion.
     let start = Instant::now();
-    while !(dead(&child) && dead(&parent)) {
-        assert!(start.elapsed() < Duration::from_secs(20), "pid {child} or {parent} survived the kill");
+    while !pids.iter().all(|p| dead(p)) {
+        assert!(start.elapsed() < Duration::from_secs(20), "one of {pids:?} survived the kill");
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -429,7 +565,7 @@ fn sh_c_gets_values_as_arguments_not_as_code() {
         r#"open = ["sh", "-c", "printf '%s' \"$1\" > \"$2\"", "sh", "{{username}}", {out:?}]
 close = ["true"]"#
     );
-    let mut b = ScriptBackend::new(&toml::from_str(&toml).unwrap()).unwrap();
+    let mut b = Gw::started(ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap());
     let mut g = grant(12, "tcp/22");
     g.username = format!("$(touch {}); `touch {}`", pwned.display(), pwned.display());
     b.grant(&g).unwrap();
@@ -440,140 +576,252 @@ close = ["true"]"#
 #[test]
 fn reknock_extends_without_running_open_again() {
     let lab = Lab::new();
-    let mut b = lab.backend(&["{deadline}"], "");
+    let mut b = lab.gate(&["{deadline}"], "");
     let g = grant(13, "tcp/22,udp/53");
     b.grant(&g).unwrap();
-    let mut later = g.clone();
+    // The re-knock is a new grant asking for the same access, until later.
+    let mut later = grant(113, "tcp/22,udp/53");
     later.deadline += 300;
-    b.grant(&later).unwrap();
+    b.grant_at(&later, NOW + 5).unwrap();
     assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "53")]));
-    let owned = b.list().unwrap();
-    assert_eq!(owned.len(), 1);
-    assert_eq!(owned[0].id, Some(GrantId(13)));
-    assert_eq!(owned[0].deadline, Some(later.deadline));
-    assert_eq!(owned[0].entry, "192.0.2.7 tcp/22,udp/53");
+    // The ledger (and the journal) hold grant 13 with the later deadline.
+    assert_eq!(b.live(), [GrantId(13)]);
+    assert_eq!(b.journal.grants[&GrantId(13)].deadline, later.deadline);
+    let expected = b.gate.expected(NOW + 5);
+    assert_eq!(
+        expected,
+        [
+            ("192.0.2.7 tcp/22".to_owned(), GrantId(13), later.deadline, false),
+            ("192.0.2.7 udp/53".to_owned(), GrantId(13), later.deadline, false)
+        ]
+    );
 
     // The close at the end is for the extended grant.
-    b.revoke(&later).unwrap();
+    b.revoke(13, NOW + 10).unwrap();
     let calls = lab.calls();
     assert_eq!(calls.len(), 4);
     assert_eq!(calls[3].env("SPA_DEADLINE"), later.deadline.to_string());
+    assert_eq!(calls[3].env("SPA_ID"), GrantId(13).to_string());
+    assert_eq!(calls[3].env("SPA_TIMEOUT"), (later.deadline - NOW - 10).to_string());
 }
 
 #[test]
 fn reopen_on_extend_runs_open_with_the_new_deadline() {
     let lab = Lab::new();
-    let mut b = lab.backend(&["{deadline}"], "reopen_on_extend = true");
+    let mut b = lab.gate(&["{deadline}", "{timeout}"], "reopen_on_extend = true");
     let g = grant(14, "tcp/22");
     b.grant(&g).unwrap();
-    let mut later = g.clone();
+    let mut later = grant(114, "tcp/22");
     later.deadline += 300;
-    b.grant(&later).unwrap();
+    b.grant_at(&later, NOW + 100).unwrap();
     let argv: Vec<Vec<String>> = lab.calls().into_iter().map(|c| c.argv).collect();
     assert_eq!(
         argv,
         [
-            vec!["open".to_owned(), g.deadline.to_string()],
-            vec!["open".to_owned(), later.deadline.to_string()]
+            vec!["open".to_owned(), g.deadline.to_string(), "600".to_owned()],
+            vec!["open".to_owned(), later.deadline.to_string(), "800".to_owned()]
         ]
     );
+    // A re-knock that ends no later runs nothing.
+    b.grant_at(&grant(214, "tcp/22"), NOW + 101).unwrap();
+    assert_eq!(lab.calls().len(), 2);
 }
 
 #[test]
-fn same_id_with_other_ports_closes_the_old_and_opens_the_new() {
+fn grants_sharing_a_port_share_its_unit() {
     let lab = Lab::new();
-    let mut b = lab.backend(&[], "");
-    let g = grant(15, "tcp/22");
-    b.grant(&g).unwrap();
-    let other = grant(15, "tcp/443");
-    b.grant(&other).unwrap();
-    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("close", "22"), ("open", "443")]));
-    assert_eq!(b.list().unwrap()[0].entry, "192.0.2.7 tcp/443");
-}
+    let mut b = lab.gate_with_check(&[], "");
+    let short = grant(1, "tcp/22");
+    let mut long = grant(2, "tcp/22,tcp/443");
+    long.deadline += 300;
+    b.grant(&short).unwrap();
+    b.grant(&long).unwrap();
+    // tcp/22 passes to the longer grant: check finds it open, so open does not run twice.
+    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("check", "22"), ("open", "443")]));
+    assert_eq!(lab.calls()[1].env("SPA_ID"), GrantId(2).to_string());
 
-#[test]
-fn revoke_runs_close_and_forgets_and_unknown_is_closed_as_recorded() {
-    let lab = Lab::new();
-    let mut b = lab.backend(&["{source}"], "");
-    let g = grant(16, "tcp/22,udp/53");
-    b.grant(&g).unwrap();
-    b.revoke(&g).unwrap();
-    assert!(b.list().unwrap().is_empty());
-    // A grant the daemon recorded before a restart, ended while it was down: closed as
-    // recorded, since the backend cannot know whether the opening is still there.
-    b.revoke(&grant(999, "tcp/1")).unwrap();
-    assert!(b.list().unwrap().is_empty());
+    // Revoking the longer one leaves tcp/22 to the shorter one and closes only tcp/443.
+    b.revoke(2, NOW + 10).unwrap();
+    assert_eq!(lab.actions()[3..], pairs(&[("check", "22"), ("close", "443")]));
+    assert!(lab.path("present-22").exists());
     assert_eq!(
-        lab.actions(),
-        pairs(&[("open", "22"), ("open", "53"), ("close", "22"), ("close", "53"), ("close", "1")])
+        b.gate.expected(NOW + 10),
+        [("192.0.2.7 tcp/22".to_owned(), GrantId(1), short.deadline, false)]
     );
+
+    // Its expiry closes tcp/22 once, with its own values.
+    let ev = b.gate.tick(short.deadline, &mut b.journal);
+    assert!(matches!(ev.as_slice(), [Event::Ended { why: EndKind::Expire, .. }]), "{ev:?}");
+    assert_eq!(lab.actions()[5..], pairs(&[("close", "22")]));
+    let last = lab.calls().pop().unwrap();
+    assert_eq!(last.env("SPA_ID"), GrantId(1).to_string());
+    assert_eq!(last.env("SPA_TIMEOUT"), "0");
+    assert!(b.gate.ledger().is_empty());
+}
+
+#[test]
+fn a_unit_taken_over_from_a_grant_whose_close_failed_is_opened_again() {
+    // Without check: the grant whose close failed half-way may have closed the unit already,
+    // so a new grant that takes it over runs open (idempotent by contract).
+    let lab = Lab::new();
+    let mut b = lab.gate(&[], "");
+    b.grant(&grant(1, "tcp/22,udp/53")).unwrap();
+    lab.touch("fail-close-53");
+    assert!(b.revoke(1, NOW + 10).is_err());
+    assert!(!lab.path("present-22").exists(), "tcp/22 was closed before udp/53 failed");
+    b.grant_at(&grant(2, "tcp/22"), NOW + 11).unwrap();
+    assert_eq!(lab.actions()[2..], pairs(&[("close", "22"), ("close", "53"), ("open", "22")]));
+    assert!(lab.path("present-22").exists(), "the new grant is not let in");
+    assert_eq!(lab.calls()[4].env("SPA_ID"), GrantId(2).to_string());
+}
+
+#[test]
+fn revoke_runs_close_and_forgets() {
+    let lab = Lab::new();
+    let mut b = lab.gate(&["{source}"], "");
+    b.grant(&grant(16, "tcp/22,udp/53")).unwrap();
+    b.revoke(16, NOW + 1).unwrap();
+    assert!(b.gate.ledger().is_empty());
+    assert!(b.journal.grants.is_empty());
+    // Revoking what is not on record (any more) runs nothing.
+    b.revoke(16, NOW + 2).unwrap();
+    b.revoke(999, NOW + 2).unwrap();
+    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "53"), ("close", "22"), ("close", "53")]));
     let calls = lab.calls();
     assert_eq!(calls[2].argv, ["close", "192.0.2.7"]);
     assert_eq!(calls[2].stdin["action"], "close");
 }
 
 #[test]
-fn failed_close_keeps_the_grant_for_a_retry() {
+fn a_failed_close_is_retried_with_backoff_until_it_works() {
     let lab = Lab::new();
-    let mut b = lab.backend(&[], "");
-    let g = grant(17, "tcp/22,udp/53");
-    b.grant(&g).unwrap();
-    lab.touch("fail-close-22");
-    let err = b.revoke(&g).unwrap_err();
+    let mut b = lab.gate(&[], "");
+    b.grant(&grant(17, "tcp/22,udp/53")).unwrap();
+    lab.fail_times("fail-close-22", 2);
+
+    let err = b.revoke(17, NOW + 10).unwrap_err();
     assert!(err.to_string().contains("cannot close port 22"), "{err}");
-    // Both ports were tried; the grant is still held.
-    assert_eq!(lab.actions()[2..], pairs(&[("close", "22"), ("close", "53")]));
-    assert_eq!(b.list().unwrap().len(), 1);
-    fs::remove_file(lab.path("fail-close-22")).unwrap();
-    b.teardown().unwrap();
-    assert!(b.list().unwrap().is_empty());
-    assert_eq!(lab.actions()[4..], pairs(&[("close", "22"), ("close", "53")]));
+    // The first failure stops the batch; the grant is closing, in the ledger and the journal.
+    assert_eq!(lab.actions()[2..], pairs(&[("close", "22")]));
+    let closing = b.journal.closing[&GrantId(17)];
+    assert_eq!((closing.attempts, closing.retry_at), (1, NOW + 11));
+    assert!(b.journal.grants.contains_key(&GrantId(17)));
+    assert!(matches!(b.gate.ledger().get(GrantId(17)).unwrap().state, State::Closing(_)));
+    // spad list --firewall shows its units as closing.
+    let expected = b.gate.expected(NOW + 10);
+    assert_eq!(expected.len(), 2, "{expected:?}");
+    assert!(expected.iter().all(|(_, id, _, closing)| *id == GrantId(17) && *closing), "{expected:?}");
+
+    // Nothing before the retry is due.
+    assert!(b.gate.tick(NOW + 10, &mut b.journal).is_empty());
+    assert_eq!(lab.calls().len(), 3);
+    // The first retry fails too: the wait doubles.
+    let ev = b.gate.tick(NOW + 11, &mut b.journal);
+    assert!(matches!(ev.as_slice(), [Event::CloseFailed { closing, .. }] if closing.attempts == 2), "{ev:?}");
+    assert_eq!(b.journal.closing[&GrantId(17)].retry_at, NOW + 13);
+    assert!(b.gate.tick(NOW + 12, &mut b.journal).is_empty());
+    // The second retry works: both units are closed, the grant is gone everywhere.
+    let ev = b.gate.tick(NOW + 13, &mut b.journal);
+    assert!(matches!(ev.as_slice(), [Event::Ended { why: EndKind::Revoke, attempts: 2, .. }]), "{ev:?}");
+    assert_eq!(
+        lab.actions()[2..],
+        pairs(&[("close", "22"), ("close", "22"), ("close", "22"), ("close", "53")])
+    );
+    assert!(!lab.path("present-22").exists() && !lab.path("present-53").exists());
+    assert!(b.gate.ledger().is_empty());
+    assert!(b.journal.grants.is_empty() && b.journal.closing.is_empty());
+}
+
+#[test]
+fn after_a_restart_what_ended_is_closed_and_what_lives_is_opened() {
+    let lab = Lab::new();
+    let mut first = lab.gate(&["{id}"], "");
+    let mut expired = grant(1, "tcp/1001");
+    expired.deadline = NOW + 60;
+    let closing = grant(2, "tcp/1002");
+    let live = grant(3, "tcp/1003");
+    for g in [&expired, &closing, &live] {
+        first.grant(g).unwrap();
+    }
+    lab.touch("fail-close-1002");
+    assert!(first.revoke(2, NOW + 10).is_err());
+    // The daemon dies; its journal survives. Meanwhile grant 1's deadline passes and the
+    // admin mends the failing close.
+    let journal = std::mem::take(&mut first.journal);
+    drop(first);
+    fs::remove_file(lab.path("fail-close-1002")).unwrap();
+    let before = lab.calls().len();
+
+    let later = NOW + 100;
+    let mut second = Gw::restarted(lab.backend(&["{id}"], ""), journal, later).unwrap();
+    // Start opens the live grant (without check, whatever is there) and closes nothing.
+    assert_eq!(lab.actions()[before..], pairs(&[("open", "1003")]));
+    // The first tick closes the expired grant and the closing one.
+    let ev = second.gate.tick(later, &mut second.journal);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(ev.iter().all(|e| matches!(e, Event::Ended { .. })), "{ev:?}");
+    let mut after: Vec<(String, String)> = lab.actions()[before + 1..].to_vec();
+    after.sort();
+    assert_eq!(after, pairs(&[("close", "1001"), ("close", "1002")]));
+    let ids: Vec<String> = lab.calls()[before..].iter().map(|c| c.argv[1].clone()).collect();
+    assert!(ids.contains(&GrantId(1).to_string()) && ids.contains(&GrantId(2).to_string()), "{ids:?}");
+    assert_eq!(second.live(), [GrantId(3)]);
+    assert_eq!(second.journal.grants.keys().copied().collect::<Vec<_>>(), [GrantId(3)]);
+    assert!(second.journal.closing.is_empty());
 }
 
 #[test]
 fn prepare_with_check_opens_only_what_is_absent() {
     let lab = Lab::new();
-    let mut b = lab.backend_with_check(&[], "");
     lab.touch("present-22");
-    let g = grant(18, "tcp/22,udp/53");
-    b.prepare(std::slice::from_ref(&g)).unwrap();
+    let mut journal = MemoryJournal::default();
+    journal.grants.insert(GrantId(18), grant(18, "tcp/22,udp/53"));
+    Gw::restarted(lab.backend_with_check(&[], ""), journal, NOW + 1).unwrap();
     assert_eq!(lab.actions(), pairs(&[("check", "22"), ("check", "53"), ("open", "53")]));
-    assert_eq!(b.list().unwrap().len(), 1);
-    assert_eq!(lab.calls()[0].stdin["action"], "check");
+    let calls = lab.calls();
+    assert_eq!(calls[0].stdin["action"], "check");
+    assert_eq!(calls[0].env("SPA_TIMEOUT"), "599");
 }
 
 #[test]
-fn prepare_check_that_errors_fails_the_grant() {
+fn prepare_check_that_errors_fails_the_start() {
     let lab = Lab::new();
-    let mut b = lab.backend_with_check(&[], "");
     lab.touch("fail-check-22");
-    let err = b.prepare(&[grant(19, "tcp/22")]).unwrap_err();
+    let mut journal = MemoryJournal::default();
+    journal.grants.insert(GrantId(19), grant(19, "tcp/22"));
+    let err = Gw::restarted(lab.backend_with_check(&[], ""), journal, NOW).err().unwrap();
     assert!(matches!(&err, BackendError::Failed { status, .. } if status.code() == Some(4)), "{err:?}");
-    assert!(b.list().unwrap().is_empty());
 }
 
 #[test]
-fn prepare_without_check_opens_every_live_grant_and_closes_stale_ones() {
+fn prepare_without_check_opens_every_live_grant_and_closes_nothing() {
     let lab = Lab::new();
-    let mut b = lab.backend(&[], "");
-    let stale = grant(20, "tcp/8080");
-    b.grant(&stale).unwrap();
-    let live = [grant(21, "tcp/22"), grant(22, "all")];
-    b.prepare(&live).unwrap();
-    assert_eq!(lab.actions(), pairs(&[("open", "8080"), ("close", "8080"), ("open", "22"), ("open", "")]));
-    let ids: Vec<_> = b.list().unwrap().into_iter().map(|o| o.id).collect();
-    assert_eq!(ids, [Some(GrantId(21)), Some(GrantId(22))]);
+    let mut journal = MemoryJournal::default();
+    for g in [grant(21, "tcp/22"), grant(22, "all")] {
+        journal.grants.insert(g.id, g);
+    }
+    let b = Gw::restarted(lab.backend(&[], ""), journal, NOW).unwrap();
+    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "")]));
+    assert_eq!(b.live(), [GrantId(21), GrantId(22)]);
 }
 
 #[test]
-fn teardown_closes_everything_held() {
+fn stop_closes_every_live_grant_and_teardown_runs_nothing() {
     let lab = Lab::new();
-    let mut b = lab.backend(&[], "");
+    let mut b = lab.gate(&[], "");
     b.grant(&grant(23, "tcp/22")).unwrap();
     b.grant(&grant(24, "udp/53")).unwrap();
-    b.teardown().unwrap();
-    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "53"), ("close", "22"), ("close", "53")]));
-    assert!(b.list().unwrap().is_empty());
+    // A stop that keeps the grants runs nothing.
+    assert!(b.gate.stop(true, NOW + 1, &mut b.journal).is_empty());
+    assert_eq!(lab.calls().len(), 2);
+    let ev = b.gate.stop(false, NOW + 1, &mut b.journal);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let mut closed = lab.actions()[2..].to_vec();
+    closed.sort();
+    assert_eq!(closed, pairs(&[("close", "22"), ("close", "53")]));
+    assert!(b.journal.grants.is_empty());
+    b.gate.teardown().unwrap();
+    assert_eq!(lab.calls().len(), 4);
 }
 
 #[test]
@@ -581,8 +829,13 @@ fn registry_of_this_binary_contains_script() {
     let registry = Registry::collect().unwrap();
     assert!(registry.names().contains(&"script"), "{:?}", registry.names());
     let table: toml::Table = toml::from_str("open = [\"true\"]\nclose = [\"true\"]").unwrap();
-    let backend = registry.create("script", &table).unwrap();
-    assert_eq!(backend.name(), "script");
+    let mut driver = registry.create("script", &table).unwrap();
+    assert_eq!(driver.name(), "script");
+    // The firewall cannot be read back: `spad list --firewall` says so.
+    let err = driver.observe(NOW).unwrap_err();
+    assert_eq!(err.to_string(), "reading the firewall is not supported by this backend");
+    // There is nothing cheap to look at: never reported as tampered.
+    assert!(driver.check(NOW, &mut MemoryJournal::default()).is_empty());
     let err = registry.create("script", &toml::Table::new()).err().unwrap();
     assert!(
         std::error::Error::source(&err).is_some_and(|e| e.to_string() == "invalid backend configuration")
