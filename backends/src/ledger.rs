@@ -255,19 +255,25 @@ pub enum RefusedBecause {
 }
 
 /// The grants on record, live, lingering and closing.
+///
+/// Memory is one boxed record per grant plus three small indexes: by id (16 bytes a slot),
+/// the first grant of each source by a keyed hash of the address (16 bytes; grants of one
+/// source, and of sources whose hashes collide, are chained through their records and told
+/// apart by address), and the due-time queue (16 bytes).
 #[derive(Debug, Default)]
 pub struct Ledger {
-    records: HashMap<GrantId, Box<Record>>,
-    sources: HashMap<IpAddr, Ids>,
+    records: HashMap<GrantId, Box<Slot>>,
+    heads: HashMap<u64, GrantId>,
+    hasher: std::collections::hash_map::RandomState,
     /// When to look at a grant next; entries that no longer match the record are skipped.
     queue: BinaryHeap<Reverse<(u64, GrantId)>>,
 }
 
-/// The grants of one source: nearly always one.
+/// A record and the next grant in its source's chain.
 #[derive(Debug)]
-enum Ids {
-    One(GrantId),
-    Many(Vec<GrantId>),
+struct Slot {
+    record: Record,
+    next: Option<GrantId>,
 }
 
 /// An entry mapping: a backend's `entries` function.
@@ -330,12 +336,16 @@ impl Ledger {
 
     /// The record of a grant.
     pub fn get(&self, id: GrantId) -> Option<&Record> {
-        self.records.get(&id).map(|b| &**b)
+        self.records.get(&id).map(|b| &b.record)
+    }
+
+    fn get_mut(&mut self, id: GrantId) -> Option<&mut Record> {
+        self.records.get_mut(&id).map(|b| &mut b.record)
     }
 
     /// Every record (live, lingering, closing), in no order.
     pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
-        self.records.values().map(|b| &**b)
+        self.records.values().map(|b| &b.record)
     }
 
     /// The live grants, in no order.
@@ -367,56 +377,64 @@ impl Ledger {
         }
     }
 
+    fn source_key(&self, src: IpAddr) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, src)
+    }
+
     fn insert(&mut self, r: Record) {
         let id = r.grant.id;
-        let src = r.grant.source;
         self.queue.push(Reverse((Self::due_at(&r), id)));
-        if self.records.insert(id, Box::new(r)).is_none() {
-            match self.sources.get_mut(&src) {
-                None => {
-                    self.sources.insert(src, Ids::One(id));
-                }
-                Some(Ids::One(first)) => {
-                    let first = *first;
-                    self.sources.insert(src, Ids::Many(vec![first, id]));
-                }
-                Some(Ids::Many(v)) => v.push(id),
-            }
+        if let Some(slot) = self.records.get_mut(&id) {
+            // Same id again (a record loaded twice): replace it, keep its place in the chain.
+            slot.record = r;
+            return;
         }
+        let key = self.source_key(r.grant.source);
+        let next = self.heads.insert(key, id);
+        self.records.insert(id, Box::new(Slot { record: r, next }));
     }
 
     fn remove(&mut self, id: GrantId) -> Option<Record> {
-        let r = self.records.remove(&id)?;
-        let src = r.grant.source;
-        let now_empty = match self.sources.get_mut(&src) {
-            Some(Ids::One(_)) | None => true,
-            Some(Ids::Many(v)) => {
-                v.retain(|x| *x != id);
-                if let [only] = v[..] {
-                    self.sources.insert(src, Ids::One(only));
+        let slot = self.records.remove(&id)?;
+        let key = self.source_key(slot.record.grant.source);
+        if self.heads.get(&key) == Some(&id) {
+            match slot.next {
+                Some(n) => self.heads.insert(key, n),
+                None => self.heads.remove(&key),
+            };
+        } else {
+            // Unlink from the chain: find the one pointing at it.
+            let mut at = self.heads.get(&key).copied();
+            while let Some(cur) = at {
+                let Some(s) = self.records.get_mut(&cur) else { break };
+                if s.next == Some(id) {
+                    s.next = slot.next;
+                    break;
                 }
-                false
+                at = s.next;
             }
-        };
-        if now_empty {
-            self.sources.remove(&src);
         }
-        Some(*r)
+        Some(slot.record)
     }
 
     fn reschedule(&mut self, id: GrantId) {
-        if let Some(r) = self.records.get(&id) {
+        if let Some(r) = self.get(id) {
             self.queue.push(Reverse((Self::due_at(r), id)));
         }
     }
 
     fn same_source(&self, src: IpAddr) -> impl Iterator<Item = &Record> + '_ {
-        let ids: &[GrantId] = match self.sources.get(&src) {
-            None => &[],
-            Some(Ids::One(id)) => std::slice::from_ref(id),
-            Some(Ids::Many(v)) => v,
-        };
-        ids.iter().filter_map(|id| self.get(*id))
+        let mut at = self.heads.get(&self.source_key(src)).copied();
+        std::iter::from_fn(move || {
+            while let Some(cur) = at {
+                let s = self.records.get(&cur)?;
+                at = s.next;
+                if s.record.grant.source == src {
+                    return Some(&s.record);
+                }
+            }
+            None
+        })
     }
 
     fn neighbours<E: Entry>(&self, src: IpAddr, map: &impl Mapper<E>) -> Neighbours<'_, E> {
@@ -564,7 +582,7 @@ impl Ledger {
             }
             PlanKind::Extend => {
                 let id = grant.id;
-                if let Some(r) = self.records.get_mut(&id) {
+                if let Some(r) = self.get_mut(id) {
                     r.grant.deadline = grant.deadline;
                     r.grant.packet_source = grant.packet_source;
                 }
@@ -584,7 +602,7 @@ impl Ledger {
                 let lingers = grant.deadline <= now
                     && grant.deadline.saturating_add(GRACE) > now
                     && map(&grant).is_ok_and(|es| es.iter().any(Entry::expires_by_itself));
-                if lingers && let Some(r) = self.records.get_mut(&id) {
+                if lingers && let Some(r) = self.get_mut(id) {
                     r.state = State::Lingering;
                     self.reschedule(id);
                 } else {
@@ -612,7 +630,7 @@ impl Ledger {
                     _ => 0,
                 };
                 let closing = Closing::after_failure(why, before, now);
-                if let Some(r) = self.records.get_mut(&grant.id) {
+                if let Some(r) = self.get_mut(grant.id) {
                     r.state = State::Closing(closing);
                 }
                 self.reschedule(grant.id);

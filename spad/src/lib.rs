@@ -170,9 +170,18 @@ pub fn teardown(path: &Path) -> Result<()> {
         e => anyhow::Error::new(e),
     })?;
     let mut b = registry()?.create(&c.firewall.backend, &c.firewall.table)?;
+    // End every recorded grant through the ledger first: a backend that cannot reset what it
+    // made (the script backend) closes each one; then the namespace goes.
+    let now = unix_now();
+    let (mut store, loaded) = GrantStore::open(&lock, &StanzaLimits::of(&c.verifier), now)?;
+    b.adopt(loaded.records);
+    for e in b.stop(false, now, &mut store) {
+        if let spa_backends::Event::CloseFailed { grant, error, .. } = e {
+            eprintln!("warning: closing grant {} failed: {}", grant.id, error_chain(&error));
+        }
+    }
     b.teardown().context("teardown")?;
     // Nothing is granted any more.
-    let (mut store, _) = GrantStore::open(&lock, &StanzaLimits::of(&c.verifier), unix_now())?;
     store.rewrite(std::iter::empty())?;
     println!("removed everything the {} backend owned", c.firewall.backend);
     Ok(())
