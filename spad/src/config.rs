@@ -16,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use spa_backends::{Driver, Registry, RegistryError};
 use spa_engine::stanza::Stanza;
 use spa_engine::{AccessStanza, Settings, Verifier};
 
@@ -93,6 +94,69 @@ pub struct Firewall {
     pub keep_grants_on_exit: bool,
     /// `[firewall.<backend>]`.
     pub table: toml::Table,
+    /// Where the backend's options are written: the table's line, and each key's.
+    pub lines: BackendLines,
+}
+
+/// Lines of the backend's table in the main file, so a backend option error names its line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendLines {
+    /// The `[firewall.<backend>]` header (or `[firewall]` when there is none).
+    pub table: Option<usize>,
+    /// The `backend = ...` line.
+    pub backend: Option<usize>,
+    /// Each key written in `[firewall.<backend>]`.
+    pub keys: BTreeMap<String, usize>,
+}
+
+impl BackendLines {
+    /// Finds the lines by scanning the text (the backend's table is handed over as a value,
+    /// without spans).
+    fn scan(text: &str, firewall_line: Option<usize>, backend: &str) -> Self {
+        let header = format!("[firewall.{backend}]");
+        let mut out = Self { table: firewall_line, ..Self::default() };
+        let mut section = String::new();
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.starts_with('[') {
+                section = l.split('#').next().unwrap_or_default().trim().to_owned();
+                if section == header {
+                    out.table = Some(i + 1);
+                }
+                continue;
+            }
+            let Some((key, _)) = l.split_once('=') else { continue };
+            let key = key.trim().trim_matches('"').to_owned();
+            if section == "[firewall]" && key == "backend" {
+                out.backend = Some(i + 1);
+            } else if section == header {
+                out.keys.entry(key).or_insert(i + 1);
+            }
+        }
+        out
+    }
+
+    /// The line an error message is about: a key it names (`unknown field `tabel``, or a key's
+    /// name in the text), else the table's.
+    fn for_message(&self, message: &str) -> Option<usize> {
+        if let Some(quoted) = message.split('`').nth(1)
+            && let Some(l) = self.keys.get(quoted)
+        {
+            return Some(*l);
+        }
+        let mut keys: Vec<(&String, &usize)> = self.keys.iter().collect();
+        keys.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        keys.into_iter().find(|(k, _)| message.contains(k.as_str())).map(|(_, l)| *l).or(self.table)
+    }
+}
+
+/// Something the configuration needs from the backend, and where it asks for it.
+#[derive(Clone, Debug)]
+pub struct Need {
+    /// NAT (forwarding, local NAT, forced NAT) rather than IPv6.
+    pub nat: bool,
+    /// The error to give when the backend lacks it.
+    pub error: ConfigError,
 }
 
 /// `[replay]`.
@@ -214,10 +278,13 @@ pub struct Config {
     pub verifier: Verifier,
     /// Warnings to log (short keys, stanzas without an HMAC), each naming file and line.
     pub warnings: Vec<String>,
+    /// What the configuration needs from the backend (NAT, IPv6), checked against its
+    /// capabilities by [`Config::backend`].
+    pub needs: Vec<Need>,
 }
 
 /// A configuration error, located.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ConfigError {
     /// The file.
     pub file: PathBuf,
@@ -470,6 +537,7 @@ fn parse_firewall(
             backend: "none".into(),
             keep_grants_on_exit: false,
             table: toml::Table::new(),
+            lines: BackendLines::default(),
         });
     };
     let line = Some(line_of(text, raw.span().start));
@@ -497,7 +565,8 @@ fn parse_firewall(
             _ => return Err(err(line, format!("unknown key firewall.{k}"))),
         }
     }
-    Ok(Firewall { backend, keep_grants_on_exit, table })
+    let lines = BackendLines::scan(text, line, &backend);
+    Ok(Firewall { backend, keep_grants_on_exit, table, lines })
 }
 
 impl Config {
@@ -574,6 +643,22 @@ impl Config {
                 });
             }
         }
+        let mut needs = Vec::new();
+        for (on, key) in
+            [(raw.nat.enable_forwarding, "enable_forwarding"), (raw.nat.enable_local_nat, "enable_local_nat")]
+        {
+            if on {
+                let line = text.lines().position(|l| l.trim_start().starts_with(key)).map(|i| i + 1);
+                needs.push(Need {
+                    nat: true,
+                    error: ConfigError {
+                        file: path.to_owned(),
+                        line,
+                        message: format!("nat.{key} needs a backend with NAT"),
+                    },
+                });
+            }
+        }
         let settings = Settings {
             max_packet_age: raw.replay.max_packet_age,
             enable_forwarding: raw.nat.enable_forwarding,
@@ -593,6 +678,20 @@ impl Config {
                 ));
             }
             warnings.extend(check_keys(s, &compiled, o)?);
+            if s.force_nat.is_some() || s.forward_all {
+                let key = if s.force_nat.is_some() { "force_nat" } else { "forward_all" };
+                needs.push(Need {
+                    nat: true,
+                    error: o.at(Some(key), format!("{key} needs a backend with NAT")),
+                });
+            }
+            let v6 = s.source.0.iter().any(|n| n.addr().is_ipv6() && n.prefix_len() > 0);
+            if v6 {
+                needs.push(Need {
+                    nat: false,
+                    error: o.at(Some("source"), "IPv6 sources need a backend with IPv6".into()),
+                });
+            }
         }
         let verifier = Verifier::new(&stanzas, settings).map_err(|e| ConfigError {
             file: path.to_owned(),
@@ -609,7 +708,35 @@ impl Config {
             limits: raw.limits,
             verifier,
             warnings,
+            needs,
         })
+    }
+
+    /// Builds the configured backend (nothing in the firewall is touched) and checks that it
+    /// can do what the configuration asks: its option errors and missing capabilities are
+    /// configuration errors naming the file and line.
+    pub fn backend(&self, registry: &Registry) -> Result<Box<dyn Driver>, ConfigError> {
+        let fw = &self.firewall;
+        let at =
+            |line: Option<usize>, message: String| ConfigError { file: self.path.clone(), line, message };
+        let driver = registry.create(&fw.backend, &fw.table).map_err(|e| match &e {
+            RegistryError::Unknown { .. } => at(fw.lines.backend.or(fw.lines.table), error_chain(&e)),
+            RegistryError::Create { source, .. } => {
+                let text = error_chain(source);
+                at(fw.lines.for_message(&text), format!("firewall.{}: {text}", fw.backend))
+            }
+            RegistryError::Duplicate(_) => at(None, error_chain(&e)),
+        })?;
+        let caps = driver.capabilities();
+        for need in &self.needs {
+            let (has, what) = if need.nat { (caps.nat, "NAT") } else { (caps.ipv6, "IPv6") };
+            if !has {
+                let mut e = need.error.clone();
+                e.message = format!("{}; the {} backend does not do {what}", e.message, fw.backend);
+                return Err(e);
+            }
+        }
+        Ok(driver)
     }
 }
 
@@ -732,6 +859,106 @@ open_ports = ["tcp/22"]
         let p = write(dir.path(), "spad.toml", &bad);
         let e = load_err(&p);
         assert!(e.contains("[firewall.nft] does not match"), "{e}");
+    }
+
+    /// A backend that does neither NAT nor IPv6 (the none backend, with fewer capabilities).
+    struct Plain(spa_backends::NoneBackend);
+
+    impl spa_backends::Backend for Plain {
+        type Entry = <spa_backends::NoneBackend as spa_backends::Backend>::Entry;
+        fn from_table(t: &toml::Table) -> Result<Self, spa_backends::BackendError> {
+            spa_backends::NoneBackend::from_table(t).map(Plain)
+        }
+        fn name(&self) -> &'static str {
+            "plain"
+        }
+        fn capabilities(&self) -> spa_backends::Capabilities {
+            spa_backends::Capabilities { nat: false, ipv6: false, ..self.0.capabilities() }
+        }
+        fn entries(&self, g: &spa_backends::Grant) -> Result<Vec<Self::Entry>, spa_backends::BackendError> {
+            self.0.entries(g)
+        }
+        fn prepare(
+            &mut self,
+            l: &[spa_backends::Held<'_, Self::Entry>],
+            n: u64,
+        ) -> Result<(), spa_backends::BackendError> {
+            self.0.prepare(l, n)
+        }
+        fn apply(
+            &mut self,
+            c: &[spa_backends::Change<'_, Self::Entry>],
+            n: u64,
+        ) -> Result<(), spa_backends::BackendError> {
+            self.0.apply(c, n)
+        }
+        fn check(&mut self, n: u64) -> Result<spa_backends::Health, spa_backends::BackendError> {
+            self.0.check(n)
+        }
+        fn observe(&mut self, n: u64) -> Result<Vec<spa_backends::Observed>, spa_backends::BackendError> {
+            self.0.observe(n)
+        }
+        fn teardown(&mut self) -> Result<(), spa_backends::BackendError> {
+            self.0.teardown()
+        }
+    }
+
+    static PLAIN: spa_backends::BackendDescriptor = spa_backends::BackendDescriptor {
+        name: "plain",
+        description: "",
+        create: spa_backends::create::<Plain>,
+    };
+    static NONE: spa_backends::BackendDescriptor = spa_backends::BackendDescriptor {
+        name: "none",
+        description: "",
+        create: spa_backends::create::<spa_backends::NoneBackend>,
+    };
+
+    #[test]
+    fn what_the_backend_cannot_do_is_a_configuration_error_with_its_line() {
+        let reg = Registry::from_descriptors([&PLAIN, &NONE]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let plain = GOOD.replace("backend = \"none\"", "backend = \"plain\"");
+        // Forwarding enabled: named at its line.
+        let text = format!("{plain}\n[nat]\nenable_forwarding = true\n");
+        let p = write(dir.path(), "spad.toml", &text);
+        let c = Config::load(&p).unwrap();
+        let e = c.backend(&reg).err().unwrap().to_string();
+        let line = text.lines().position(|l| l.starts_with("enable_forwarding")).unwrap() + 1;
+        assert!(
+            e.starts_with(&format!("{}:{line}: nat.enable_forwarding needs a backend with NAT", p.display())),
+            "{e}"
+        );
+        assert!(e.ends_with("the plain backend does not do NAT"), "{e}");
+        // An IPv6 source list: named at the stanza's source line.
+        let text = plain.replace("source = \"any\"", "source = \"2001:db8::/32\"");
+        let p = write(dir.path(), "spad.toml", &text);
+        let e = Config::load(&p).unwrap().backend(&reg).err().unwrap().to_string();
+        let line = text.lines().position(|l| l.starts_with("source")).unwrap() + 1;
+        assert!(e.starts_with(&format!("{}:{line}: IPv6 sources", p.display())), "{e}");
+        // "any" needs nothing in particular, and the none backend does everything.
+        let p = write(dir.path(), "spad.toml", &plain);
+        assert!(Config::load(&p).unwrap().backend(&reg).is_ok());
+        let p = write(dir.path(), "spad.toml", &format!("{GOOD}\n[nat]\nenable_forwarding = true\n"));
+        assert!(Config::load(&p).unwrap().backend(&reg).is_ok());
+    }
+
+    #[test]
+    fn a_backend_option_error_names_its_line() {
+        let reg = Registry::from_descriptors([&NONE]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            GOOD.replace("backend = \"none\"", "backend = \"none\"\n[firewall.none]\ncolour = \"blue\"");
+        let p = write(dir.path(), "spad.toml", &text);
+        let e = Config::load(&p).unwrap().backend(&reg).err().unwrap().to_string();
+        let line = text.lines().position(|l| l.starts_with("colour")).unwrap() + 1;
+        assert!(e.starts_with(&format!("{}:{line}: firewall.none: ", p.display())), "{e}");
+        assert!(e.contains("colour"), "{e}");
+        let text = GOOD.replace("backend = \"none\"", "backend = \"nope\"");
+        let p = write(dir.path(), "spad.toml", &text);
+        let e = Config::load(&p).unwrap().backend(&reg).err().unwrap().to_string();
+        let line = text.lines().position(|l| l.starts_with("backend")).unwrap() + 1;
+        assert!(e.starts_with(&format!("{}:{line}: unknown backend \"nope\"", p.display())), "{e}");
     }
 
     #[test]

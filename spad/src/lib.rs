@@ -50,7 +50,7 @@ fn registry() -> Result<Registry> {
 /// `spad check`: validates the configuration and the backend table.
 pub fn check(path: &Path) -> Result<()> {
     let c = load(path)?;
-    registry()?.create(&c.firewall.backend, &c.firewall.table)?;
+    c.backend(&registry()?).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &c.warnings {
         eprintln!("warning: {w}");
     }
@@ -303,7 +303,7 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         tracing::info!("test mode: decisions are logged, the firewall is not changed");
         spa_backends::create::<NoneBackend>(&toml::Table::new())?
     } else {
-        registry.create(&config.firewall.backend, &config.firewall.table)?
+        config.backend(&registry).map_err(|e| anyhow::anyhow!("{e}"))?
     };
     let now = unix_now();
 
@@ -410,7 +410,12 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
 /// reported and the old one keeps running.
 fn reload(current: Config, path: &Path, shared: &Shared) -> Config {
     notify(&[sd_notify::NotifyState::Reloading]);
-    let result = load(path);
+    // The running backend stays: the new stanzas must not need what it cannot do.
+    let result = load(path).and_then(|new| {
+        let probe = Config { firewall: current.firewall.clone(), ..new.clone() };
+        probe.backend(&registry()?).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(new)
+    });
     let mut audit = shared.audit.lock().unwrap_or_else(PoisonError::into_inner);
     let next = match result {
         Ok(new) => {

@@ -841,7 +841,7 @@ mod tests {
         text.extend_from_slice(b"\n");
         std::fs::write(dir.path().join("grants.jsonl"), &text).unwrap();
         let (_, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
-        assert_eq!(l.grants.keys().copied().collect::<Vec<_>>(), vec![GrantId(5)]);
+        assert_eq!(l.records.iter().map(|r| r.grant.id).collect::<Vec<_>>(), vec![GrantId(5)]);
 
         let key = hex(&[3; 32]);
         let mut text = b"\xc3\xa9\xff\n".to_vec();
