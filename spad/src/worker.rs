@@ -101,7 +101,7 @@ pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
             }
             Event::Tampered { detail } => {
                 tracing::warn!("the firewall was changed under us: {detail}; rebuilding");
-                audit().daemon("tamper", serde_json::json!({ "detail": detail }));
+                audit().daemon("tamper", serde_json::json!({ "what": detail }));
             }
             Event::Repaired { live } => {
                 tracing::warn!("protection rebuilt with {live} live grants");

@@ -4,24 +4,20 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use spa_e2e::{GatewayLab, Netns};
 
+mod support;
+use support::{Daemon, is, send_from, spa_bin, write_private};
+
 const KEY: &str = "spad-daemon-test-encryption-key!";
 const HMAC_KEY: &str = "spad-daemon-test-hmac-key-0123456789abcdef012345";
-
-/// Writes a configuration file the way spad requires of files holding keys: mode 0600, set
-/// explicitly whatever the umask.
-fn write_private(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
 
 fn config(dir: &Path, listen: &str, extra_access: &str) -> String {
     format!(
@@ -54,118 +50,6 @@ fw_access_timeout = 30
 
 const SOCKET: &str = "[listen]\nmode = \"socket\"\naddresses = [\"0.0.0.0:62201\", \"[::]:62201\"]";
 
-/// A running spad inside the lab's gateway.
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    config: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(gw: &Netns, dir: &Path, config_text: &str) -> Self {
-        let config = dir.join("spad.toml");
-        write_private(&config, config_text);
-        let mut d = Self { child: None, dir: dir.to_owned(), config, log: Arc::default() };
-        d.spawn(gw);
-        d
-    }
-
-    fn spawn(&mut self, gw: &Netns) {
-        let mut child = gw
-            .cmd(env!("CARGO_BIN_EXE_spad"))
-            .args(["--config", self.config.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start spad");
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        self.child = Some(child);
-        self.wait_log("spad ready");
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log.lock().unwrap().contains(needle) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no {needle:?} in spad log:\n{}",
-                self.log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.join("audit.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).expect("audit lines are JSON")).collect()
-    }
-
-    /// Waits for the `n`-th (0-based) event matching `pred`.
-    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(e) = self.events().into_iter().find(&pred) {
-                return e;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no {what} event; audit:\n{:#?}\nlog:\n{}",
-                self.events(),
-                self.log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
-        self.events().iter().filter(|e| pred(e)).count()
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        spa_e2e::run(Command::new("kill").args([&format!("-{sig}"), &pid]));
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    fn kill9(&mut self) {
-        self.signal("KILL");
-        self.child.take().unwrap().wait().unwrap();
-    }
-
-    fn stop(&mut self) {
-        self.signal("TERM");
-        let st = self.child.take().unwrap().wait().unwrap();
-        assert!(st.success(), "spad exited with {st}");
-    }
-
-    fn spad(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_spad"))
-            .args(args)
-            .args(["--config", self.config.to_str().unwrap()])
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs the real fwknop client in the client namespace against the gateway.
 fn fwknop(lab: &GatewayLab, home: &Path, args: &[&str]) -> Output {
     let out = lab
@@ -178,19 +62,6 @@ fn fwknop(lab: &GatewayLab, home: &Path, args: &[&str]) -> Output {
         .unwrap();
     assert!(out.status.success(), "fwknop failed: {}", String::from_utf8_lossy(&out.stderr));
     out
-}
-
-fn is(e: &Value, event: &str) -> bool {
-    e["event"] == event
-}
-
-fn send_from(ns: &Netns, to: SocketAddr, payload: Vec<u8>) {
-    ns.run_in(move || {
-        let bind: SocketAddr =
-            if to.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
-        let s = UdpSocket::bind(bind).unwrap();
-        s.send_to(&payload, to).unwrap();
-    });
 }
 
 #[test]
@@ -300,34 +171,7 @@ fn knocks_are_granted_and_bad_packets_rejected_with_reasons() {
 }
 
 fn engine_packet(src_allow: &str, port: &str, ts_offset: i64) -> Vec<u8> {
-    use spa_engine::{DigestType, EncryptionKey, EncryptionMode, HmacKey, MessageType, SpaMessage, packet};
-    struct Os;
-    impl spa_engine::Entropy for Os {
-        fn fill(&mut self, buf: &mut [u8]) {
-            getrandom::fill(buf).unwrap();
-        }
-    }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let msg = SpaMessage {
-        random: spa_engine::random_value(&mut Os),
-        username: "tester".into(),
-        timestamp: (now + ts_offset) as u64,
-        version: "3.0.0".into(),
-        message_type: MessageType::Access,
-        message: format!("{src_allow},{port}"),
-        nat_access: None,
-        server_auth: None,
-        client_timeout: None,
-    };
-    let key = EncryptionKey::new(KEY.as_bytes().to_vec()).unwrap();
-    let hkey = HmacKey::new(HMAC_KEY.as_bytes().to_vec()).unwrap();
-    let opts = packet::SealOptions {
-        key: &key,
-        mode: EncryptionMode::Cbc,
-        digest: DigestType::Sha256,
-        hmac: Some((&hkey, DigestType::Sha256)),
-    };
-    packet::seal(&msg, &opts, &mut Os).unwrap().into_bytes()
+    support::packet(KEY, HMAC_KEY, src_allow, port, ts_offset)
 }
 
 #[test]
@@ -605,13 +449,6 @@ fn script_backend_sees_every_port_and_closes_at_expiry_and_after_a_crash() {
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(calls().matches("open").count(), 3, "no open after the restart: the grant was over");
-}
-
-/// Our own client, built by the same `cargo test --workspace` run, knocking our daemon.
-fn spa_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_spad")).with_file_name("spa");
-    assert!(p.exists(), "{} is missing: run the suite with `cargo test --workspace`", p.display());
-    p
 }
 
 #[test]
