@@ -1,7 +1,8 @@
 //! End-to-end: the backend, driven by the grant ledger exactly as the daemon drives it (a
 //! `Gate`), runs real iptables and ipset inside the gateway namespace of a `GatewayLab`, once
 //! with iptables-nft and once with iptables-legacy, and real TCP connections check what a user
-//! would check.
+//! would check. Also here: the backend contract suite against real iptables, and tamper tests
+//! that play the careless admin.
 //!
 //! The backend runs every program through `ip netns exec <gw>` (its hidden command-prefix
 //! constructor) rather than entering the namespace with `setns` on a thread: the test process
@@ -18,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use spa_backend_iptables::{Config, IptablesBackend, Variant};
-use spa_backends::testkit::MemoryJournal;
+use spa_backends::testkit::{ContractSetup, MemoryJournal, contract};
 use spa_backends::{
     Access, BackendError, Driver, EndKind, Event, Gate, Grant, GrantId, Nat, Observed, Record, Snat, State,
 };
@@ -135,6 +136,15 @@ fn rules(ns: &Netns, name: &str) -> String {
         .map(|l| l.split(" [").next().unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The rules of one of our chains, as `iptables-<name>-save` prints them.
+fn chain_rules(ns: &Netns, name: &str, table: &str, chain: &str) -> Vec<String> {
+    sh(ns, &format!("iptables-{name}-save -t {table}"))
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Waits until `cond` holds, at most `limit`; returns whether it did.
@@ -464,6 +474,244 @@ fn gateway_with_iptables_nft() {
 #[test]
 fn gateway_with_iptables_legacy() {
     scenario(Variant::Legacy, "legacy", "nft", "ipl");
+}
+
+/// A DNAT re-knock replaces each of the grant's rules by itself with the new deadline in its
+/// tag (one rule before and after, one process), and the expiry the ledger decides at the
+/// deadline removes them all (the kernel does not expire rules).
+#[test]
+fn a_nat_reknock_retags_each_rule_in_place_and_expiry_removes_them() {
+    require_root();
+    binaries_exist("nft");
+    let lab = GatewayLab::new("ipk");
+    let gw = &lab.gw;
+    let _internal = lab.internal.tcp_server(SSH, "internal");
+    let mut b = B::new(gw, Variant::Nft);
+    b.prepare(&[]).unwrap();
+    let g = grant(
+        1,
+        GatewayLab::CLIENT4,
+        &["tcp/2222"],
+        dnat(GatewayLab::INTERNAL4, SSH, Some(Snat::Masquerade)),
+        60,
+    );
+    ok(&b.grant(&g));
+    let ours = |chain: &str| {
+        let table = if chain == "SPA_FORWARD" { "filter" } else { "nat" };
+        chain_rules(gw, "nft", table, chain)
+    };
+    let tag = |deadline: u64| format!("\"spa:id={}:exp={deadline}\"", g.id);
+    for chain in ["SPA_PREROUTING", "SPA_FORWARD", "SPA_POSTROUTING"] {
+        let r = ours(chain);
+        assert!(matches!(r.as_slice(), [one] if one.contains(&tag(g.deadline))), "{chain}: {r:#?}");
+    }
+    let before = ours("SPA_PREROUTING");
+
+    let later = Grant { id: GrantId(2), deadline: g.deadline + 100, ..g.clone() };
+    let execs = b.execs();
+    let ev = b.grant(&later);
+    assert!(
+        matches!(ev.as_slice(), [Event::Extended(x)] if x.id == g.id && x.deadline == later.deadline),
+        "{ev:?}"
+    );
+    assert_eq!(b.execs() - execs, 1, "one iptables-restore");
+    for chain in ["SPA_PREROUTING", "SPA_FORWARD", "SPA_POSTROUTING"] {
+        let r = ours(chain);
+        assert!(matches!(r.as_slice(), [one] if one.contains(&tag(later.deadline))), "{chain}: {r:#?}");
+    }
+    assert_eq!(
+        ours("SPA_PREROUTING")[0].replace(&tag(later.deadline), &tag(g.deadline)),
+        before[0],
+        "the same rule, only its tag changed"
+    );
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)).as_deref(), Some("internal"));
+
+    // Nothing is due before the deadline; at it, the ledger ends the grant and its rules go.
+    assert!(b.gate.tick(later.deadline - 1, &mut b.journal).is_empty());
+    let ev = b.gate.tick(later.deadline, &mut b.journal);
+    assert!(matches!(ev.as_slice(), [Event::Ended { why: EndKind::Expire, .. }]), "{ev:?}");
+    for chain in ["SPA_PREROUTING", "SPA_FORWARD", "SPA_POSTROUTING"] {
+        assert!(ours(chain).is_empty(), "{chain} still holds {:#?}", ours(chain));
+    }
+    assert!(b.journal.grants.is_empty() && b.gate.ledger().is_empty());
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)), None);
+}
+
+/// Checks at `t`, `t+1`, ... until something is reported (at most the default interval plus
+/// one); returns the events and advances `t` past them.
+fn check_until_reported(b: &mut B, t: &mut u64) -> Vec<Event> {
+    for _ in 0..3 {
+        let ev = b.check(*t);
+        *t += 1;
+        if !ev.is_empty() {
+            return ev;
+        }
+    }
+    Vec::new()
+}
+
+#[track_caller]
+fn repaired(ev: &[Event], want: &str, live: usize) {
+    assert!(
+        matches!(ev, [Event::Tampered { detail }, Event::Repaired { live: n }] if detail == want && *n == live),
+        "wanted Tampered({want}) + Repaired({live}): {ev:?}"
+    );
+}
+
+/// The careless admin: flushes our input chain, unhooks it, does the same on ip6tables, then
+/// reloads the whole firewall; and adds rules of their own elsewhere (no false alarm). Each
+/// time the check names the damage, the protection is rebuilt and the live grants work.
+fn tamper(variant: Variant, name: &str, prefix: &str) {
+    require_root();
+    binaries_exist(name);
+    let lab = GatewayLab::new(prefix);
+    let gw = &lab.gw;
+    let _ssh = gw.tcp_server(SSH, "gw-ssh");
+    let _internal = lab.internal.tcp_server(SSH, "internal");
+    let attack4 = addr(GatewayLab::GW_ATTACKER4, SSH);
+    let attack6 = addr(GatewayLab::GW_ATTACKER6, SSH);
+    let mut b = B::new(gw, variant);
+    let t0 = now();
+    b.gate.start(Vec::new(), t0, &mut b.journal).unwrap();
+    ok(&b.grant(&grant(1, GatewayLab::CLIENT4, &["tcp/22"], None, 600)));
+    ok(&b.grant(&grant(2, GatewayLab::CLIENT6, &["tcp/22"], None, 600)));
+    ok(&b.grant(&grant(3, GatewayLab::CLIENT4, &["tcp/2222"], dnat(GatewayLab::INTERNAL4, SSH, None), 600)));
+    let live = 3;
+
+    // The first check after a start lists; while nothing changes, the next ones cost no
+    // process within the interval, and with iptables-nft none at all.
+    let execs = b.execs();
+    assert!(b.check(t0).is_empty(), "a fresh setup is intact");
+    assert_eq!(b.execs() - execs, 3, "a full look: two saves and the set headers");
+    let execs = b.execs();
+    assert!(b.check(t0 + 1).is_empty());
+    assert_eq!(b.execs(), execs, "within the interval, a check runs nothing");
+    let execs = b.execs();
+    assert!(b.check(t0 + 5).is_empty());
+    let looked = b.execs() - execs;
+    match variant {
+        Variant::Nft => assert_eq!(looked, 0, "an unchanged nftables generation needs no listing"),
+        _ => assert_eq!(looked, 3, "iptables-legacy lists once the interval passed"),
+    }
+    // Our own NAT grant moves the generation: no false alarm, and still no listing.
+    ok(&b.grant(&grant(4, GatewayLab::CLIENT4, &["tcp/2223"], dnat(GatewayLab::INTERNAL4, SSH, None), 600)));
+    let live = live + 1;
+    let execs = b.execs();
+    assert!(b.check(t0 + 10).is_empty(), "our own change is no tamper");
+    if variant == Variant::Nft {
+        assert_eq!(b.execs(), execs, "our own transactions are counted, not listed");
+    }
+
+    let mut t = t0 + 20;
+    // `iptables -F SPA_INPUT`: the protected port is open to all.
+    sh(gw, &format!("iptables-{name} -F SPA_INPUT"));
+    assert!(lab.attacker.tcp_connects(attack4, T), "the lab does not show the hole");
+    let ev = check_until_reported(&mut b, &mut t);
+    repaired(&ev, "iptables SPA_INPUT: the DROP for tcp/22 is gone (and 3 more of its rules)", live);
+    assert!(!lab.attacker.tcp_connects(attack4, T), "the attacker is not dropped again");
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T), "the live grant was lost");
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)).as_deref(), Some("internal"));
+
+    // `iptables -D INPUT -j SPA_INPUT`.
+    t += 5;
+    sh(gw, &format!("iptables-{name} -D INPUT -j SPA_INPUT"));
+    assert!(lab.attacker.tcp_connects(attack4, T), "the lab does not show the hole");
+    let ev = check_until_reported(&mut b, &mut t);
+    repaired(&ev, "iptables INPUT no longer jumps to SPA_INPUT", live);
+    assert!(!lab.attacker.tcp_connects(attack4, T));
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW4, SSH), T));
+
+    // The same on ip6tables.
+    t += 5;
+    sh(gw, &format!("ip6tables-{name} -F SPA_INPUT"));
+    assert!(lab.attacker.tcp_connects(attack6, T), "the lab does not show the hole");
+    let ev = check_until_reported(&mut b, &mut t);
+    repaired(&ev, "ip6tables SPA_INPUT: the DROP for tcp/22 is gone (and 3 more of its rules)", live);
+    assert!(!lab.attacker.tcp_connects(attack6, T));
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T));
+    t += 5;
+    sh(gw, &format!("ip6tables-{name} -D INPUT -j SPA_INPUT"));
+    let ev = check_until_reported(&mut b, &mut t);
+    repaired(&ev, "ip6tables INPUT no longer jumps to SPA_INPUT", live);
+    assert!(!lab.attacker.tcp_connects(attack6, T));
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T));
+
+    // The admin's own rules elsewhere (before our jump too), a chain of theirs, NAT of
+    // theirs: no false alarm, however often we look.
+    sh(
+        gw,
+        &format!(
+            "iptables-{name} -I INPUT 1 -s 10.9.9.9/32 -j DROP && iptables-{name} -N ADMIN && \
+             iptables-{name} -A FORWARD -s 10.9.9.9/32 -j DROP && \
+             ip6tables-{name} -t nat -A POSTROUTING -s fd00:9::/64 -j MASQUERADE"
+        ),
+    );
+    for _ in 0..3 {
+        t += 2;
+        let ev = b.check(t);
+        assert!(ev.is_empty(), "false alarm: {ev:?}");
+    }
+
+    // A firewall reload that flushes and deletes everything (ours included): a NAT grant
+    // fails on the missing chains, the gate notices, rebuilds and grants.
+    sh(
+        gw,
+        &format!(
+            "for c in iptables-{name} ip6tables-{name}; do $c -F; $c -X; $c -t nat -F; $c -t nat -X; done"
+        ),
+    );
+    assert!(lab.attacker.tcp_connects(attack4, T), "the lab does not show the hole");
+    let ev =
+        b.grant(&grant(5, GatewayLab::CLIENT4, &["tcp/2224"], dnat(GatewayLab::INTERNAL4, SSH, None), 600));
+    assert!(
+        matches!(ev.as_slice(), [Event::Tampered { .. }, Event::Repaired { live: n }, Event::Granted(_)] if *n == live),
+        "{ev:?}"
+    );
+    assert!(!lab.attacker.tcp_connects(attack4, T));
+    assert!(!lab.attacker.tcp_connects(attack6, T));
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2224)).as_deref(), Some("internal"));
+    assert_eq!(banner(&lab.client, addr(GatewayLab::GW4, 2222)).as_deref(), Some("internal"));
+    assert!(lab.client.tcp_connects(addr(GatewayLab::GW6, SSH), T));
+    t += 5;
+    assert!(b.check(t).is_empty(), "intact after the rebuild");
+}
+
+#[test]
+fn tampering_is_repaired_with_iptables_nft() {
+    tamper(Variant::Nft, "nft", "ipt");
+}
+
+#[test]
+fn tampering_is_repaired_with_iptables_legacy() {
+    tamper(Variant::Legacy, "legacy", "ipu");
+}
+
+fn contract_with(variant: Variant, prefix: &str) {
+    require_root();
+    let ns = std::rc::Rc::new(Netns::new(prefix));
+    let inner = ns.clone();
+    contract(ContractSetup {
+        make: Box::new(move || backend_in(&inner, config(variant))),
+        observe: None,
+        source4: "192.0.2.1",
+        source6: Some("2001:db8::1"),
+        dnat4: Some("10.0.0.2"),
+    });
+    // Nothing of ours is left after the suite's teardown.
+    let left = ns.sh(
+        "iptables-nft-save; ip6tables-nft-save; iptables-legacy-save; ip6tables-legacy-save; ipset list -n",
+    );
+    assert!(!left.contains("SPA") && !left.contains("spa"), "left behind:\n{left}");
+}
+
+#[test]
+fn the_backend_keeps_the_contract_with_iptables_nft() {
+    contract_with(Variant::Nft, "ipc");
+}
+
+#[test]
+fn the_backend_keeps_the_contract_with_iptables_legacy() {
+    contract_with(Variant::Legacy, "ipd");
 }
 
 /// The boot-time files of `conf/iptables/` load (sets first, then rules), close the port, and
