@@ -428,7 +428,8 @@ impl Backend for IptablesBackend {
             return Ok(Health::Damaged(format!("the {} chains were never set up", self.names.chain_glob())));
         };
         let (dirty, looked, reference) = (w.dirty, w.looked, w.generation);
-        let generation = if reference.is_some() { self.read_generation() } else { None };
+        // iptables-nft only (no socket otherwise); a failed read just means a listing.
+        let generation = self.read_generation();
         if !dirty
             && looked.is_some()
             && let (Some(now_gen), Some(r)) = (generation, reference)
