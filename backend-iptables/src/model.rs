@@ -437,3 +437,66 @@ fn dedup(items: Vec<Item>) -> Vec<Item> {
     let mut seen = HashSet::with_capacity(items.len());
     items.into_iter().filter(|i| seen.insert(i.clone())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spa_backends::testkit::grant;
+    use spa_backends::{GrantId, Ledger, Refusal};
+
+    fn names() -> Names {
+        Names::new("SPA")
+    }
+
+    #[test]
+    fn entries_carry_neither_the_grant_id_nor_the_deadline() {
+        let n = names();
+        for g in [
+            grant(1).ports("tcp/22,udp/53"),
+            grant(1).ports("tcp/2222").dnat("10.0.0.2", Some(22), Some(Snat::Masquerade)),
+            grant(1).ports("tcp/80").redirect(8080),
+            grant(1).all().route(None),
+        ] {
+            let a: Grant = g.clone().times(1000, 1030).into();
+            let b: Grant = Grant { id: GrantId(99), ..g.times(1000, 9000).into() };
+            let (ea, eb) = (expand(&n, &a).unwrap(), expand(&n, &b).unwrap());
+            assert!(!ea.is_empty());
+            assert_eq!(ea, eb, "a re-knock must find the same entries");
+            assert!(ea.iter().all(|e| !e.to_string().contains("spa:id")), "{ea:?}");
+        }
+    }
+
+    #[test]
+    fn only_members_expire_by_themselves() {
+        let n = names();
+        let plain = expand(&n, &grant(1).ports("tcp/22").into()).unwrap();
+        let nat = expand(&n, &grant(1).ports("tcp/80").redirect(8080).into()).unwrap();
+        assert!(plain.iter().all(Entry::expires_by_itself));
+        assert!(nat.iter().all(|e| !e.expires_by_itself()));
+    }
+
+    /// A DNAT of one port to another host, or a redirect of it, matches the same packets as a
+    /// live DNAT: the ledger refuses it rather than let the newer rule take the traffic. Other
+    /// ports, and the same DNAT again (a re-knock), are fine.
+    #[test]
+    fn rules_matching_the_same_packets_with_another_target_conflict() {
+        let n = names();
+        let map = |g: &Grant| expand(&n, g);
+        let mut ledger = Ledger::new();
+        let first: Grant = grant(1).ports("tcp/2222").dnat("10.0.0.2", Some(22), None).times(0, 100).into();
+        let plan = ledger.plan_grant(first, 10, &map).unwrap();
+        ledger.commit(plan, 10, &map);
+        for clash in [
+            grant(2).ports("tcp/2222").dnat("10.0.0.3", Some(22), None),
+            grant(2).ports("tcp/2222").dnat("10.0.0.2", Some(23), None),
+            grant(2).ports("tcp/2222").redirect(22),
+        ] {
+            match ledger.plan_grant(clash.times(0, 100).into(), 10, &map) {
+                Err(refused) => assert!(matches!(refused.1, Refusal::Conflict { with: GrantId(1) })),
+                Ok(p) => panic!("not refused: {:?}", p.changes()),
+            }
+        }
+        let other_port = grant(3).ports("tcp/2223").dnat("10.0.0.3", Some(22), None).times(0, 100).into();
+        assert!(ledger.plan_grant(other_port, 10, &map).is_ok());
+    }
+}
