@@ -45,15 +45,31 @@ pub struct Config {
     /// (`spa4`, `spa6`, ...).
     #[serde(default = "default_prefix")]
     pub chain_prefix: String,
+    /// Least time between two full looks of the tamper check (listing both families' tables
+    /// and the sets), in milliseconds; rounded up to whole seconds, since the daemon's clock
+    /// is in seconds. With iptables-nft a look is skipped anyway while nothing but spad has
+    /// committed a change (see the crate documentation); with iptables-legacy every look
+    /// lists. 0 looks at every check (about once a second).
+    #[serde(default = "default_check_interval")]
+    pub check_interval_ms: u64,
 }
 
 fn default_prefix() -> String {
     "SPA".to_owned()
 }
 
+fn default_check_interval() -> u64 {
+    2000
+}
+
 impl Default for Config {
     fn default() -> Self {
-        Self { protect: Vec::new(), variant: Variant::Auto, chain_prefix: default_prefix() }
+        Self {
+            protect: Vec::new(),
+            variant: Variant::Auto,
+            chain_prefix: default_prefix(),
+            check_interval_ms: default_check_interval(),
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! # What it creates (prefix `SPA`, the default)
 //!
-//! In both the IPv4 and the IPv6 tables, four chains, each jumped to once from the first
-//! position of its built-in chain at [`Backend::prepare`]:
+//! In both the IPv4 and the IPv6 tables, four chains, each jumped to once from its built-in
+//! chain (inserted first when [`Backend::prepare`] finds no jump):
 //!
 //! | chain | table | hooked from | holds |
 //! |---|---|---|---|
@@ -12,46 +12,100 @@
 //! | `SPA_PREROUTING` | nat | `PREROUTING` | per-grant DNAT / REDIRECT |
 //! | `SPA_POSTROUTING` | nat | `POSTROUTING` | per-grant SNAT / MASQUERADE |
 //!
-//! Four ipsets with per-entry timeouts and comments: `spa4`, `spa6` (`hash:ip,port`: source,
+//! Four ipsets with per-member timeouts and comments: `spa4`, `spa6` (`hash:ip,port`: source,
 //! proto:port) and `spa4d`, `spa6d` (`hash:ip,port,ip`: also the local destination address).
 //!
-//! Plain port grants are set entries `<source>,tcp:22 timeout <seconds left> comment
-//! "spa:id=<grant id>:exp=<unix deadline>"`: the kernel removes them at the deadline, with or
-//! without the daemon. Everything ipset cannot express (DNAT, REDIRECT, SNAT, forwarding,
-//! forward-all) is a rule carrying `-m comment --comment spa:id=<grant id>:exp=<deadline>`;
-//! the daemon's deadline queue removes it, and after a restart [`Backend::prepare`] rebuilds the
-//! chains from the daemon's record, so a stale rule never outlives a restart. Hence
-//! `native_expiry` is false, although plain grants expire in the kernel too.
+//! # What a grant becomes, and who decides when
+//!
+//! What a grant needs is the pure [`model::expand`]: plain port grants are set members
+//! (`<source>,tcp:22`), everything ipset cannot express (DNAT, REDIRECT, SNAT, forwarding,
+//! forward-all) is a rule. When an entry is put, re-timed or removed is decided by the grant
+//! ledger of `spa-backends` (re-knocks, entries shared by several grants, expiry, retries of
+//! failed closes), never here; this crate only renders and applies its changes, with the time
+//! it is given (it never reads the clock).
+//!
+//! Every member and rule carries the tag `spa:id=<grant id>:exp=<unix deadline>` (an ipset
+//! comment, a `-m comment`), written from the grant the ledger says holds it. The tag is not
+//! part of the entry: a re-knock re-times the same member (`ipset -exist add` updates timeout
+//! and comment) and replaces each rule by itself with the new tag. Set members get an ipset
+//! timeout, so the **kernel** removes them at the deadline, with or without the daemon. Rules
+//! do not expire by themselves: the ledger removes them at the deadline, and after a restart
+//! [`Backend::prepare`] rebuilds the chains from the daemon's record, so a stale rule never
+//! outlives a restart. Hence `native_expiry` is false, although plain grants expire in the
+//! kernel too.
 //!
 //! Every change is one `ipset -exist restore` and/or one `iptables-restore --noflush` per
-//! address family (atomic per table), never one process per rule; a plain grant costs one
-//! process. Nothing outside our chains and sets is touched, except the four jump rules.
+//! address family (atomic per table), never one process per rule; a plain grant, its re-knock
+//! and its revoke cost one process each, its expiry none. A rule is deleted by its exact text
+//! (with the tag it was put with); if that fails (the rule was deleted or changed by hand),
+//! the chain is read once and every copy of the rule, whatever its tag, is deleted instead, so
+//! removing what is gone is not an error and nothing is left twice. The set step and the rule
+//! step are separate programs, so a change is not atomic as a whole (`atomic_apply` is
+//! false; the ledger undoes a half-made grant). Nothing outside our chains and sets is
+//! touched, except the four jump rules.
 //!
-//! Fail-closed: the `DROP`s of protected ports stay when the daemon stops or crashes; only
+//! # Failing closed, and tampering
+//!
+//! The `DROP`s of protected ports stay when the daemon stops or crashes; only
 //! [`Backend::teardown`] (an explicit admin action) removes them. `conf/iptables/` holds the
 //! same protection as boot-time files, so the ports are closed before the daemon starts.
 //!
-//! Limits, said plainly:
-//! - NAT, routing and forward-all rules depend on the daemon for expiry: after a crash they stay
-//!   until the daemon's next start (whose `prepare` drops them, their deadlines having passed).
-//! - The forward accept covers the client-to-internal direction of the translated flow; replies,
-//!   and forwarded connections after the window, pass by the admin's own FORWARD policy (an
-//!   `ESTABLISHED,RELATED` accept, as fwknop also assumes).
+//! [`Backend::check`] (the daemon calls it about once a second, and after a failed change)
+//! looks for what an admin's `iptables -F`, a firewall reload or a flush script does to us:
+//! a chain gone in either family, a built-in chain that no longer jumps to ours (or does twice),
+//! a static rule of `SPA_INPUT` gone, changed or out of order, a rule spad did not make in one
+//! of our chains, a set gone or of another type. It reports the first thing found
+//! (`ip6tables chain SPA_INPUT is gone`, `iptables INPUT no longer jumps to SPA_INPUT`,
+//! `iptables SPA_INPUT: the DROP for tcp/22 is gone`), and the daemon rebuilds everything with
+//! every live grant (see [`check`] for the rules). Rules that others add elsewhere, before our
+//! jump included, are not tamper.
+//!
+//! A full look lists both families' tables and the sets' headers (three short processes). It
+//! runs at most once per `check_interval_ms` (default 2 s), and right after a failed change.
+//! With iptables-nft most looks are skipped: each check first asks the kernel for the nftables
+//! ruleset generation over netlink (no process); if it moved by exactly the transactions of
+//! our own `iptables-restore` runs since the last look, nobody else committed anything, so
+//! nothing of ours can have changed. With iptables-legacy there is no such counter and every
+//! due check lists.
+//!
+//! Not detected: set members added, removed or flushed by hand (flushed grants simply close:
+//! fail closed; `spad list --firewall` shows the sets beside the ledger), a tagged rule
+//! changed into another tagged rule, and rules placed before our jump in a built-in chain.
+//! A set cannot be destroyed while our rules use it.
+//!
+//! # Limits, said plainly
+//!
+//! - NAT, routing and forward-all rules depend on the daemon for expiry: after a crash they
+//!   stay until the daemon's next start (whose `prepare` drops them, their deadlines having
+//!   passed).
+//! - The forward accept covers the client-to-internal direction of the translated flow;
+//!   replies, and forwarded connections after the window, pass by the admin's own FORWARD
+//!   policy (an `ESTABLISHED,RELATED` accept, as fwknop also assumes).
 //! - Without a grant `destination`, DNAT and REDIRECT apply only to traffic addressed to this
 //!   host (`-m addrtype --dst-type LOCAL`), not to the client's traffic routed through it.
-//! - A plain forward-all grant (`Access::All`, no NAT) is a tagged accept rule, not a set entry.
+//! - A plain forward-all grant (`Access::All`, no NAT) is a tagged accept rule, not a set
+//!   member.
+//! - Two grants of one source whose rules match the same packets with different targets (a
+//!   DNAT of one port to two hosts) cannot both be live: the second is refused, never allowed
+//!   to take the first's traffic.
+//! - An ipset timeout is at most 2,147,483 s (about 24 days): a longer plain grant closes
+//!   early, never late.
 //!
 //! # Configuration
 //!
 //! ```toml
 //! [firewall.iptables]
-//! protect = ["tcp/22"]     # closed except for granted sources (IPv4 and IPv6)
-//! variant = "auto"         # or "nft" / "legacy": which iptables binaries
-//! chain_prefix = "SPA"     # SPA_INPUT, ...; sets spa4, spa6, spa4d, spa6d
+//! protect = ["tcp/22"]       # closed except for granted sources (IPv4 and IPv6)
+//! variant = "auto"           # or "nft" / "legacy": which iptables binaries
+//! chain_prefix = "SPA"       # SPA_INPUT, ...; sets spa4, spa6, spa4d, spa6d
+//! check_interval_ms = 2000   # least time between two full tamper looks
 //! ```
 //!
-//! [`Backend::list`] reports every set entry and every rule in our chains: tagged ones with
-//! their grant id and deadline, the fixed ones (protection, set matches) without.
+//! [`Backend::observe`] reports every set member and every rule in our chains: tagged ones
+//! with their grant id and deadline (in the words of [`model::Item`]'s `Display`:
+//! `ipset spa4 192.0.2.1,tcp:22`, `iptables -t nat -A SPA_PREROUTING -s 192.0.2.1/32 ...`,
+//! without the tag), any untagged rule other than the static ones without a grant. The static
+//! rules are configuration, not grants, and are not listed.
 //!
 //! # Inspecting
 //!
@@ -62,6 +116,8 @@
 //! (With `variant = "legacy"` use `iptables-legacy`, with `"nft"` `iptables-nft`.)
 //!
 //! # Removing by hand
+//!
+//! Stop spad first: otherwise its tamper check puts everything back within seconds.
 //!
 //! ```text
 //! for t in iptables ip6tables; do
@@ -80,40 +136,60 @@
 //! re-listing chains (and, through a bug, every loop: fwknop #270), duplicates rules on each
 //! re-knock (#158), has no IPv6 (#1), breaks where legacy and nft rules meet (#290), and adds
 //! `--to-ports` to MASQUERADE. Here: batches, kernel timeouts, re-knock = re-time the same
-//! entry or replace the same rule, ip6tables for IPv6, one variant chosen once, plain
+//! member or replace the same rule, ip6tables for IPv6, one variant chosen once, plain
 //! MASQUERADE.
 
-use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use spa_backends::{
+    Backend, BackendDescriptor, BackendError, Capabilities, Change, Grant, Health, Held, Observed,
+};
 
-use spa_backends::{Backend, BackendDescriptor, BackendError, Capabilities, Grant, GrantId, Owned};
-
+pub mod check;
 pub mod config;
 mod exec;
+pub mod model;
 pub mod render;
 
 pub use config::{Config, Variant};
+pub use model::Item;
 
 use exec::{LOCK_WAIT_SECS, Runner};
-use render::{Element, Family, Names, Plan, Rule, SaveDump, TimedElement};
+use model::{Family, Names};
+use render::{TaggedRule, TimedMember};
 
 inventory::submit! {
     BackendDescriptor {
         name: "iptables",
         description: "iptables/ip6tables + ipset (nft or legacy): own SPA_* chains, timed sets, tagged NAT rules",
-        create: IptablesBackend::from_table,
+        create: spa_backends::create::<IptablesBackend>,
     }
 }
-
-/// Longest ipset timeout (seconds) the kernel accepts (about 24 days). A plain grant longer
-/// than that loses its set entry early: it closes too soon, never stays open too long.
-const MAX_SET_TIMEOUT: u64 = 2_147_483;
 
 /// How often `ipset destroy` is retried at teardown: iptables-nft may release its reference to
 /// a set a moment after the rule using it is gone.
 const DESTROY_TRIES: u32 = 20;
 
-/// The backend. See the module documentation for what it creates.
+/// The nftables ruleset generation as far as our tamper check follows it (iptables-nft only).
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    /// At the last full look that found everything intact (or at the end of `prepare`).
+    seen: u32,
+    /// What our own `iptables-restore` runs moved it by since.
+    ours: u32,
+}
+
+/// What the tamper check knows; reset by `prepare`, gone after `teardown`.
+#[derive(Debug, Default)]
+struct Watch {
+    /// iptables-nft: the generation reference; `None` when unknown (legacy, or a read failed).
+    generation: Option<Generation>,
+    /// When the last full look found everything intact; `None`: look at the next check.
+    looked: Option<u64>,
+    /// Something may have changed that the generation cannot vouch for (a change failed, or
+    /// someone else committed while we did): look at the next check.
+    dirty: bool,
+}
+
+/// The backend. See the crate documentation for what it creates.
 #[derive(Debug)]
 pub struct IptablesBackend {
     config: Config,
@@ -121,16 +197,15 @@ pub struct IptablesBackend {
     runner: Runner,
     /// The variant in use, once resolved (at the first call that touches the firewall).
     resolved: Option<Variant>,
-    /// Grants applied by this process, with what each put in.
-    applied: BTreeMap<GrantId, (Grant, Plan)>,
+    /// For tests: the named network namespace the programs run in (`ip netns exec NS`), where
+    /// the generation socket must be opened too.
+    netns: Option<String>,
+    /// The netlink socket for the ruleset generation (iptables-nft), opened at prepare.
+    generation: Option<spa_backends::nfgen::Generation>,
+    watch: Option<Watch>,
 }
 
 impl IptablesBackend {
-    /// Builds it from `[firewall.iptables]`.
-    pub fn from_table(table: &toml::Table) -> Result<Box<dyn Backend>, BackendError> {
-        Ok(Box::new(Self::new(Config::from_table(table)?)))
-    }
-
     /// Builds it from a checked configuration.
     pub fn new(config: Config) -> Self {
         Self::with_command_prefix(config, Vec::new())
@@ -141,7 +216,19 @@ impl IptablesBackend {
     #[doc(hidden)]
     pub fn with_command_prefix(config: Config, prefix: Vec<String>) -> Self {
         let names = Names::new(&config.chain_prefix);
-        Self { config, names, runner: Runner::new(prefix), resolved: None, applied: BTreeMap::new() }
+        let netns = match prefix.as_slice() {
+            [ip, netns, exec, ns, ..] if ip == "ip" && netns == "netns" && exec == "exec" => Some(ns.clone()),
+            _ => None,
+        };
+        Self {
+            config,
+            names,
+            runner: Runner::new(prefix),
+            resolved: None,
+            netns,
+            generation: None,
+            watch: None,
+        }
     }
 
     /// Processes started so far (for measurements).
@@ -153,10 +240,6 @@ impl IptablesBackend {
     /// The variant in use, once the first call resolved `auto`.
     pub fn variant(&self) -> Option<Variant> {
         self.resolved
-    }
-
-    fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
     /// Picks the binaries once: the configured ones, or for `auto` the variant that already
@@ -195,18 +278,44 @@ impl IptablesBackend {
         }
     }
 
-    fn save(&mut self, family: Family) -> Result<SaveDump, BackendError> {
+    fn save(&mut self, family: Family) -> Result<render::SaveDump, BackendError> {
         let prog = format!("{}-{}-save", family.program(), self.variant_suffix()?);
         Ok(render::parse_save(&self.runner.run(&prog, &[], "")?))
     }
 
+    /// The ruleset generation now, if we follow it (iptables-nft).
+    fn read_generation(&mut self) -> Option<u32> {
+        self.generation.as_mut().and_then(|g| g.read().ok())
+    }
+
+    /// Runs one `iptables-restore --noflush`. With iptables-nft, counts the transactions it
+    /// committed (the generation before and after), so the tamper check does not mistake
+    /// them for someone else's.
     fn restore(&mut self, family: Family, text: &str) -> Result<(), BackendError> {
         if text.is_empty() {
             return Ok(());
         }
         let prog = format!("{}-{}-restore", family.program(), self.variant_suffix()?);
         let wait = format!("--wait={LOCK_WAIT_SECS}");
-        self.runner.run(&prog, &["--noflush", &wait], text).map(drop)
+        let following = self.watch.as_ref().is_some_and(|w| w.generation.is_some());
+        let before = if following { self.read_generation() } else { None };
+        let result = self.runner.run(&prog, &["--noflush", &wait], text).map(drop);
+        if following {
+            let after = self.read_generation();
+            if let Some(w) = self.watch.as_mut() {
+                match (w.generation.as_mut(), before, after) {
+                    (Some(g), Some(b), Some(a)) => {
+                        // Someone else committed since the last look: only a listing can tell.
+                        if b != g.seen.wrapping_add(g.ours) {
+                            w.dirty = true;
+                        }
+                        g.ours = g.ours.wrapping_add(a.wrapping_sub(b));
+                    }
+                    _ => w.dirty = true,
+                }
+            }
+        }
+        result
     }
 
     fn ipset(&mut self, text: &str) -> Result<(), BackendError> {
@@ -216,190 +325,151 @@ impl IptablesBackend {
         self.runner.run("ipset", &["-exist", "restore"], text).map(drop)
     }
 
-    /// The grant (other than `except`) with the latest deadline that also holds `e`.
-    fn holder(&self, e: &Element, except: Option<GrantId>) -> Option<(GrantId, u64)> {
-        self.applied
-            .iter()
-            .filter(|(id, (_, p))| Some(**id) != except && p.elements.contains(e))
-            .map(|(id, (g, _))| (*id, g.deadline))
-            .max_by_key(|(_, d)| *d)
-    }
-
-    fn timed(e: &Element, holder: (GrantId, u64), now: u64) -> TimedElement {
-        let timeout = holder.1.saturating_sub(now).clamp(1, MAX_SET_TIMEOUT);
-        TimedElement { element: e.clone(), timeout, tag: holder }
-    }
-
-    /// Set changes that remove `gone` (entries of `id` no longer wanted), keeping each entry
-    /// another grant still holds, re-timed to that grant.
-    fn release(&self, id: GrantId, gone: &[Element], now: u64) -> (Vec<TimedElement>, Vec<Element>) {
-        let (mut keep, mut del) = (Vec::new(), Vec::new());
-        for e in gone {
-            match self.holder(e, Some(id)).filter(|(_, d)| *d > now) {
-                Some(h) => keep.push(Self::timed(e, h, now)),
-                None => del.push(e.clone()),
-            }
-        }
-        (keep, del)
-    }
-
-    /// Deletes the rules tagged with `id` that the firewall holds (for grants this process
-    /// does not know, or whose rules changed behind its back).
-    fn delete_tagged(&mut self, family: Family, id: GrantId) -> Result<(), BackendError> {
-        let dump = self.save(family)?;
-        let rules: Vec<Rule> = dump
-            .ours(&self.names)
-            .filter(|(_, spec)| render::parse_tag(spec).is_some_and(|(i, _)| i == id))
-            .map(|(hook, spec)| Rule { family, hook, spec: spec.to_owned() })
-            .collect();
-        let text = render::change_rules(&self.names, family, &rules, &[]);
-        self.restore(family, &text)
-    }
-
-    /// Replaces `old` rules with `new` ones of grant `id` in one batch per family; if some old
-    /// rule is no longer there, deletes by tag and inserts.
-    fn swap_rules(&mut self, id: GrantId, old: &[Rule], new: &[Rule]) -> Result<(), BackendError> {
+    fn apply_changes(&mut self, changes: &[Change<'_, Item>], now: u64) -> Result<(), BackendError> {
+        self.ipset(&render::set_changes(changes, now))?;
         for family in Family::ALL {
-            let text = render::change_rules(&self.names, family, old, new);
-            if let Err(e) = self.restore(family, &text) {
-                if !old.iter().any(|r| r.family == family) {
-                    return Err(e);
-                }
-                self.delete_tagged(family, id)?;
-                let text = render::change_rules(&self.names, family, &[], new);
+            let text = render::rule_changes(family, changes);
+            if text.is_empty() {
+                continue;
+            }
+            if self.restore(family, &text).is_err() {
+                // A rule to delete is not there as tagged (deleted or changed by hand), or the
+                // batch failed for another reason: read the chains and do it from what they
+                // hold. If our chains are gone this fails too, and the gate rebuilds them.
+                let current = self.save(family)?;
+                let text = render::rule_fallback(&self.names, family, changes, &current);
                 self.restore(family, &text)?;
             }
         }
         Ok(())
     }
 
-    fn apply(&mut self, g: &Grant, now: u64) -> Result<(), BackendError> {
-        let new = render::plan(&self.names, g)?;
-        let old = self.applied.get(&g.id).map(|(_, p)| p.clone()).unwrap_or_default();
-        // Sets: every entry of the grant gets the latest deadline of all grants holding it.
-        self.applied.insert(g.id, (g.clone(), new.clone()));
-        let mut add: Vec<TimedElement> = new
-            .elements
-            .iter()
-            .map(|e| {
-                let h = self.holder(e, None).unwrap_or((g.id, g.deadline));
-                Self::timed(e, h, now)
-            })
-            .collect();
-        let gone: Vec<Element> = old.elements.iter().filter(|e| !new.elements.contains(e)).cloned().collect();
-        let (keep, del) = self.release(g.id, &gone, now);
-        add.extend(keep);
-        self.ipset(&render::change_sets(&add, &del))?;
-        self.swap_rules(g.id, &old.rules, &new.rules)
+    /// Lists both families' tables and the sets' headers, and says what is wrong, if anything.
+    fn look(&mut self) -> Result<Option<String>, BackendError> {
+        for family in Family::ALL {
+            let dump = self.save(family)?;
+            if let Some(d) = check::chains(&self.names, &self.config, family, &dump) {
+                return Ok(Some(d));
+            }
+        }
+        let listing = self.runner.run("ipset", &["list", "-t"], "")?;
+        Ok(check::sets(&self.names, &check::parse_headers(&listing)))
     }
 }
 
 impl Backend for IptablesBackend {
-    fn name(&self) -> &str {
+    type Entry = Item;
+
+    fn from_table(table: &toml::Table) -> Result<Self, BackendError> {
+        Ok(Self::new(Config::from_table(table)?))
+    }
+
+    fn name(&self) -> &'static str {
         "iptables"
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Plain grants expire in the kernel (ipset timeouts), NAT rules do not: the daemon
-        // must keep its deadline queue for this backend.
-        Capabilities { nat: true, ipv6: true, native_expiry: false }
+        // Plain grants expire in the kernel (ipset timeouts), NAT rules do not; the set and
+        // the rule step are separate programs.
+        Capabilities { nat: true, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: false }
     }
 
-    fn prepare(&mut self, live: &[Grant]) -> Result<(), BackendError> {
-        self.variant_suffix()?;
-        let now = Self::now();
-        let mut applied = BTreeMap::new();
-        for g in live.iter().filter(|g| g.deadline > now) {
-            applied.insert(g.id, (g.clone(), render::plan(&self.names, g)?));
-        }
-        self.applied = applied;
-        let mut elements: BTreeMap<Element, (GrantId, u64)> = BTreeMap::new();
-        for (id, (g, p)) in &self.applied {
-            for e in &p.elements {
-                let h = elements.entry(e.clone()).or_insert((*id, g.deadline));
-                if g.deadline > h.1 {
-                    *h = (*id, g.deadline);
-                }
-            }
-        }
-        let timed: Vec<TimedElement> = elements.iter().map(|(e, h)| Self::timed(e, *h, now)).collect();
+    fn entries(&self, grant: &Grant) -> Result<Vec<Item>, BackendError> {
+        model::expand(&self.names, grant)
+    }
+
+    fn prepare(&mut self, live: &[Held<'_, Item>], now: u64) -> Result<(), BackendError> {
+        let suffix = self.variant_suffix()?;
+        self.watch = None;
+        let live: Vec<&Held<'_, Item>> = live.iter().filter(|h| h.until > now).collect();
+        let members: Vec<TimedMember<'_>> = live
+            .iter()
+            .filter_map(|h| match h.entry {
+                Item::Member(m) => Some((m, render::tag_of(h), render::timeout(h.until, now))),
+                Item::Rule(_) => None,
+            })
+            .collect();
+        let rules: Vec<TaggedRule<'_>> = live
+            .iter()
+            .filter_map(|h| match h.entry {
+                Item::Rule(r) => Some((r, render::tag_of(h))),
+                Item::Member(_) => None,
+            })
+            .collect();
         // Sets first: the rules refer to them.
-        self.ipset(&render::prepare_sets(&self.names, &timed))?;
-        let rules: Vec<Rule> = self.applied.values().flat_map(|(_, p)| p.rules.iter().cloned()).collect();
+        self.ipset(&render::prepare_sets(&self.names, &members))?;
         for family in Family::ALL {
             let current = self.save(family)?;
             let text = render::prepare_rules(&self.names, &self.config, family, &rules, &current);
             self.restore(family, &text)?;
         }
+        // The tamper check's reference: with iptables-nft the generation now; either way a
+        // full look at the next check. A socket that cannot be opened only costs listings.
+        if suffix == "nft" && self.generation.is_none() {
+            self.generation = spa_backends::nfgen::Generation::open(self.netns.as_deref()).ok();
+        }
+        let generation = self.read_generation().map(|seen| Generation { seen, ours: 0 });
+        self.watch = Some(Watch { generation, looked: None, dirty: false });
         Ok(())
     }
 
-    fn grant(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        let now = Self::now();
-        if grant.deadline <= now {
-            // An ipset timeout of 0 would mean "forever": a grant already over is a revoke.
-            return self.revoke(grant);
-        }
-        let before = self.applied.get(&grant.id).cloned();
-        let result = self.apply(grant, now);
-        if result.is_err() {
-            match before {
-                Some(b) => self.applied.insert(grant.id, b),
-                None => self.applied.remove(&grant.id),
-            };
+    fn apply(&mut self, changes: &[Change<'_, Item>], now: u64) -> Result<(), BackendError> {
+        let result = self.apply_changes(changes, now);
+        if result.is_err()
+            && let Some(w) = self.watch.as_mut()
+        {
+            w.dirty = true;
         }
         result
     }
 
-    fn revoke(&mut self, grant: &Grant) -> Result<(), BackendError> {
-        let now = Self::now();
-        let (known, plan) = match self.applied.remove(&grant.id) {
-            Some((_, p)) => (true, p),
-            None => (false, render::plan(&self.names, grant)?),
+    fn check(&mut self, now: u64) -> Result<Health, BackendError> {
+        let Some(w) = self.watch.as_ref() else {
+            return Ok(Health::Damaged(format!("the {} chains were never set up", self.names.chain_glob())));
         };
-        let (keep, del) = self.release(grant.id, &plan.elements, now);
-        self.ipset(&render::change_sets(&keep, &del))?;
-        if known {
-            self.swap_rules(grant.id, &plan.rules, &[])
-        } else if plan.rules.is_empty() {
-            Ok(())
-        } else {
-            // Not applied by this process: its rules may carry another deadline; find them by id.
-            self.delete_tagged(Family::of(grant.source), grant.id)
+        let (dirty, looked, reference) = (w.dirty, w.looked, w.generation);
+        // iptables-nft only (no socket otherwise); a failed read just means a listing.
+        let generation = self.read_generation();
+        if !dirty
+            && looked.is_some()
+            && let (Some(now_gen), Some(r)) = (generation, reference)
+            && now_gen == r.seen.wrapping_add(r.ours)
+        {
+            // Only our own transactions since the last look.
+            if let Some(w) = self.watch.as_mut() {
+                w.generation = Some(Generation { seen: now_gen, ours: 0 });
+            }
+            return Ok(Health::Intact);
         }
+        let interval = self.config.check_interval_ms.div_ceil(1000);
+        let due = looked.is_none_or(|t| now < t || now >= t.saturating_add(interval));
+        if !dirty && !due {
+            return Ok(Health::Intact);
+        }
+        if let Some(damage) = self.look()? {
+            return Ok(Health::Damaged(damage));
+        }
+        if let Some(w) = self.watch.as_mut() {
+            w.generation = generation.map(|seen| Generation { seen, ours: 0 });
+            w.looked = Some(now);
+            w.dirty = false;
+        }
+        Ok(Health::Intact)
     }
 
-    fn list(&mut self) -> Result<Vec<Owned>, BackendError> {
-        let mut owned = Vec::new();
+    fn observe(&mut self, now: u64) -> Result<Vec<Observed>, BackendError> {
+        self.variant_suffix()?;
         let sets = render::parse_ipset_save(&self.names, &self.runner.run("ipset", &["save"], "")?);
-        for (e, tag) in sets.elements {
-            owned.push(Owned {
-                id: tag.map(|t| t.0),
-                entry: format!("ipset {} {}", e.set, e.text),
-                deadline: tag.map(|t| t.1),
-            });
-        }
+        let mut out = render::observed_members(&sets, now);
         for family in Family::ALL {
             let dump = self.save(family)?;
-            for (hook, spec) in dump.ours(&self.names) {
-                let tag = render::parse_tag(spec);
-                owned.push(Owned {
-                    id: tag.map(|t| t.0),
-                    entry: format!(
-                        "{} -t {} -A {} {spec}",
-                        family.program(),
-                        hook.table(),
-                        self.names.chain(hook)
-                    ),
-                    deadline: tag.map(|t| t.1),
-                });
-            }
+            out.extend(render::observed_rules(&self.names, &self.config, family, &dump));
         }
-        Ok(owned)
+        Ok(out)
     }
 
     fn teardown(&mut self) -> Result<(), BackendError> {
-        self.applied.clear();
+        self.watch = None;
         let mut first_error = None;
         for family in Family::ALL {
             let result = self.save(family).and_then(|current| {
@@ -443,12 +513,15 @@ mod tests {
 
     #[test]
     fn options_are_parsed_and_checked() {
-        let c =
-            Config::from_table(&table("protect = [\"tcp/22\"]\nvariant = \"legacy\"\nchain_prefix = \"KN\""))
-                .unwrap();
+        let c = Config::from_table(&table(
+            "protect = [\"tcp/22\"]\nvariant = \"legacy\"\nchain_prefix = \"KN\"\ncheck_interval_ms = 5000",
+        ))
+        .unwrap();
         assert_eq!(c.variant, Variant::Legacy);
         assert_eq!(c.protect, vec!["tcp/22".parse().unwrap()]);
+        assert_eq!(c.check_interval_ms, 5000);
         assert_eq!(Config::from_table(&table("")).unwrap(), Config::default());
+        assert_eq!(Config::default().check_interval_ms, 2000);
         let unknown = Config::from_table(&table("protekt = []")).unwrap_err().to_string();
         assert_eq!(unknown, "invalid backend configuration");
         for bad in [
@@ -457,6 +530,7 @@ mod tests {
             "chain_prefix = \"ABCDEFGHIJKLMNOPQ\"",
             "variant = \"both\"",
             "protect = [\"tcp/0\"]",
+            "check_interval_ms = -1",
         ] {
             assert!(Config::from_table(&table(bad)).is_err(), "{bad} accepted");
         }
@@ -468,7 +542,28 @@ mod tests {
         assert!(r.names().contains(&"iptables"));
         let b = r.create("iptables", &table("protect = [\"tcp/22\"]")).unwrap();
         assert_eq!(b.name(), "iptables");
-        assert_eq!(b.capabilities(), Capabilities { nat: true, ipv6: true, native_expiry: false });
+        assert_eq!(
+            b.capabilities(),
+            Capabilities {
+                nat: true,
+                ipv6: true,
+                native_expiry: false,
+                exact_prepare: true,
+                atomic_apply: false
+            }
+        );
+        assert!(r.create("iptables", &table("chain_prefix = \"A-B\"")).is_err());
+    }
+
+    #[test]
+    fn a_backend_never_set_up_is_damaged_and_tests_find_their_namespace() {
+        let mut b = IptablesBackend::new(Config::default());
+        assert!(matches!(b.check(0), Ok(Health::Damaged(d)) if d == "the SPA_* chains were never set up"));
+        let prefix = ["ip", "netns", "exec", "lab-1", "x"].map(String::from).to_vec();
+        assert_eq!(
+            IptablesBackend::with_command_prefix(Config::default(), prefix).netns.as_deref(),
+            Some("lab-1")
+        );
     }
 }
 
@@ -479,6 +574,7 @@ mod boot_files {
     //! chains and hooks already in place and only refills them.
 
     use super::*;
+    use render::SaveDump;
 
     fn without_comments(text: &str) -> String {
         text.lines()

@@ -1,318 +1,71 @@
-//! Pure rendering and parsing: grants and configuration in, `iptables-restore` and
-//! `ipset restore` text out; `iptables-save` and `ipset save` text in, what we own out.
+//! Pure rendering and parsing: entries, changes and configuration in, `iptables-restore` and
+//! `ipset restore` text out; `iptables-save`, `ipset save` and `ipset list -t` text in, what
+//! we own out.
 //!
 //! Nothing here runs a program, so all of it is snapshot-tested without root. Only typed
-//! values are written into the text (addresses, ports, numbers, and names checked at config
-//! load), so no input can add a line or an option.
+//! values are written into the text (addresses, ports, numbers, grant ids, and names checked
+//! at config load), so no input can add a line or an option.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
-use spa_backends::{Access, BackendError, Grant, GrantId, Nat, Proto, ProtoPort, Snat};
+use spa_backends::{Change, GrantId, Held, Observed, Proto};
 
 use crate::config::Config;
+use crate::model::{Family, Hook, Item, Member, Names, Rule, proto_match};
 
-/// IPv4 or IPv6: each has its own binaries (`iptables*` / `ip6tables*`), tables and sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4.
-    V4,
-    /// IPv6.
-    V6,
-}
-
-impl Family {
-    /// Both, in a fixed order.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// The program name stem (`iptables` / `ip6tables`).
-    pub const fn program(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-
-    const fn ipset_family(self) -> &'static str {
-        match self {
-            Family::V4 => "inet",
-            Family::V6 => "inet6",
-        }
-    }
-
-    const fn digit(self) -> &'static str {
-        match self {
-            Family::V4 => "4",
-            Family::V6 => "6",
-        }
-    }
-}
-
-/// Our chains, one per built-in chain we hook from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Hook {
-    /// filter INPUT: protections, timed set matches, redirect accepts.
-    Input,
-    /// filter FORWARD: accepts for translated and routed flows.
-    Forward,
-    /// nat PREROUTING: DNAT and REDIRECT.
-    Prerouting,
-    /// nat POSTROUTING: SNAT and MASQUERADE.
-    Postrouting,
-}
-
-impl Hook {
-    /// All of them, filter first.
-    pub const ALL: [Hook; 4] = [Hook::Input, Hook::Forward, Hook::Prerouting, Hook::Postrouting];
-
-    /// The built-in chain that jumps to ours.
-    pub const fn builtin(self) -> &'static str {
-        match self {
-            Hook::Input => "INPUT",
-            Hook::Forward => "FORWARD",
-            Hook::Prerouting => "PREROUTING",
-            Hook::Postrouting => "POSTROUTING",
-        }
-    }
-
-    /// The table it lives in.
-    pub const fn table(self) -> &'static str {
-        match self {
-            Hook::Input | Hook::Forward => "filter",
-            Hook::Prerouting | Hook::Postrouting => "nat",
-        }
-    }
-}
+/// Longest ipset timeout (seconds) the kernel accepts (about 24 days). A plain grant longer
+/// than that loses its set member early: it closes too soon, never stays open too long.
+pub const MAX_SET_TIMEOUT: u64 = 2_147_483;
 
 /// The tables we write to, in the order batches list them.
 const TABLES: [&str; 2] = ["filter", "nat"];
 
-/// Names of everything we create, derived from the (validated) prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Names {
-    prefix: String,
+/// The tag on every rule and set member, so that a restarted daemon, `spad list --firewall`
+/// and an admin can tell which grant it carries and until when (fwknop's `_exp_<ts>` idea,
+/// plus the grant id).
+pub fn tag(id: GrantId, until: u64) -> String {
+    format!("spa:id={id}:exp={until}")
 }
 
-impl Names {
-    /// From a prefix already checked by [`Config::validate`].
-    pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
-    }
+/// The tag an entry is (or is to be) put with.
+pub fn tag_of(h: &Held<'_, Item>) -> String {
+    tag(h.holder.id, h.until)
+}
 
-    /// Our chain for `hook` (`SPA_INPUT`).
-    pub fn chain(&self, hook: Hook) -> String {
-        format!("{}_{}", self.prefix, hook.builtin())
+/// Reads a tag: exactly `spa:id=<16 hex digits>:exp=<digits>`.
+pub fn parse_tag(value: &str) -> Option<(GrantId, u64)> {
+    let rest = value.strip_prefix("spa:id=")?;
+    let (hex, exp) = rest.split_once(":exp=")?;
+    if hex.len() != 16 || exp.is_empty() || !exp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    Some((GrantId(u64::from_str_radix(hex, 16).ok()?), exp.parse().ok()?))
+}
 
-    /// Our timed set for `family`; `with_dst` is the one that also matches the local address.
-    pub fn set(&self, family: Family, with_dst: bool) -> String {
-        let d = if with_dst { "d" } else { "" };
-        format!("{}{}{d}", self.prefix.to_ascii_lowercase(), family.digit())
-    }
+const COMMENT: &str = "-m comment --comment ";
 
-    /// Every set we own, with its family and kind.
-    pub fn sets(&self) -> Vec<(String, Family, bool)> {
-        let mut v = Vec::new();
-        for f in Family::ALL {
-            for d in [false, true] {
-                v.push((self.set(f, d), f, d));
-            }
+/// Splits our tag out of a rule as `iptables-save` prints it: the rule without the comment,
+/// and the tag. `None` when the rule carries no tag of ours.
+pub fn split_tag(spec: &str) -> Option<(String, GrantId, u64)> {
+    let at = spec.find(COMMENT)?;
+    let value_at = at + COMMENT.len();
+    let rest = &spec[value_at..];
+    let (value, after) = match rest.strip_prefix('"') {
+        Some(q) => {
+            let end = q.find('"')?;
+            (&q[..end], &q[end + 1..])
         }
-        v
-    }
-
-    fn hook_of_chain(&self, chain: &str) -> Option<Hook> {
-        Hook::ALL.into_iter().find(|h| self.chain(*h) == chain)
-    }
-}
-
-/// The tag on every per-grant rule and set entry, so a restarted daemon can find and expire
-/// it (fwknop's `_exp_<ts>` idea, plus the grant id so revoke removes exactly one grant).
-pub fn tag(id: GrantId, deadline: u64) -> String {
-    format!("spa:id={id}:exp={deadline}")
-}
-
-/// Reads a tag back from anywhere in a rule or set line.
-pub fn parse_tag(line: &str) -> Option<(GrantId, u64)> {
-    let rest = &line[line.find("spa:id=")? + "spa:id=".len()..];
-    let (hex, rest) = rest.split_once(':')?;
-    let rest = rest.strip_prefix("exp=")?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    let id = u64::from_str_radix(hex, 16).ok()?;
-    Some((GrantId(id), digits.parse().ok()?))
-}
-
-/// One rule in one of our chains.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Rule {
-    /// IPv4 or IPv6 tables.
-    pub family: Family,
-    /// Which of our chains.
-    pub hook: Hook,
-    /// Everything after `-A <chain>`.
-    pub spec: String,
-}
-
-/// One entry in one of our timed sets.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Element {
-    /// The set's name.
-    pub set: String,
-    /// The entry as ipset writes it (`10.0.0.1,tcp:22[,10.0.0.9]`).
-    pub text: String,
-}
-
-/// What one grant puts into the firewall: timed set entries (plain port grants: the kernel
-/// expires them) and tagged rules (NAT, routing, forward-all: expired by the daemon).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Timed set entries.
-    pub elements: Vec<Element>,
-    /// Tagged rules.
-    pub rules: Vec<Rule>,
-}
-
-fn same_family(what: &str, a: IpAddr, b: IpAddr) -> Result<(), BackendError> {
-    if Family::of(a) == Family::of(b) {
-        Ok(())
-    } else {
-        Err(BackendError::Invalid(format!("{what} {b} is not in the address family of the source {a}")))
-    }
-}
-
-/// `--to-destination` value: `[v6]:port` needs brackets, a bare address does not.
-fn to_destination(to: IpAddr, port: Option<u16>) -> String {
-    match (to, port) {
-        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-        (a, Some(p)) => format!("{a}:{p}"),
-        (a, None) => a.to_string(),
-    }
-}
-
-fn proto_match(pp: ProtoPort) -> String {
-    let p = pp.proto.name();
-    format!("-p {p} -m {p} --dport {}", pp.port)
-}
-
-fn snat_target(snat: &Snat) -> String {
-    // MASQUERADE without --to-ports: fwknop adds `--to-ports <external port>`, which rewrites
-    // the *source* port of the translated flow; nothing needs that.
-    match snat {
-        Snat::Masquerade => "-j MASQUERADE".to_owned(),
-        Snat::To(a) => format!("-j SNAT --to-source {a}"),
-    }
-}
-
-/// What `g` puts into the firewall.
-pub fn plan(names: &Names, g: &Grant) -> Result<Plan, BackendError> {
-    let family = Family::of(g.source);
-    let src = g.source;
-    if let Some(d) = g.destination {
-        same_family("destination", src, d)?;
-    }
-    let comment = format!("-m comment --comment {}", tag(g.id, g.deadline));
-    let dst = g.destination.map(|d| format!(" -d {d}")).unwrap_or_default();
-    // Without an explicit destination, DNAT and REDIRECT catch only traffic addressed to this
-    // host, never traffic from the client that merely passes through it.
-    let local =
-        if g.destination.is_some() { String::new() } else { " -m addrtype --dst-type LOCAL".to_owned() };
-    let mut plan = Plan::default();
-    let mut rule = |hook: Hook, spec: String| plan.rules.push(Rule { family, hook, spec });
-    match (&g.nat, &g.access) {
-        (None, Access::Ports(ports)) => {
-            let set = names.set(family, g.destination.is_some());
-            let elements = ports.iter().map(|pp| {
-                let d = g.destination.map(|d| format!(",{d}")).unwrap_or_default();
-                Element { set: set.clone(), text: format!("{src},{}:{}{d}", pp.proto.name(), pp.port) }
-            });
-            let mut elements: Vec<Element> = elements.collect();
-            elements.sort();
-            elements.dedup();
-            return Ok(Plan { elements, rules: Vec::new() });
-        }
-        (None, Access::All) => rule(Hook::Input, format!("-s {src}{dst} {comment} -j ACCEPT")),
-        (Some(Nat::Dnat { to, port, snat }), access) => {
-            same_family("NAT target", src, *to)?;
-            if let Some(Snat::To(a)) = snat {
-                same_family("SNAT address", src, *a)?;
-            }
-            let flows: Vec<(Option<ProtoPort>, Option<ProtoPort>)> = match access {
-                Access::Ports(ports) => ports
-                    .iter()
-                    .map(|pp| (Some(*pp), Some(ProtoPort::new(pp.proto, port.unwrap_or(pp.port)))))
-                    .collect(),
-                Access::All if port.is_some() => {
-                    return Err(BackendError::Invalid("forward-all DNAT cannot change the port".into()));
-                }
-                Access::All => vec![(None, None)],
-            };
-            for (ext, int) in flows {
-                let ext_m = ext.map(|pp| format!(" {}", proto_match(pp))).unwrap_or_default();
-                let int_m = int.map(|pp| format!(" {}", proto_match(pp))).unwrap_or_default();
-                // The forward accept and the source NAT match only connections that our DNAT
-                // translated from the external port, not any traffic to the internal host.
-                let orig = ext.map(|pp| format!(" --ctorigdstport {}", pp.port)).unwrap_or_default();
-                let flow = format!("-s {src} -d {to}{int_m} -m conntrack --ctstate DNAT{orig}");
-                let target = to_destination(*to, int.map(|pp| pp.port));
-                rule(
-                    Hook::Prerouting,
-                    format!("-s {src}{dst}{ext_m}{local} {comment} -j DNAT --to-destination {target}"),
-                );
-                rule(Hook::Forward, format!("{flow} {comment} -j ACCEPT"));
-                if let Some(s) = snat {
-                    rule(Hook::Postrouting, format!("{flow} {comment} {}", snat_target(s)));
-                }
-            }
-        }
-        (Some(Nat::Route { snat }), access) => {
-            if let Some(Snat::To(a)) = snat {
-                same_family("SNAT address", src, *a)?;
-            }
-            let matches: Vec<String> = match access {
-                Access::Ports(ports) => ports.iter().map(|pp| format!(" {}", proto_match(*pp))).collect(),
-                Access::All => vec![String::new()],
-            };
-            for m in matches {
-                rule(Hook::Forward, format!("-s {src}{dst}{m} {comment} -j ACCEPT"));
-                if let Some(s) = snat {
-                    rule(Hook::Postrouting, format!("-s {src}{dst}{m} {comment} {}", snat_target(s)));
-                }
-            }
-        }
-        (Some(Nat::Redirect { port }), Access::Ports(ports)) => {
-            for pp in ports {
-                let p = pp.proto.name();
-                rule(
-                    Hook::Prerouting,
-                    format!(
-                        "-s {src}{dst} {}{local} {comment} -j REDIRECT --to-ports {port}",
-                        proto_match(*pp)
-                    ),
-                );
-                // The redirected connection arrives at the local port; let exactly it in, even
-                // when that port is protected.
-                rule(
-                    Hook::Input,
-                    format!(
-                        "-s {src} -p {p} -m {p} --dport {port} -m conntrack --ctstate DNAT --ctorigdstport {} {comment} -j ACCEPT",
-                        pp.port
-                    ),
-                );
-            }
-        }
-        (Some(Nat::Redirect { .. }), Access::All) => {
-            return Err(BackendError::Invalid("a redirect needs ports, not forward-all".into()));
-        }
-    }
-    Ok(plan)
+        None => rest.split_at(rest.find(' ').unwrap_or(rest.len())),
+    };
+    let (id, until) = parse_tag(value)?;
+    let before = spec[..at].trim_end();
+    let after = after.trim_start();
+    let untagged = match (before.is_empty(), after.is_empty()) {
+        (true, _) => after.to_owned(),
+        (false, true) => before.to_owned(),
+        (false, false) => format!("{before} {after}"),
+    };
+    Some((untagged, id, until))
 }
 
 /// What one family's tables look like, from `iptables-save`.
@@ -330,14 +83,20 @@ impl SaveDump {
         !self.rules.is_empty() || self.chains.iter().any(|(_, c)| !is_builtin(c))
     }
 
-    fn has_chain(&self, table: &str, chain: &str) -> bool {
+    /// Whether `chain` exists in `table`.
+    pub fn has_chain(&self, table: &str, chain: &str) -> bool {
         self.chains.iter().any(|(t, c)| t == table && c == chain)
     }
 
-    /// How many times `builtin` jumps to `chain`.
-    fn hooks(&self, table: &str, builtin: &str, chain: &str) -> usize {
+    /// The rules of `chain` in `table`, in order.
+    pub fn rules_of<'a>(&'a self, table: &'a str, chain: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.rules.iter().filter(move |(t, c, _)| t == table && c == chain).map(|(_, _, s)| s.as_str())
+    }
+
+    /// How many times `builtin` jumps to `chain` (unconditionally: exactly `-j <chain>`).
+    pub fn hooks(&self, table: &str, builtin: &str, chain: &str) -> usize {
         let jump = format!("-j {chain}");
-        self.rules.iter().filter(|(t, c, s)| t == table && c == builtin && *s == jump).count()
+        self.rules_of(table, builtin).filter(|s| *s == jump).count()
     }
 
     /// The rules in our chains: `(hook, spec)`.
@@ -372,20 +131,73 @@ pub fn parse_save(text: &str) -> SaveDump {
     dump
 }
 
-fn batch(out: &mut String, lines_by_table: &[(&str, Vec<String>)]) {
+/// One line of `iptables-restore` input and the table it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Line {
+    table: &'static str,
+    text: String,
+}
+
+/// `iptables-restore --noflush` input: the lines of each table in order, one `COMMIT` each
+/// (atomic per table). Empty when there are no lines.
+fn batch(lines: &[Line]) -> String {
+    let mut out = String::new();
     for table in TABLES {
-        let lines: Vec<&String> =
-            lines_by_table.iter().filter(|(t, _)| *t == table).flat_map(|(_, l)| l.iter()).collect();
-        if lines.is_empty() {
+        let mut these = lines.iter().filter(|l| l.table == table).peekable();
+        if these.peek().is_none() {
             continue;
         }
         let _ = writeln!(out, "*{table}");
-        for l in lines {
-            let _ = writeln!(out, "{l}");
+        for l in these {
+            let _ = writeln!(out, "{}", l.text);
         }
         let _ = writeln!(out, "COMMIT");
     }
+    out
 }
+
+/// One rule of `<prefix>_INPUT` that every setup has, and what it is, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticRule {
+    /// The rule after `-A <chain>`, as `iptables-save` prints it.
+    pub spec: String,
+    /// What it is (`the DROP for tcp/22`).
+    pub what: String,
+}
+
+/// The fixed rules of `<prefix>_INPUT`, after the per-grant rules: per protected port an
+/// `ESTABLISHED,RELATED` accept, the two set matches, then per protected port a `DROP`.
+pub fn static_input(names: &Names, config: &Config, family: Family) -> Vec<StaticRule> {
+    let mut protect = config.protect.clone();
+    protect.sort_by_key(|pp| (pp.proto == Proto::Udp, pp.port));
+    protect.dedup();
+    let mut v = Vec::new();
+    // Connections already open (granted earlier, or open before we started) outlive the
+    // window: accepted before the drops below.
+    for pp in &protect {
+        v.push(StaticRule {
+            spec: format!("{} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", proto_match(*pp)),
+            what: format!("the ESTABLISHED accept for {pp}"),
+        });
+    }
+    for (with_dst, dirs) in [(false, "src,dst"), (true, "src,dst,dst")] {
+        let set = names.set(family, with_dst);
+        v.push(StaticRule {
+            spec: format!("-m set --match-set {set} {dirs} -j ACCEPT"),
+            what: format!("the match on set {set}"),
+        });
+    }
+    for pp in &protect {
+        v.push(StaticRule {
+            spec: format!("{} -j DROP", proto_match(*pp)),
+            what: format!("the DROP for {pp}"),
+        });
+    }
+    v
+}
+
+/// A rule with the tag it is to carry.
+pub type TaggedRule<'a> = (&'a Rule, String);
 
 /// `iptables-restore --noflush` input that resets our chains of `family` to exactly the static
 /// rules plus `live` rules, and hooks each chain once from its built-in chain. `current` is
@@ -394,145 +206,179 @@ pub fn prepare_rules(
     names: &Names,
     config: &Config,
     family: Family,
-    live: &[Rule],
+    live: &[TaggedRule<'_>],
     current: &SaveDump,
 ) -> String {
-    let mut by_table: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut lines = Vec::new();
     for hook in Hook::ALL {
         let chain = names.chain(hook);
-        let t = hook.table();
+        let table = hook.table();
+        let mut push = |text: String| lines.push(Line { table, text });
         // With --noflush, declaring a chain creates it, or empties it if it exists: the reset
         // and the refill below are one atomic commit per table.
-        let mut lines = vec![format!(":{chain} - [0:0]")];
-        let n = current.hooks(t, hook.builtin(), &chain);
+        push(format!(":{chain} - [0:0]"));
+        let n = current.hooks(table, hook.builtin(), &chain);
         if n == 0 {
-            lines.push(format!("-I {} 1 -j {chain}", hook.builtin()));
+            push(format!("-I {} 1 -j {chain}", hook.builtin()));
         }
         for _ in 1..n.max(1) {
-            lines.push(format!("-D {} -j {chain}", hook.builtin()));
+            push(format!("-D {} -j {chain}", hook.builtin()));
         }
-        for r in live.iter().filter(|r| r.family == family && r.hook == hook) {
-            lines.push(format!("-A {chain} {}", r.spec));
+        for (r, tag) in live.iter().filter(|(r, _)| r.family() == family && r.hook() == hook) {
+            push(format!("-A {chain} {}", r.tagged(tag)));
         }
         if hook == Hook::Input {
-            lines.extend(static_input(names, config, family));
+            for s in static_input(names, config, family) {
+                push(format!("-A {chain} {}", s.spec));
+            }
         }
-        by_table.push((t, lines));
     }
-    let mut out = String::new();
-    batch(&mut out, &by_table);
-    out
+    batch(&lines)
 }
 
-/// The fixed rules of `<prefix>_INPUT`, after the per-grant rules.
-fn static_input(names: &Names, config: &Config, family: Family) -> Vec<String> {
-    let chain = names.chain(Hook::Input);
-    let mut protect = config.protect.clone();
-    protect.sort_by_key(|pp| (pp.proto == Proto::Udp, pp.port));
-    protect.dedup();
-    let mut v = Vec::new();
-    // Connections already open (granted earlier, or open before we started) outlive the
-    // window: accepted before the drops below.
-    for pp in &protect {
-        v.push(format!(
-            "-A {chain} {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            proto_match(*pp)
-        ));
+fn rule_of<'a>(h: &Held<'a, Item>) -> Option<&'a Rule> {
+    match h.entry {
+        Item::Rule(r) => Some(r),
+        Item::Member(_) => None,
     }
-    v.push(format!("-A {chain} -m set --match-set {} src,dst -j ACCEPT", names.set(family, false)));
-    v.push(format!("-A {chain} -m set --match-set {} src,dst,dst -j ACCEPT", names.set(family, true)));
-    for pp in &protect {
-        v.push(format!("-A {chain} {} -j DROP", proto_match(*pp)));
-    }
-    v
 }
 
-/// `iptables-restore --noflush` input that deletes `delete` then inserts `insert` (both of
-/// `family`), atomically per table. Inserted rules go first in our chains, before the drops.
-pub fn change_rules(names: &Names, family: Family, delete: &[Rule], insert: &[Rule]) -> String {
-    let mut by_table: Vec<(&str, Vec<String>)> = Vec::new();
-    for r in delete.iter().filter(|r| r.family == family) {
-        by_table.push((r.hook.table(), vec![format!("-D {} {}", names.chain(r.hook), r.spec)]));
+/// `iptables-restore --noflush` input for the rule changes of `family`, in their order, in
+/// one batch (atomic per table): a put replaces the rule as it was tagged (`prior`) by the
+/// rule with its new tag, first in our chain; a remove deletes the rule with its tag. If a
+/// rule to delete is not there exactly, iptables-restore refuses the whole table: then
+/// [`rule_fallback`] does it from what the chains hold.
+pub fn rule_changes(family: Family, changes: &[Change<'_, Item>]) -> String {
+    let mut lines = Vec::new();
+    let mut delete = |h: &Held<'_, Item>| {
+        if let Some(r) = rule_of(h).filter(|r| r.family() == family) {
+            lines.push(Line {
+                table: r.hook().table(),
+                text: format!("-D {} {}", r.chain(), r.tagged(&tag_of(h))),
+            });
+        }
+    };
+    let mut inserts = Vec::new();
+    for c in changes {
+        match c {
+            Change::Put { new, prior } => {
+                if let Some(p) = prior {
+                    delete(p);
+                }
+                inserts.push(*new);
+            }
+            Change::Remove { old } => delete(old),
+        }
     }
-    for r in insert.iter().filter(|r| r.family == family) {
-        by_table.push((r.hook.table(), vec![format!("-I {} 1 {}", names.chain(r.hook), r.spec)]));
+    for h in inserts {
+        if let Some(r) = rule_of(&h).filter(|r| r.family() == family) {
+            lines.push(Line {
+                table: r.hook().table(),
+                text: format!("-I {} 1 {}", r.chain(), r.tagged(&tag_of(&h))),
+            });
+        }
     }
-    let mut out = String::new();
-    batch(&mut out, &by_table);
-    out
+    batch(&lines)
+}
+
+/// The slow path of [`rule_changes`], from what `family`'s tables hold (`current`): every
+/// rule of ours that is one of the changed entries, whatever its tag (deleted by hand, tagged
+/// with another deadline, twice), is deleted; then each put is inserted. So removing a rule
+/// that is gone is not an error, and nothing ends up twice.
+pub fn rule_fallback(
+    names: &Names,
+    family: Family,
+    changes: &[Change<'_, Item>],
+    current: &SaveDump,
+) -> String {
+    let mut wanted: Vec<(Hook, String)> = Vec::new();
+    let mut inserts = Vec::new();
+    for c in changes {
+        let (old, new) = match c {
+            Change::Put { new, prior } => (*prior, Some(*new)),
+            Change::Remove { old } => (Some(*old), None),
+        };
+        for h in old.iter().chain(new.iter()) {
+            if let Some(r) = rule_of(h).filter(|r| r.family() == family) {
+                wanted.push((r.hook(), r.untagged()));
+            }
+        }
+        if let Some(h) = new
+            && let Some(r) = rule_of(&h).filter(|r| r.family() == family)
+        {
+            inserts.push(Line {
+                table: r.hook().table(),
+                text: format!("-I {} 1 {}", r.chain(), r.tagged(&tag_of(&h))),
+            });
+        }
+    }
+    let mut lines = Vec::new();
+    for (hook, spec) in current.ours(names) {
+        let hit = split_tag(spec)
+            .is_some_and(|(untagged, _, _)| wanted.iter().any(|(h, u)| *h == hook && *u == untagged));
+        if hit {
+            lines.push(Line { table: hook.table(), text: format!("-D {} {spec}", names.chain(hook)) });
+        }
+    }
+    lines.extend(inserts);
+    batch(&lines)
 }
 
 /// `iptables-restore --noflush` input that removes our hooks and chains from `family`.
 pub fn teardown_rules(names: &Names, current: &SaveDump) -> String {
-    let mut by_table: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut lines = Vec::new();
     for hook in Hook::ALL {
         let chain = names.chain(hook);
-        let t = hook.table();
-        let mut lines = Vec::new();
-        for _ in 0..current.hooks(t, hook.builtin(), &chain) {
-            lines.push(format!("-D {} -j {chain}", hook.builtin()));
+        for _ in 0..current.hooks(hook.table(), hook.builtin(), &chain) {
+            lines.push(Line { table: hook.table(), text: format!("-D {} -j {chain}", hook.builtin()) });
         }
-        by_table.push((t, lines));
     }
     // Flush and delete only after every hook of the table is gone.
     for hook in Hook::ALL {
         let chain = names.chain(hook);
         if current.has_chain(hook.table(), &chain) {
-            by_table.push((hook.table(), vec![format!("-F {chain}"), format!("-X {chain}")]));
+            lines.push(Line { table: hook.table(), text: format!("-F {chain}") });
+            lines.push(Line { table: hook.table(), text: format!("-X {chain}") });
         }
     }
-    let mut out = String::new();
-    batch(&mut out, &by_table);
-    out
+    batch(&lines)
 }
 
-/// The `create` line of one of our sets. `timeout` enables per-entry timeouts (its own value
-/// is a default we never use: every entry gets its own); `comment` carries the tag.
+/// The ipset type of our sets (`with_dst`: the ones that also match the local address).
+pub const fn set_type(with_dst: bool) -> &'static str {
+    if with_dst { "hash:ip,port,ip" } else { "hash:ip,port" }
+}
+
+/// The `create` line of one of our sets. `timeout` enables per-member timeouts (its own value
+/// is a default we never use: every member gets its own); `comment` carries the tag.
 fn create_line(name: &str, family: Family, with_dst: bool) -> String {
-    let kind = if with_dst { "hash:ip,port,ip" } else { "hash:ip,port" };
-    format!("create {name} {kind} family {} timeout 60 comment", family.ipset_family())
+    format!("create {name} {} family {} timeout 60 comment", set_type(with_dst), family.ipset_family())
 }
 
-/// A timed set entry to write, with its seconds left and tag.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimedElement {
-    /// The entry.
-    pub element: Element,
-    /// Seconds left (at least 1: ipset reads 0 as "never expires").
-    pub timeout: u64,
-    /// The grant it belongs to and that grant's deadline.
-    pub tag: (GrantId, u64),
+/// Seconds left for a member put at `now` until `until`: at least 1 (ipset reads 0 as
+/// "never expires"), at most [`MAX_SET_TIMEOUT`].
+pub fn timeout(until: u64, now: u64) -> u64 {
+    until.saturating_sub(now).clamp(1, MAX_SET_TIMEOUT)
 }
 
-fn add_line(e: &TimedElement) -> String {
-    let (id, exp) = e.tag;
-    format!(
-        "add {} {} timeout {} comment \"{}\"",
-        e.element.set,
-        e.element.text,
-        e.timeout.max(1),
-        tag(id, exp)
-    )
+fn add_line(set: &str, m: &Member, timeout: u64, tag: &str) -> String {
+    format!("add {set} {} timeout {timeout} comment \"{tag}\"", m.text())
 }
+
+/// A member with the tag it is to carry and its seconds left.
+pub type TimedMember<'a> = (&'a Member, String, u64);
 
 /// `ipset -exist restore` input that makes our sets exist and hold exactly `live`. Each set is
-/// refilled through a scratch set and swapped in, so no live entry is ever missing.
-pub fn prepare_sets(names: &Names, live: &[TimedElement]) -> String {
+/// refilled through a scratch set and swapped in, so no live member is ever missing.
+pub fn prepare_sets(names: &Names, live: &[TimedMember<'_>]) -> String {
     let mut out = String::new();
     for (name, family, with_dst) in names.sets() {
         let tmp = format!("{name}-tmp");
         let _ = writeln!(out, "{}", create_line(&name, family, with_dst));
         let _ = writeln!(out, "{}", create_line(&tmp, family, with_dst));
         let _ = writeln!(out, "flush {tmp}");
-        for e in live.iter().filter(|e| e.element.set == name) {
-            let _ = writeln!(
-                out,
-                "{}",
-                add_line(&TimedElement {
-                    element: Element { set: tmp.clone(), ..e.element.clone() },
-                    ..e.clone()
-                })
-            );
+        for (m, tag, secs) in live.iter().filter(|(m, _, _)| m.set() == name) {
+            let _ = writeln!(out, "{}", add_line(&tmp, m, *secs, tag));
         }
         let _ = writeln!(out, "swap {name} {tmp}");
         let _ = writeln!(out, "destroy {tmp}");
@@ -540,14 +386,24 @@ pub fn prepare_sets(names: &Names, live: &[TimedElement]) -> String {
     out
 }
 
-/// `ipset -exist restore` input that adds (or re-times) `add` and deletes `delete`.
-pub fn change_sets(add: &[TimedElement], delete: &[Element]) -> String {
+/// `ipset -exist restore` input for the member changes at `now`, in order: a put adds or
+/// re-times and re-tags (`-exist` updates a present member's timeout and comment), a remove
+/// deletes (`-exist` ignores a member already gone).
+pub fn set_changes(changes: &[Change<'_, Item>], now: u64) -> String {
     let mut out = String::new();
-    for e in delete {
-        let _ = writeln!(out, "del {} {}", e.set, e.text);
-    }
-    for e in add {
-        let _ = writeln!(out, "{}", add_line(e));
+    for c in changes {
+        match c {
+            Change::Put { new, .. } => {
+                if let Item::Member(m) = new.entry {
+                    let _ = writeln!(out, "{}", add_line(&m.set(), m, timeout(new.until, now), &tag_of(new)));
+                }
+            }
+            Change::Remove { old } => {
+                if let Item::Member(m) = old.entry {
+                    let _ = writeln!(out, "del {} {}", m.set(), m.text());
+                }
+            }
+        }
     }
     out
 }
@@ -557,13 +413,26 @@ pub fn teardown_sets(existing: &[String]) -> String {
     existing.iter().map(|s| format!("destroy {s}\n")).collect()
 }
 
+/// One member of our sets as `ipset save` writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedMember {
+    /// The set.
+    pub set: String,
+    /// The member (`192.0.2.1,tcp:22`).
+    pub text: String,
+    /// Its tag.
+    pub tag: Option<(GrantId, u64)>,
+    /// Its seconds left.
+    pub timeout: Option<u64>,
+}
+
 /// What `ipset save` says about our sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetDump {
     /// Our sets that exist (scratch sets of an interrupted prepare included).
     pub sets: Vec<String>,
-    /// Their entries with their tags.
-    pub elements: Vec<(Element, Option<(GrantId, u64)>)>,
+    /// Their members.
+    pub members: Vec<SavedMember>,
 }
 
 /// Parses `ipset save` output, keeping only our sets.
@@ -579,7 +448,14 @@ pub fn parse_ipset_save(names: &Names, text: &str) -> SetDump {
                 dump.sets.push(name.to_owned());
             }
             (Some("add"), Some(name), Some(text)) if ours.iter().any(|o| o == name) => {
-                dump.elements.push((Element { set: name.to_owned(), text: text.to_owned() }, parse_tag(line)))
+                let rest: Vec<&str> = words.collect();
+                let after = |key: &str| rest.iter().position(|w| *w == key).and_then(|i| rest.get(i + 1));
+                dump.members.push(SavedMember {
+                    set: name.to_owned(),
+                    text: text.to_owned(),
+                    tag: after("comment").and_then(|c| parse_tag(c.trim_matches('"'))),
+                    timeout: after("timeout").and_then(|t| t.parse().ok()),
+                });
             }
             _ => {}
         }
@@ -587,10 +463,49 @@ pub fn parse_ipset_save(names: &Names, text: &str) -> SetDump {
     dump
 }
 
+/// What [`Backend::observe`](spa_backends::Backend::observe) reports for our sets at `now`:
+/// each member, in the words of [`Member`]'s `Display`, with its tag (or, untagged, the
+/// deadline its timeout gives).
+pub fn observed_members(dump: &SetDump, now: u64) -> Vec<Observed> {
+    dump.members
+        .iter()
+        .map(|m| Observed {
+            entry: format!("ipset {} {}", m.set, m.text),
+            holder: m.tag.map(|t| t.0),
+            until: m.tag.map(|t| t.1).or(m.timeout.map(|t| now.saturating_add(t))),
+        })
+        .collect()
+}
+
+/// What `observe` reports for the rules of `family` in our chains: tagged rules in the words
+/// of [`Rule`]'s `Display` with their grant and deadline, and any other rule except the
+/// static ones (a rule spad did not make) with no grant. The static rules are configuration,
+/// checked by the tamper check, not grants.
+pub fn observed_rules(names: &Names, config: &Config, family: Family, dump: &SaveDump) -> Vec<Observed> {
+    let statics: Vec<String> = static_input(names, config, family).into_iter().map(|s| s.spec).collect();
+    let mut out = Vec::new();
+    for (hook, spec) in dump.ours(names) {
+        let head = format!("{} -t {} -A {}", family.program(), hook.table(), names.chain(hook));
+        match split_tag(spec) {
+            Some((untagged, id, until)) => {
+                out.push(Observed {
+                    entry: format!("{head} {untagged}"),
+                    holder: Some(id),
+                    until: Some(until),
+                });
+            }
+            None if hook == Hook::Input && statics.iter().any(|s| s == spec) => {}
+            None => out.push(Observed { entry: format!("{head} {spec}"), holder: None, until: None }),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spa_backends::Grant;
+    use crate::model::expand;
+    use spa_backends::{Access, BackendError, Grant, Nat, Snat};
 
     fn g(id: u64, src: &str, access: Access, nat: Option<Nat>) -> Grant {
         Grant {
@@ -622,6 +537,8 @@ mod tests {
     fn all_grants() -> Vec<Grant> {
         let mut with_dst = g(3, "192.0.2.3", ports(&["tcp/443"]), None);
         with_dst.destination = Some("198.51.100.1".parse().unwrap());
+        let mut all_to_dst = g(10, "2001:db8::a", Access::All, None);
+        all_to_dst.destination = Some("2001:db8::99".parse().unwrap());
         vec![
             g(1, "192.0.2.1", ports(&["tcp/22", "udp/53"]), None),
             g(2, "2001:db8::1", ports(&["tcp/22"]), None),
@@ -655,37 +572,56 @@ mod tests {
             ),
             g(8, "192.0.2.8", Access::All, Some(Nat::Route { snat: Some(Snat::Masquerade) })),
             g(9, "192.0.2.9", ports(&["tcp/80"]), Some(Nat::Redirect { port: 8080 })),
+            all_to_dst,
         ]
     }
 
-    fn render_plans() -> String {
+    fn items(grant: &Grant) -> Vec<Item> {
+        expand(&names(), grant).unwrap()
+    }
+
+    fn held<'a>(e: &'a Item, g: &'a Grant) -> Held<'a, Item> {
+        Held { entry: e, holder: g, until: g.deadline }
+    }
+
+    /// Every kind of grant: its entries as displayed (what `observe` reports) and as tagged
+    /// in the firewall.
+    #[test]
+    fn entries_for_every_kind_of_grant() {
         let mut out = String::new();
         for grant in all_grants() {
-            let p = plan(&names(), &grant).unwrap();
             let _ = writeln!(out, "# grant {} {} {} {:?}", grant.id, grant.source, grant.access, grant.nat);
-            for e in p.elements {
-                let _ = writeln!(out, "set {} {}", e.set, e.text);
-            }
-            for r in p.rules {
-                let _ = writeln!(out, "{:?} {} {}", r.family, names().chain(r.hook), r.spec);
+            for e in items(&grant) {
+                let _ = writeln!(out, "{e}");
+                if let Item::Rule(r) = &e {
+                    let _ = writeln!(out, "  tagged: {}", r.tagged(&tag(grant.id, grant.deadline)));
+                }
             }
         }
-        out
+        insta::assert_snapshot!(out);
     }
 
-    #[test]
-    fn plans_for_every_kind_of_grant() {
-        insta::assert_snapshot!(render_plans());
+    fn live_rules(grants: &[Grant]) -> Vec<(Rule, String)> {
+        grants
+            .iter()
+            .flat_map(|g| {
+                items(g).into_iter().filter_map(move |e| match e {
+                    Item::Rule(r) => Some((r, tag(g.id, g.deadline))),
+                    Item::Member(_) => None,
+                })
+            })
+            .collect()
     }
 
-    fn live_rules() -> Vec<Rule> {
-        all_grants().iter().flat_map(|g| plan(&names(), g).unwrap().rules).collect()
+    fn prepare_text(family: Family, current: &SaveDump) -> String {
+        let live = live_rules(&all_grants());
+        let tagged: Vec<TaggedRule<'_>> = live.iter().map(|(r, t)| (r, t.clone())).collect();
+        prepare_rules(&names(), &config(), family, &tagged, current)
     }
 
     #[test]
     fn prepare_on_empty_tables_hooks_once() {
-        let text = prepare_rules(&names(), &config(), Family::V4, &live_rules(), &SaveDump::default());
-        insta::assert_snapshot!(text);
+        insta::assert_snapshot!(prepare_text(Family::V4, &SaveDump::default()));
     }
 
     #[test]
@@ -694,42 +630,98 @@ mod tests {
             "*filter\n:INPUT ACCEPT [0:0]\n:SPA_INPUT - [0:0]\n-A INPUT -j SPA_INPUT\n-A INPUT -j SPA_INPUT\n\
              -A INPUT -j ACCEPT\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j SPA_PREROUTING\nCOMMIT\n",
         );
-        let text = prepare_rules(&names(), &config(), Family::V6, &live_rules(), &current);
-        insta::assert_snapshot!(text);
+        insta::assert_snapshot!(prepare_text(Family::V6, &current));
     }
 
+    /// A re-knock of a DNAT grant (each rule re-tagged in place), the revoke of a forward-all
+    /// grant, and a plain grant that needs no iptables at all, in one batch.
     #[test]
-    fn change_deletes_then_inserts_per_table() {
-        let grant = &all_grants()[4];
-        let old = plan(&names(), grant).unwrap().rules;
-        let mut later = grant.clone();
-        later.deadline += 60;
-        let new = plan(&names(), &later).unwrap().rules;
-        insta::assert_snapshot!(change_rules(&names(), Family::V4, &old, &new));
-        assert_eq!(change_rules(&names(), Family::V6, &old, &new), "", "nothing for the other family");
+    fn changes_replace_tagged_rules_and_delete_with_the_tag() {
+        let grants = all_grants();
+        let dnat = &grants[4];
+        let later = Grant { deadline: dnat.deadline + 60, ..dnat.clone() };
+        let dnat_items = items(dnat);
+        let all_items = items(&grants[3]);
+        let plain_items = items(&grants[0]);
+        let mut changes: Vec<Change<'_, Item>> = dnat_items
+            .iter()
+            .map(|e| Change::Put { new: held(e, &later), prior: Some(held(e, dnat)) })
+            .collect();
+        changes.push(Change::Remove { old: held(&all_items[0], &grants[3]) });
+        changes.push(Change::Put { new: held(&plain_items[0], &grants[0]), prior: None });
+        insta::assert_snapshot!(rule_changes(Family::V4, &changes));
+        assert_eq!(rule_changes(Family::V6, &changes), "", "nothing for the other family");
+        assert_eq!(
+            set_changes(&changes, 1_700_000_010),
+            "add spa4 192.0.2.1,tcp:22 timeout 20 comment \"spa:id=0000000000000001:exp=1700000030\"\n"
+        );
+    }
+
+    /// The slow path deletes each changed rule whatever its tag, once per copy, leaves other
+    /// rules alone, and inserts the puts.
+    #[test]
+    fn the_fallback_deletes_by_identity_whatever_the_tag() {
+        let grants = all_grants();
+        let dnat = &grants[4];
+        let later = Grant { deadline: dnat.deadline + 60, ..dnat.clone() };
+        let dnat_items = items(dnat);
+        let Item::Rule(pre) = &dnat_items[0] else { panic!() };
+        let Item::Rule(fwd) = &dnat_items[1] else { panic!() };
+        // The chain holds the prerouting rule twice with other tags, the forward rule not at
+        // all (deleted by hand), and another grant's rule.
+        let other = items(&grants[6]);
+        let Item::Rule(other_pre) = &other[0] else { panic!() };
+        let save = format!(
+            "*filter\n:SPA_FORWARD - [0:0]\nCOMMIT\n*nat\n:SPA_PREROUTING - [0:0]\n\
+             -A SPA_PREROUTING {}\n-A SPA_PREROUTING {}\n-A SPA_PREROUTING {}\nCOMMIT\n",
+            pre.tagged("\"spa:id=0000000000000005:exp=1\""),
+            other_pre.tagged("\"spa:id=0000000000000007:exp=1700000030\""),
+            pre.tagged("\"spa:id=0000000000000099:exp=2\""),
+        );
+        let current = parse_save(&save);
+        let changes: Vec<Change<'_, Item>> = dnat_items[..2]
+            .iter()
+            .map(|e| Change::Put { new: held(e, &later), prior: Some(held(e, dnat)) })
+            .collect();
+        let text = rule_fallback(&names(), Family::V4, &changes, &current);
+        insta::assert_snapshot!(text);
+        assert!(!text.contains("192.0.2.7"), "another grant's rule was touched");
+        assert!(!text.contains(&format!("-D SPA_FORWARD {}", fwd.matches())), "{text}");
+        // Removing rules that are not there at all: nothing to do.
+        let removes: Vec<Change<'_, Item>> =
+            dnat_items.iter().map(|e| Change::Remove { old: held(e, dnat) }).collect();
+        assert_eq!(rule_fallback(&names(), Family::V4, &removes, &SaveDump::default()), "");
     }
 
     #[test]
     fn sets_prepare_change_teardown() {
-        let live: Vec<TimedElement> = all_grants()
+        let grants = all_grants();
+        let all: Vec<(Item, &Grant)> =
+            grants.iter().flat_map(|g| items(g).into_iter().map(move |e| (e, g))).collect();
+        let live: Vec<TimedMember<'_>> = all
             .iter()
-            .flat_map(|g| {
-                plan(&names(), g).unwrap().elements.into_iter().map(|e| TimedElement {
-                    element: e,
-                    timeout: 30,
-                    tag: (g.id, g.deadline),
-                })
+            .filter_map(|(e, g)| match e {
+                Item::Member(m) => Some((m, tag(g.id, g.deadline), 30)),
+                Item::Rule(_) => None,
             })
             .collect();
         let mut text = prepare_sets(&names(), &live);
         text.push_str("# change\n");
-        text.push_str(&change_sets(
-            &live[..1],
-            &live[1..2].iter().map(|e| e.element.clone()).collect::<Vec<_>>(),
-        ));
+        let (e0, g0) = &all[0];
+        let (e1, g1) = &all[1];
+        let changes = [Change::Remove { old: held(e1, g1) }, Change::Put { new: held(e0, g0), prior: None }];
+        text.push_str(&set_changes(&changes, 1_700_000_000));
         text.push_str("# teardown\n");
         text.push_str(&teardown_sets(&["spa4".into(), "spa6d".into()]));
         insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn set_timeouts_are_never_zero_nor_too_long() {
+        assert_eq!(timeout(100, 100), 1, "0 would mean forever");
+        assert_eq!(timeout(100, 200), 1);
+        assert_eq!(timeout(130, 100), 30);
+        assert_eq!(timeout(u64::MAX, 0), MAX_SET_TIMEOUT);
     }
 
     const SAVE: &str = "# Generated by iptables-save v1.8.9 on Fri Nov 27 17:17:24 2026
@@ -751,6 +743,7 @@ COMMIT
 -A INPUT -j SPA_INPUT
 -A INPUT -j SPA_INPUT
 -A OTHER -m comment --comment \"spa:id=00000000000000ab:exp=123\" -j ACCEPT
+-A SPA_INPUT -s 10.9.9.9/32 -j ACCEPT
 -A SPA_INPUT -p tcp -m tcp --dport 22 -j DROP
 COMMIT
 ";
@@ -763,53 +756,106 @@ COMMIT
         assert!(!parse_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n").in_use());
         let n = names();
         let ours: Vec<_> = dump.ours(&n).collect();
-        assert_eq!(ours.len(), 2, "the rule in OTHER is not ours even with a tag: {ours:?}");
-        assert_eq!(parse_tag(ours[0].1), Some((GrantId(0xab), 123)));
+        assert_eq!(ours.len(), 3, "the rule in OTHER is not ours even with a tag: {ours:?}");
+        assert_eq!(
+            split_tag(ours[0].1),
+            Some((
+                "-s 10.0.0.1/32 -p tcp -m tcp --dport 2222 -j DNAT --to-destination 10.2.2.2:22".into(),
+                GrantId(0xab),
+                123
+            ))
+        );
         insta::assert_snapshot!(teardown_rules(&names(), &dump));
+        // What observe reports: the tagged rule with its grant, the stranger without; the
+        // static DROP not at all.
+        let config = Config { protect: vec!["tcp/22".parse().unwrap()], ..Config::default() };
+        let seen = observed_rules(&n, &config, Family::V4, &dump);
+        assert_eq!(
+            seen,
+            vec![
+                Observed {
+                    entry: "iptables -t nat -A SPA_PREROUTING -s 10.0.0.1/32 -p tcp -m tcp --dport 2222 -j DNAT --to-destination 10.2.2.2:22".into(),
+                    holder: Some(GrantId(0xab)),
+                    until: Some(123),
+                },
+                Observed {
+                    entry: "iptables -t filter -A SPA_INPUT -s 10.9.9.9/32 -j ACCEPT".into(),
+                    holder: None,
+                    until: None,
+                },
+            ]
+        );
     }
 
     #[test]
     fn tags_round_trip_and_junk_is_refused() {
         let t = tag(GrantId(0xdead_beef), 1_700_000_000);
         assert_eq!(t, "spa:id=00000000deadbeef:exp=1700000000");
-        assert_eq!(
-            parse_tag(&format!("x --comment \"{t}\" -j ACCEPT")),
-            Some((GrantId(0xdead_beef), 1_700_000_000))
-        );
-        assert_eq!(parse_tag("spa:id=zz:exp=1"), None);
-        assert_eq!(parse_tag("spa:id=1:exp="), None);
-        assert_eq!(parse_tag("nothing"), None);
+        assert_eq!(parse_tag(&t), Some((GrantId(0xdead_beef), 1_700_000_000)));
+        for junk in [
+            "spa:id=zz:exp=1",
+            "spa:id=0000000000000001:exp=",
+            "spa:id=1:exp=1",
+            "nothing",
+            "spa:id=0000000000000001:exp=1x",
+        ] {
+            assert_eq!(parse_tag(junk), None, "{junk}");
+        }
+        for (spec, untagged) in [
+            (format!("-s 1.2.3.4/32 -m comment --comment \"{t}\" -j ACCEPT"), "-s 1.2.3.4/32 -j ACCEPT"),
+            (format!("-s 1.2.3.4/32 -m comment --comment {t} -j ACCEPT"), "-s 1.2.3.4/32 -j ACCEPT"),
+            (format!("-m comment --comment \"{t}\" -j ACCEPT"), "-j ACCEPT"),
+        ] {
+            assert_eq!(split_tag(&spec), Some((untagged.to_owned(), GrantId(0xdead_beef), 1_700_000_000)));
+        }
+        assert_eq!(split_tag("-s 1.2.3.4/32 -m comment --comment \"admin\" -j ACCEPT"), None);
+        assert_eq!(split_tag("-m comment --comment \"spa:id=0000000000000001:exp=1"), None);
+        // Every entry round-trips: tagged, then split, gives its untagged form.
+        for grant in all_grants() {
+            for e in items(&grant) {
+                if let Item::Rule(r) = e {
+                    let quoted = format!("\"{t}\"");
+                    assert_eq!(split_tag(&r.tagged(&quoted)).map(|s| s.0), Some(r.untagged()));
+                }
+            }
+        }
     }
 
     #[test]
     fn ipset_save_keeps_only_our_sets() {
         let text = "create spa4 hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 60 comment\n\
                     add spa4 10.0.0.1,tcp:22 timeout 29 comment \"spa:id=00000000000000ab:exp=123\"\n\
+                    add spa4 10.0.0.2,tcp:22 timeout 9\n\
                     create other hash:ip\nadd other 10.0.0.1\ncreate spa6-tmp hash:ip,port family inet6\n";
         let d = parse_ipset_save(&names(), text);
         assert_eq!(d.sets, vec!["spa4".to_owned(), "spa6-tmp".to_owned()]);
         assert_eq!(
-            d.elements,
-            vec![(
-                Element { set: "spa4".into(), text: "10.0.0.1,tcp:22".into() },
-                Some((GrantId(0xab), 123))
-            )]
+            observed_members(&d, 100),
+            vec![
+                Observed {
+                    entry: "ipset spa4 10.0.0.1,tcp:22".into(),
+                    holder: Some(GrantId(0xab)),
+                    until: Some(123)
+                },
+                Observed { entry: "ipset spa4 10.0.0.2,tcp:22".into(), holder: None, until: Some(109) },
+            ]
         );
     }
 
     #[test]
     fn mixed_families_and_impossible_nat_are_refused() {
+        let n = names();
         let mut bad = all_grants()[4].clone();
         bad.nat = Some(Nat::Dnat { to: "fd00::2".parse().unwrap(), port: None, snat: None });
-        assert!(matches!(plan(&names(), &bad), Err(BackendError::Invalid(_))));
+        assert!(matches!(expand(&n, &bad), Err(BackendError::Invalid(_))));
         let mut bad = all_grants()[0].clone();
         bad.destination = Some("2001:db8::9".parse().unwrap());
-        assert!(plan(&names(), &bad).is_err());
+        assert!(expand(&n, &bad).is_err());
         let mut bad = all_grants()[8].clone();
         bad.access = Access::All;
-        assert!(plan(&names(), &bad).is_err());
+        assert!(expand(&n, &bad).is_err());
         let mut bad = all_grants()[6].clone();
         bad.nat = Some(Nat::Dnat { to: "10.0.0.3".parse().unwrap(), port: Some(22), snat: None });
-        assert!(plan(&names(), &bad).is_err());
+        assert!(expand(&n, &bad).is_err());
     }
 }

@@ -13,22 +13,18 @@
 //! Everything else (creating, resetting, listing, removing the table) stays with `nft -f`.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use spa_backends::BackendError;
 
 use crate::model::{Data, Elem, Key};
 use crate::render::Op;
 
-const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NFT_MSG_NEWGEN: u16 = 15;
-const NFT_MSG_GETGEN: u16 = 16;
-const NFTA_GEN_ID: u16 = 1;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
@@ -178,26 +174,7 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a socket in the caller's network namespace (`netns`: a named one, for tests).
     pub fn open(netns: Option<&str>) -> Result<Self, BackendError> {
-        let io = |source| BackendError::Io { program: PROGRAM.into(), source };
-        let fd = match netns {
-            None => open_socket().map_err(io)?,
-            Some(name) => {
-                let path = format!("/var/run/netns/{name}");
-                std::thread::spawn(move || -> std::io::Result<OwnedFd> {
-                    let ns = std::fs::File::open(&path)?;
-                    // SAFETY: setns with a namespace fd we opened; it changes only this
-                    // short-lived thread, and the socket keeps the namespace it was made in.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    open_socket()
-                })
-                .join()
-                .map_err(|_| io(std::io::Error::other("namespace thread panicked")))?
-                .map_err(io)?
-            }
-        };
-        Ok(Self { fd, seq: 1 })
+        Ok(Self { fd: spa_backends::nfgen::socket(netns)?, seq: 1 })
     }
 
     /// Applies `ops` to `table` as one transaction; an error names the kernel's reason.
@@ -247,67 +224,12 @@ impl Netlink {
     }
 
     /// The ruleset's generation: the kernel counts every committed transaction (ours and
-    /// everyone else's) in this network namespace. Cheap: one request, no listing.
+    /// everyone else's) in this network namespace. Cheap: one request, no listing (see
+    /// [`spa_backends::nfgen`]).
     pub fn genid(&mut self) -> Result<u32, BackendError> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let m = Msg::new((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST | NLM_F_ACK, seq, 0, 0);
-        self.send(&m.finish())?;
-        let mut buf = vec![0u8; 4096];
-        let mut gen_id = None;
-        loop {
-            // SAFETY: valid fd and buffer; the receive timeout set at open bounds the wait.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(BackendError::Io { program: PROGRAM.into(), source: e });
-            }
-            let n = n as usize;
-            let mut at = 0usize;
-            while at + 16 <= n {
-                let word = |o: usize| buf.get(o..o + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                let half = |o: usize| buf.get(o..o + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-                let len = word(at).unwrap_or(0) as usize;
-                let ty = half(at + 4).unwrap_or(0);
-                let mseq = word(at + 8).unwrap_or(0);
-                if len < 16 || at + len > n {
-                    break;
-                }
-                if mseq == seq && ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
-                    // Attributes follow the 16-byte header and the 4-byte nfgenmsg.
-                    let mut a = at + 20;
-                    while a + 4 <= at + len {
-                        let alen = usize::from(half(a).unwrap_or(0));
-                        let aty = half(a + 2).unwrap_or(0) & !NLA_F_NESTED;
-                        if alen < 4 || a + alen > at + len {
-                            break;
-                        }
-                        if aty == NFTA_GEN_ID && alen >= 8 {
-                            gen_id =
-                                buf.get(a + 4..a + 8).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                        }
-                        a += alen.next_multiple_of(4);
-                    }
-                }
-                if mseq == seq && ty == NLMSG_ERROR && len >= 20 {
-                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
-                    if code != 0 {
-                        return Err(BackendError::Rejected {
-                            program: PROGRAM.into(),
-                            message: format!("getgen: {}", std::io::Error::from_raw_os_error(-code)),
-                        });
-                    }
-                    return gen_id.ok_or_else(|| BackendError::Parse {
-                        program: PROGRAM.into(),
-                        detail: "no generation id in the answer".into(),
-                    });
-                }
-                at += len.next_multiple_of(4);
-            }
-        }
+        spa_backends::nfgen::generation(self.fd.as_fd(), seq)
     }
 
     fn send(&self, buf: &[u8]) -> Result<(), BackendError> {
@@ -375,32 +297,6 @@ impl Netlink {
         }
         Ok(())
     }
-}
-
-fn open_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd =
-        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
-    // SAFETY: valid fd and a timeval of the stated size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(fd)
 }
 
 #[cfg(test)]

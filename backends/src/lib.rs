@@ -23,6 +23,8 @@ mod gate;
 pub mod ledger;
 #[cfg(test)]
 mod ledger_tests;
+#[cfg(target_os = "linux")]
+pub mod nfgen;
 mod none;
 pub mod process;
 mod registry;
