@@ -133,9 +133,10 @@ pub struct Observed {
 
 /// A firewall backend: pure rendering plus a thin applying layer. Implementations live in
 /// their own crates (`backend-nft`, ...) and register a descriptor built with
-/// [`descriptor`](crate::descriptor::<B>) (see `backends/README.md`).
+/// [`create`](crate::create)`::<B>` (see `backends/README.md`).
 ///
-/// Contract (checked for every backend by the contract suite in [`testkit`](crate::testkit)):
+/// Contract (checked for every backend by the contract suite in `testkit`, cargo feature
+/// `testkit`):
 /// - Everything lives in one namespace the backend owns (a table, chains with a prefix, an
 ///   anchor); nothing else is touched.
 /// - [`Backend::entries`] is pure: the same grant gives the same entries, whatever was

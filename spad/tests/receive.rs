@@ -561,7 +561,7 @@ impl Daemon {
         let start = Instant::now();
         loop {
             let ev = self.events();
-            let accepted = ev.iter().filter(|e| is(e, &["grant", "extend"])).count();
+            let accepted = ev.iter().filter(|e| is(e, &["grant", "extend", "reknock"])).count();
             let rejected = ev.iter().filter(|e| is(e, &["reject", "reject_summary"])).count();
             if accepted >= n && rejected >= n {
                 break;
@@ -574,7 +574,7 @@ impl Daemon {
             thread::sleep(Duration::from_millis(20));
         }
         let ev = self.events();
-        for e in ev.iter().filter(|e| is(e, &["grant", "extend"])) {
+        for e in ev.iter().filter(|e| is(e, &["grant", "extend", "reknock"])) {
             assert_eq!(e["packet_source"], GatewayLab::CLIENT4, "{e}");
             assert_eq!(e["allowed_source"], GatewayLab::CLIENT4, "{e}");
         }
@@ -582,7 +582,7 @@ impl Daemon {
             assert_eq!(e["packet_source"], GatewayLab::ATTACKER4, "{e}");
         }
         assert_eq!(ev.iter().filter(|e| is(e, &["grant"])).count(), 1, "{ev:#?}");
-        assert_eq!(ev.iter().filter(|e| is(e, &["grant", "extend"])).count(), n, "{ev:#?}");
+        assert_eq!(ev.iter().filter(|e| is(e, &["grant", "extend", "reknock"])).count(), n, "{ev:#?}");
         assert_eq!(ev.iter().filter(|e| is(e, &["reject"])).count(), n, "{ev:#?}");
     }
 }
