@@ -343,7 +343,7 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
     let mut rule = |hook: Hook, matches: String, target: String| {
         out.push(Item::Rule(Rule { names: names.clone(), family, hook, matches, target }));
     };
-    match (&g.nat, &g.access) {
+    match (g.nat.as_deref(), &g.access) {
         (None, Access::Ports(ports)) => {
             let members = ports.iter().map(|pp| {
                 Item::Member(Member {
@@ -406,7 +406,7 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
             }
         }
         (Some(Nat::Redirect { port }), Access::Ports(ports)) => {
-            for pp in ports {
+            for pp in ports.iter() {
                 let p = pp.proto.name();
                 rule(
                     Hook::Prerouting,

@@ -514,7 +514,7 @@ mod tests {
             packet_source: src.parse().unwrap(),
             destination: None,
             access,
-            nat,
+            nat: nat.map(Box::new),
             created: 1_700_000_000,
             deadline: 1_700_000_030,
             stanza: "s".into(),
@@ -846,7 +846,7 @@ COMMIT
     fn mixed_families_and_impossible_nat_are_refused() {
         let n = names();
         let mut bad = all_grants()[4].clone();
-        bad.nat = Some(Nat::Dnat { to: "fd00::2".parse().unwrap(), port: None, snat: None });
+        bad.nat = Some(Box::new(Nat::Dnat { to: "fd00::2".parse().unwrap(), port: None, snat: None }));
         assert!(matches!(expand(&n, &bad), Err(BackendError::Invalid(_))));
         let mut bad = all_grants()[0].clone();
         bad.destination = Some("2001:db8::9".parse().unwrap());
@@ -855,7 +855,7 @@ COMMIT
         bad.access = Access::All;
         assert!(expand(&n, &bad).is_err());
         let mut bad = all_grants()[6].clone();
-        bad.nat = Some(Nat::Dnat { to: "10.0.0.3".parse().unwrap(), port: Some(22), snat: None });
+        bad.nat = Some(Box::new(Nat::Dnat { to: "10.0.0.3".parse().unwrap(), port: Some(22), snat: None }));
         assert!(expand(&n, &bad).is_err());
     }
 }

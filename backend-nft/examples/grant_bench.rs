@@ -28,7 +28,7 @@ fn grant(i: u32, deadline: u64) -> Grant {
         source,
         packet_source: source,
         destination: None,
-        access: Access::Ports(vec!["tcp/22".parse().expect("port")]),
+        access: Access::Ports(vec!["tcp/22".parse().expect("port")].into()),
         nat: None,
         created: deadline - 600,
         deadline,

@@ -487,7 +487,7 @@ mod tests {
         let (mut b, _log) = fake(&dir, 2000);
         let mut j = MemoryJournal::default();
         let mut first = grant(1, "192.0.2.1", "tcp/22", 30);
-        first.nat = Some(spa_backends::Nat::Redirect { port: 2222 });
+        first.nat = Some(Box::new(spa_backends::Nat::Redirect { port: 2222 }));
         ok(b.grant(first, NOW, &mut j));
         // Make the next line contain "reject": the fake refuses it like nft would.
         b.backend_mut().config.table = "reject".into();

@@ -308,9 +308,9 @@ pub fn expand(grant: &Grant) -> Result<Vec<Elem>, BackendError> {
         b.same_family(dst, "destination")?;
     }
     let key = |dst: Option<IpAddr>, port: Option<ProtoPort>| Key { src, dst, port };
-    match (&grant.nat, &grant.access) {
+    match (grant.nat.as_deref(), &grant.access) {
         (None, Access::Ports(ports)) => {
-            for p in ports {
+            for p in ports.iter() {
                 match grant.destination {
                     Some(dst) => b.push(Kind::AllowDst, key(Some(dst), Some(*p)), None),
                     None => b.push(Kind::Allow, key(None, Some(*p)), None),
@@ -325,14 +325,14 @@ pub fn expand(grant: &Grant) -> Result<Vec<Elem>, BackendError> {
             b.snat(snat.as_ref(), Kind::SnatRouteAll, Kind::MasqRouteAll, key(None, None))?;
         }
         (Some(Nat::Route { snat }), Access::Ports(ports)) => {
-            for p in ports {
+            for p in ports.iter() {
                 b.push(Kind::Route, key(None, Some(*p)), None);
                 b.snat(snat.as_ref(), Kind::SnatRoute, Kind::MasqRoute, key(None, Some(*p)))?;
             }
         }
         (Some(Nat::Dnat { to, port, snat }), Access::Ports(ports)) => {
             b.same_family(*to, "dnat address")?;
-            for p in ports {
+            for p in ports.iter() {
                 let inner = ProtoPort::new(p.proto, port.unwrap_or(p.port));
                 b.push(Kind::Dnat, key(None, Some(*p)), Some(Data::AddrPort(*to, inner.port)));
                 let flow = key(Some(*to), Some(inner));
@@ -351,7 +351,7 @@ pub fn expand(grant: &Grant) -> Result<Vec<Elem>, BackendError> {
             return Err(BackendError::Unsupported("dnat of every port to a single port"));
         }
         (Some(Nat::Redirect { port }), Access::Ports(ports)) => {
-            for p in ports {
+            for p in ports.iter() {
                 b.push(Kind::Redirect, key(None, Some(*p)), Some(Data::Port(*port)));
                 b.push(Kind::Allow, key(None, Some(ProtoPort::new(p.proto, *port))), None);
             }

@@ -277,7 +277,7 @@ mod tests {
             packet_source: source.parse().unwrap(),
             destination: None,
             access,
-            nat,
+            nat: nat.map(Box::new),
             created: 1000,
             deadline: 1030,
             stanza: "s".into(),

@@ -83,7 +83,7 @@ fn grant(id: u64, source: &str, ports: &[&str], nat: Option<Nat>, secs: u64) -> 
         packet_source: source.parse().unwrap(),
         destination: None,
         access: Access::Ports(ports.iter().map(|p| p.parse().unwrap()).collect()),
-        nat,
+        nat: nat.map(Box::new),
         created: t,
         deadline: t + secs,
         stanza: "test".into(),

@@ -426,24 +426,24 @@ impl Context<'_> {
             Var::ProtoNum => self.port.map(|p| p.proto.number().to_string()).unwrap_or_default(),
             Var::Port => self.port.map(|p| p.port.to_string()).unwrap_or_default(),
             Var::Ports => g.access.to_string(),
-            Var::Nat => match &g.nat {
+            Var::Nat => match g.nat.as_deref() {
                 None => String::new(),
                 Some(Nat::Dnat { .. }) => "dnat".into(),
                 Some(Nat::Route { .. }) => "route".into(),
                 Some(Nat::Redirect { .. }) => "redirect".into(),
             },
-            Var::NatAddr => match &g.nat {
+            Var::NatAddr => match g.nat.as_deref() {
                 Some(Nat::Dnat { to, .. }) => to.to_string(),
                 _ => String::new(),
             },
-            Var::NatPort => match &g.nat {
+            Var::NatPort => match g.nat.as_deref() {
                 Some(Nat::Dnat { port: Some(p), .. }) | Some(Nat::Redirect { port: p }) => p.to_string(),
                 Some(Nat::Dnat { port: None, .. }) => {
                     self.port.map(|p| p.port.to_string()).unwrap_or_default()
                 }
                 _ => String::new(),
             },
-            Var::Snat => match &g.nat {
+            Var::Snat => match g.nat.as_deref() {
                 Some(Nat::Dnat { snat: Some(s), .. }) | Some(Nat::Route { snat: Some(s) }) => match s {
                     Snat::To(addr) => addr.to_string(),
                     Snat::Masquerade => "masquerade".into(),
@@ -453,8 +453,8 @@ impl Context<'_> {
             Var::Timeout => self.timeout().to_string(),
             Var::Deadline => self.until.to_string(),
             Var::Created => g.created.to_string(),
-            Var::Stanza => g.stanza.clone(),
-            Var::Username => g.username.clone(),
+            Var::Stanza => g.stanza.to_string(),
+            Var::Username => g.username.to_string(),
         }
     }
 }

@@ -75,11 +75,11 @@ impl Unit {
             source: grant.source,
             destination: grant.destination,
             scope,
-            nat: grant.nat.clone(),
+            nat: grant.nat.as_deref().cloned(),
         };
         match (&grant.access, per) {
             (Access::All, _) => vec![unit(Scope::All)],
-            (Access::Ports(ports), Per::Grant) => vec![unit(Scope::Ports(ports.clone()))],
+            (Access::Ports(ports), Per::Grant) => vec![unit(Scope::Ports(ports.to_vec()))],
             (Access::Ports(ports), Per::Port) if ports.is_empty() => vec![unit(Scope::Ports(Vec::new()))],
             (Access::Ports(ports), Per::Port) => {
                 let mut seen = std::collections::HashSet::with_capacity(ports.len());
@@ -96,7 +96,7 @@ impl Unit {
             Some(Snat::Masquerade) => (1, None),
             Some(Snat::To(a)) => (2, Some(*a)),
         };
-        match &self.nat {
+        match self.nat.as_ref() {
             None => (0, None, None, (0, None)),
             Some(Nat::Dnat { to, port, snat: s }) => (1, Some(*to), *port, snat(s)),
             Some(Nat::Route { snat: s }) => (2, None, None, snat(s)),
@@ -145,7 +145,7 @@ impl fmt::Display for Unit {
             Some(Snat::Masquerade) => f.write_str(" masquerade"),
             Some(Snat::To(a)) => write!(f, " snat {a}"),
         };
-        match &self.nat {
+        match self.nat.as_ref() {
             None => Ok(()),
             Some(Nat::Dnat { to, port: Some(p), snat: s }) => {
                 write!(f, " dnat {}", HostPort(*to, *p))?;

@@ -73,7 +73,7 @@ fn grant(id: u64, source: &str, secs: u64) -> Grant {
         source: source.parse().unwrap(),
         packet_source: source.parse().unwrap(),
         destination: None,
-        access: Access::Ports(vec!["tcp/22".parse().unwrap()]),
+        access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),
         nat: None,
         created: NOW,
         deadline: NOW + secs,

@@ -405,25 +405,29 @@ fn nat_fields_reach_the_script() {
     let mut b = lab.gate(&["{nat}", "{nat_addr}", "{nat_port}", "{snat}", "{port}"], "");
 
     let mut g = grant(3, "tcp/2222");
-    g.nat = Some(Nat::Dnat { to: "10.0.0.2".parse().unwrap(), port: Some(22), snat: Some(Snat::Masquerade) });
+    g.nat = Some(Box::new(Nat::Dnat {
+        to: "10.0.0.2".parse().unwrap(),
+        port: Some(22),
+        snat: Some(Snat::Masquerade),
+    }));
     b.grant(&g).unwrap();
     assert_eq!(b.gate.describe(&g).unwrap(), ["192.0.2.7 tcp/2222 dnat 10.0.0.2:22 masquerade"]);
 
     // Forward-all DNAT keeps each port: the internal port is the call's own port.
     let mut h = grant(4, "tcp/80,udp/53");
-    h.nat = Some(Nat::Dnat {
+    h.nat = Some(Box::new(Nat::Dnat {
         to: "fd00::2".parse().unwrap(),
         port: None,
         snat: Some(Snat::To("10.0.0.1".parse().unwrap())),
-    });
+    }));
     b.grant(&h).unwrap();
 
     let mut r = grant(5, "tcp/22");
-    r.nat = Some(Nat::Redirect { port: 2022 });
+    r.nat = Some(Box::new(Nat::Redirect { port: 2022 }));
     b.grant(&r).unwrap();
 
     let mut rt = grant(6, "all");
-    rt.nat = Some(Nat::Route { snat: Some(Snat::To("10.9.9.9".parse().unwrap())) });
+    rt.nat = Some(Box::new(Nat::Route { snat: Some(Snat::To("10.9.9.9".parse().unwrap())) }));
     b.grant(&rt).unwrap();
 
     let argv: Vec<Vec<String>> = lab.calls().into_iter().map(|c| c.argv).collect();
@@ -567,9 +571,9 @@ close = ["true"]"#
     );
     let mut b = Gw::started(ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap());
     let mut g = grant(12, "tcp/22");
-    g.username = format!("$(touch {}); `touch {}`", pwned.display(), pwned.display());
+    g.username = format!("$(touch {}); `touch {}`", pwned.display(), pwned.display()).into();
     b.grant(&g).unwrap();
-    assert_eq!(fs::read_to_string(out).unwrap(), g.username);
+    assert_eq!(fs::read_to_string(out).unwrap(), &*g.username);
     assert!(!pwned.exists());
 }
 

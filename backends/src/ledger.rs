@@ -269,11 +269,11 @@ pub struct Ledger {
     queue: BinaryHeap<Reverse<(u64, GrantId)>>,
 }
 
-/// A record and the next grant in its source's chain.
+/// A record and the next grant in its source's chain (0: none; 0 is never a grant id).
 #[derive(Debug)]
 struct Slot {
     record: Record,
-    next: Option<GrantId>,
+    next: u64,
 }
 
 /// An entry mapping: a backend's `entries` function.
@@ -383,6 +383,10 @@ impl Ledger {
 
     fn insert(&mut self, r: Record) {
         let id = r.grant.id;
+        if id.0 == 0 {
+            // Not a grant id (the chains use 0 for "none"); the daemon never makes it.
+            return;
+        }
         self.queue.push(Reverse((Self::due_at(&r), id)));
         if let Some(slot) = self.records.get_mut(&id) {
             // Same id again (a record loaded twice): replace it, keep its place in the chain.
@@ -390,7 +394,7 @@ impl Ledger {
             return;
         }
         let key = self.source_key(r.grant.source);
-        let next = self.heads.insert(key, id);
+        let next = self.heads.insert(key, id).map_or(0, |g| g.0);
         self.records.insert(id, Box::new(Slot { record: r, next }));
     }
 
@@ -399,19 +403,19 @@ impl Ledger {
         let key = self.source_key(slot.record.grant.source);
         if self.heads.get(&key) == Some(&id) {
             match slot.next {
-                Some(n) => self.heads.insert(key, n),
-                None => self.heads.remove(&key),
+                0 => self.heads.remove(&key),
+                n => self.heads.insert(key, GrantId(n)),
             };
         } else {
             // Unlink from the chain: find the one pointing at it.
             let mut at = self.heads.get(&key).copied();
             while let Some(cur) = at {
                 let Some(s) = self.records.get_mut(&cur) else { break };
-                if s.next == Some(id) {
+                if s.next == id.0 {
                     s.next = slot.next;
                     break;
                 }
-                at = s.next;
+                at = (s.next != 0).then_some(GrantId(s.next));
             }
         }
         Some(slot.record)
@@ -428,7 +432,7 @@ impl Ledger {
         std::iter::from_fn(move || {
             while let Some(cur) = at {
                 let s = self.records.get(&cur)?;
-                at = s.next;
+                at = (s.next != 0).then_some(GrantId(s.next));
                 if s.record.grant.source == src {
                     return Some(&s.record);
                 }

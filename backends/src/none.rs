@@ -73,7 +73,7 @@ impl Backend for NoneBackend {
             Access::All => "all".to_owned(),
             a => a.to_string(),
         };
-        let nat = g.nat.as_ref().map(|n: &Nat| serde_json::to_string(n).unwrap_or_default());
+        let nat = g.nat.as_deref().map(|n: &Nat| serde_json::to_string(n).unwrap_or_default());
         Ok(vec![NoneEntry { source: g.source, destination: g.destination, access, nat }])
     }
 

@@ -25,7 +25,7 @@ pub fn grant(id: u64) -> GrantBuilder {
         source: "192.0.2.1".parse().expect("literal"),
         packet_source: "192.0.2.1".parse().expect("literal"),
         destination: None,
-        access: Access::Ports(vec!["tcp/22".parse().expect("literal")]),
+        access: Access::Ports(vec!["tcp/22".parse().expect("literal")].into()),
         nat: None,
         created: 1000,
         deadline: 1030,
@@ -62,7 +62,7 @@ impl GrantBuilder {
     /// The ports, comma-separated (`"tcp/22,udp/53"`).
     pub fn ports(mut self, list: &str) -> Self {
         let ports: Vec<ProtoPort> = list.split(',').map(|p| p.trim().parse().expect("proto/port")).collect();
-        self.0.access = Access::Ports(ports);
+        self.0.access = Access::Ports(ports.into());
         self
     }
 
@@ -74,19 +74,19 @@ impl GrantBuilder {
 
     /// DNAT to `to` (`port` `None` keeps each port), optionally with source NAT.
     pub fn dnat(mut self, to: &str, port: Option<u16>, snat: Option<Snat>) -> Self {
-        self.0.nat = Some(Nat::Dnat { to: to.parse().expect("an address"), port, snat });
+        self.0.nat = Some(Box::new(Nat::Dnat { to: to.parse().expect("an address"), port, snat }));
         self
     }
 
     /// Routed forwarding, optionally with source NAT.
     pub fn route(mut self, snat: Option<Snat>) -> Self {
-        self.0.nat = Some(Nat::Route { snat });
+        self.0.nat = Some(Box::new(Nat::Route { snat }));
         self
     }
 
     /// Local redirect to `port`.
     pub fn redirect(mut self, port: u16) -> Self {
-        self.0.nat = Some(Nat::Redirect { port });
+        self.0.nat = Some(Box::new(Nat::Redirect { port }));
         self
     }
 
@@ -263,7 +263,7 @@ impl Backend for FakeBackend {
     }
 
     fn entries(&self, g: &Grant) -> Result<Vec<FakeEntry>, BackendError> {
-        let data = match &g.nat {
+        let data = match g.nat.as_deref() {
             Some(Nat::Dnat { to: IpAddr::V4(a), .. }) => a.octets()[3],
             Some(Nat::Dnat { to: IpAddr::V6(a), .. }) => a.octets()[15],
             _ => 0,

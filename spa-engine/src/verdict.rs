@@ -253,8 +253,9 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
-    /// These protocol/port pairs (the externally visible ones for NAT).
-    Ports(Vec<ProtoPort>),
+    /// These protocol/port pairs (the externally visible ones for NAT). Shared: a daemon keeps
+    /// one copy of each distinct list, however many grants have it.
+    Ports(std::sync::Arc<[ProtoPort]>),
     /// Everything from the source (fwknop `FORWARD_ALL`).
     All,
 }

@@ -206,14 +206,17 @@ impl Verifier {
                 } else {
                     Nat::Dnat { host: nat.host, port: Some(nat.port), snat }
                 };
-                Action::Open { access: Access::Ports(a.ports), nat: Some(nat) }
+                Action::Open { access: Access::Ports(a.ports.into()), nat: Some(nat) }
             }
             Request::LocalNatAccess(a, nat) => {
                 if !self.settings.enable_local_nat {
                     return Err(RejectReason::NatNotEnabled);
                 }
                 check_ports(stanza, &a.ports)?;
-                Action::Open { access: Access::Ports(a.ports), nat: Some(Nat::Redirect { port: nat.port }) }
+                Action::Open {
+                    access: Access::Ports(a.ports.into()),
+                    nat: Some(Nat::Redirect { port: nat.port }),
+                }
             }
         };
         Ok(GrantRequest {
@@ -240,10 +243,10 @@ impl Verifier {
             },
             (true, None) => Action::Open { access: Access::All, nat: Some(Nat::Route { snat }) },
             (false, Some(f)) => Action::Open {
-                access: Access::Ports(ports),
+                access: Access::Ports(ports.into()),
                 nat: Some(Nat::Dnat { host: NatHost::Ip(f.ip), port: Some(f.port), snat }),
             },
-            (false, None) => Action::Open { access: Access::Ports(ports), nat: None },
+            (false, None) => Action::Open { access: Access::Ports(ports.into()), nat: None },
         }
     }
 }

@@ -401,7 +401,7 @@ fn open_ports_must_contain_every_requested_port() {
     let v = verifier(&[stanza("source = \"any\"\nopen_ports = \"tcp/22, udp/53\"")]);
     let g = accept(run(&v, seal(&access("192.0.2.10,tcp/22,udp/53")).as_bytes(), from(CLIENT), NOW));
     let want = vec![ProtoPort::new(Proto::Tcp, 22), ProtoPort::new(Proto::Udp, 53)];
-    assert_eq!(g.action, Action::Open { access: Access::Ports(want), nat: None });
+    assert_eq!(g.action, Action::Open { access: Access::Ports(want.into()), nat: None });
     let r = reject(run(&v, seal(&access("192.0.2.10,tcp/22,tcp/53")).as_bytes(), from(CLIENT), NOW));
     assert_eq!(r.reason, RejectReason::PortNotPermitted);
     let r = reject(run(&v, seal(&access("192.0.2.10,udp/22")).as_bytes(), from(CLIENT), NOW));
@@ -470,7 +470,7 @@ fn nat_requests_need_forwarding_and_follow_the_stanza() {
     assert_eq!(
         g.action,
         Action::Open {
-            access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 8022)]),
+            access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 8022)].into()),
             nat: Some(Nat::Dnat {
                 host: NatHost::Ip("10.1.1.2".parse().unwrap()),
                 port: Some(22),
@@ -511,7 +511,7 @@ fn local_nat_needs_enable_local_nat() {
         assert_eq!(
             g.action,
             Action::Open {
-                access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 2222)]),
+                access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 2222)].into()),
                 nat: Some(Nat::Redirect { port: 22 }),
             }
         );
@@ -531,7 +531,10 @@ fn force_nat_translates_plain_and_nat_requests() {
     let g = accept(run(&v, seal(&access("192.0.2.10,tcp/22")).as_bytes(), from(CLIENT), NOW));
     assert_eq!(
         g.action,
-        Action::Open { access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 22)]), nat: forced.clone() }
+        Action::Open {
+            access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 22)].into()),
+            nat: forced.clone()
+        }
     );
     // The client's own NAT target is overridden.
     let nat =
@@ -539,7 +542,7 @@ fn force_nat_translates_plain_and_nat_requests() {
     let g = accept(run(&v, nat.as_bytes(), from(CLIENT), NOW));
     assert_eq!(
         g.action,
-        Action::Open { access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 22)]), nat: forced }
+        Action::Open { access: Access::Ports(vec![ProtoPort::new(Proto::Tcp, 22)].into()), nat: forced }
     );
 }
 

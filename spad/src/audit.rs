@@ -144,7 +144,7 @@ impl Audit {
             "packet_source": g.packet_source.to_string(),
             "allowed_source": g.source.to_string(),
             "access": access_json(&g.access),
-            "nat": g.nat.as_ref().map(nat_json),
+            "nat": g.nat.as_deref().map(nat_json),
             "stanza": g.stanza,
             "username": g.username,
             "expires": rfc3339(g.deadline, 0),

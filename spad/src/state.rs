@@ -427,6 +427,60 @@ fn record_lines(r: &Record) -> Vec<String> {
     v
 }
 
+/// One copy of each distinct stanza name, username and port list among the grants a daemon
+/// holds: 100,000 grants from a few stanzas and users then share a few strings instead of
+/// carrying 300,000 small allocations. Copies no grant uses any more are dropped now and then.
+#[derive(Debug, Default)]
+pub struct Interner {
+    names: std::collections::HashSet<std::sync::Arc<str>>,
+    ports: std::collections::HashSet<std::sync::Arc<[spa_backends::ProtoPort]>>,
+    added: usize,
+}
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn name(&mut self, s: &str) -> std::sync::Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: std::sync::Arc<str> = s.into();
+        self.names.insert(a.clone());
+        self.added();
+        a
+    }
+
+    /// The shared copy of an access (port lists are shared; `all` has nothing to share).
+    pub fn access(&mut self, a: &spa_backends::Access) -> spa_backends::Access {
+        match a {
+            spa_backends::Access::All => spa_backends::Access::All,
+            spa_backends::Access::Ports(p) => {
+                if let Some(shared) = self.ports.get(&**p) {
+                    return spa_backends::Access::Ports(shared.clone());
+                }
+                self.ports.insert(p.clone());
+                self.added();
+                spa_backends::Access::Ports(p.clone())
+            }
+        }
+    }
+
+    /// `g` with its shared parts replaced by the shared copies.
+    pub fn grant(&mut self, g: &mut Grant) {
+        g.stanza = self.name(&g.stanza);
+        g.username = self.name(&g.username);
+        g.access = self.access(&g.access);
+    }
+
+    /// Every 4096 new copies, forget those only the interner still holds.
+    fn added(&mut self) {
+        self.added += 1;
+        if self.added.is_multiple_of(4096) {
+            self.names.retain(|a| std::sync::Arc::strong_count(a) > 1);
+            self.ports.retain(|a| std::sync::Arc::strong_count(a) > 1);
+        }
+    }
+}
+
 /// The longest grant each configured stanza can make, by stanza name: what a grant read back
 /// from the journal is held to.
 #[derive(Debug, Clone, Default)]
@@ -528,12 +582,18 @@ impl GrantStore {
     /// Opens `grants.jsonl` in the locked directory and returns the grants it records,
     /// compacted: a grant whose stanza `limits` does not know is dropped, and a deadline past
     /// `now` plus its stanza's limit is cut to that. Both are logged.
-    pub fn open(lock: &StateLock, limits: &StanzaLimits, now: u64) -> Result<(Self, Loaded), StateError> {
+    pub fn open(
+        lock: &StateLock,
+        limits: &StanzaLimits,
+        now: u64,
+        interner: &mut Interner,
+    ) -> Result<(Self, Loaded), StateError> {
         let path = lock.dir().join("grants.jsonl");
         let mut loaded = Loaded::default();
         let mut capped = 0usize;
         let mut first_dropped = None;
         for (_, mut r) in load_grants(&path)? {
+            interner.grant(&mut r.grant);
             match limits.get(&r.grant.stanza) {
                 None => {
                     // Not ours any more: it ends now (what it holds must still be closed).
@@ -738,7 +798,7 @@ mod tests {
             source: "192.0.2.1".parse().unwrap(),
             packet_source: "192.0.2.1".parse().unwrap(),
             destination: None,
-            access: Access::Ports(vec!["tcp/22".parse().unwrap()]),
+            access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),
             nat: None,
             created: 1,
             deadline: 100,
@@ -758,7 +818,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lock = StateLock::acquire(dir.path()).unwrap();
         {
-            let (mut s, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+            let (mut s, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
             assert!(l.records.is_empty());
             s.put(&grant(1)).unwrap();
             s.put(&grant(2)).unwrap();
@@ -770,7 +830,7 @@ mod tests {
         // A torn final line, as after a crash mid-write.
         let mut f = OpenOptions::new().append(true).open(dir.path().join("grants.jsonl")).unwrap();
         f.write_all(b"{\"op\":\"put\",\"gra").unwrap();
-        let (_, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+        let (_, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
         assert_eq!(l.records.len(), 1);
         assert_eq!(l.records[0].grant.deadline, 200);
         assert_eq!(read_grants(dir.path()).unwrap().len(), 1);
@@ -782,12 +842,12 @@ mod tests {
         let lock = StateLock::acquire(dir.path()).unwrap();
         let closing = Closing { why: EndKind::Expire, attempts: 2, retry_at: 50 };
         {
-            let (mut s, _) = GrantStore::open(&lock, &limits(), 0).unwrap();
+            let (mut s, _) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
             s.put(&grant(1)).unwrap();
             s.put(&grant(2)).unwrap();
             GrantStore::closing(&mut s, GrantId(1), &closing).unwrap();
         }
-        let (mut s, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+        let (mut s, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
         let state =
             |l: &Loaded, id| l.records.iter().find(|r| r.grant.id == GrantId(id)).map(|r| r.state.clone());
         assert_eq!(state(&l, 1), Some(State::Closing(closing)));
@@ -795,12 +855,12 @@ mod tests {
         // The rewrite at open kept it; a del ends it.
         s.del(GrantId(1)).unwrap();
         drop(s);
-        let (_, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+        let (_, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
         assert_eq!(state(&l, 1), None);
         // A grant of a stanza that is gone is closing, to be revoked.
         let mut other = limits();
         other.0.clear();
-        let (_, l) = GrantStore::open(&lock, &other, 0).unwrap();
+        let (_, l) = GrantStore::open(&lock, &other, 0, &mut Interner::default()).unwrap();
         assert!(matches!(state(&l, 2), Some(State::Closing(Closing { why: EndKind::Revoke, .. }))));
         assert_eq!(l.dropped, 1);
     }
@@ -840,7 +900,7 @@ mod tests {
         text.extend_from_slice(&vec![b'x'; MAX_LINE + 10]);
         text.extend_from_slice(b"\n");
         std::fs::write(dir.path().join("grants.jsonl"), &text).unwrap();
-        let (_, l) = GrantStore::open(&lock, &limits(), 0).unwrap();
+        let (_, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
         assert_eq!(l.records.iter().map(|r| r.grant.id).collect::<Vec<_>>(), vec![GrantId(5)]);
 
         let key = hex(&[3; 32]);

@@ -17,7 +17,7 @@ use spa_engine::{Action, GrantRequest, NatHost};
 
 use crate::audit::Audit;
 use crate::config::error_chain;
-use crate::state::{GrantStore, PersistentReplay};
+use crate::state::{GrantStore, Interner, PersistentReplay};
 
 /// How often the worker asks the backend whether its setup was tampered with.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -119,6 +119,7 @@ pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
 pub struct Worker {
     driver: Box<dyn Driver>,
     store: GrantStore,
+    interner: Interner,
     replay: Arc<Mutex<PersistentReplay>>,
     audit: Arc<Mutex<Audit>>,
     last_sync: Instant,
@@ -132,6 +133,7 @@ impl Worker {
     pub fn new(
         driver: Box<dyn Driver>,
         store: GrantStore,
+        interner: Interner,
         replay: Arc<Mutex<PersistentReplay>>,
         audit: Arc<Mutex<Audit>>,
         heartbeat: Arc<AtomicU64>,
@@ -139,6 +141,7 @@ impl Worker {
         Self {
             driver,
             store,
+            interner,
             replay,
             audit,
             last_sync: Instant::now(),
@@ -286,12 +289,12 @@ impl Worker {
             source: req.allowed_source,
             packet_source: req.packet_source,
             destination: req.destination,
-            access,
-            nat,
+            access: self.interner.access(&access),
+            nat: nat.map(Box::new),
             created: now,
             deadline: now + u64::from(req.timeout),
-            stanza: req.stanza.to_string(),
-            username: req.username,
+            stanza: self.interner.name(&req.stanza),
+            username: self.interner.name(&req.username),
         };
         // A journal that lost a record is rewritten before anything new is recorded.
         if self.store.needs_rewrite() {

@@ -267,7 +267,7 @@ fn grant_record(id: u64, stanza: &str, deadline: u64, username: &str) -> String 
         source: "127.0.0.1".parse().unwrap(),
         packet_source: "127.0.0.1".parse().unwrap(),
         destination: None,
-        access: Access::Ports(vec!["tcp/22".parse().unwrap()]),
+        access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),
         nat: None,
         created: now(),
         deadline,
