@@ -53,6 +53,7 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spa_backends::CommandFailure;
 
     #[test]
     fn input_goes_in_output_comes_back_and_each_run_counts() {
@@ -68,8 +69,12 @@ mod tests {
     fn failure_carries_stderr_and_a_missing_program_is_a_spawn_error() {
         let mut r = Runner::new(Vec::new());
         let err = r.run("sh", &["-c", "echo first >&2; echo second >&2; exit 3"], "").unwrap_err();
-        assert_eq!(err.to_string(), "sh failed (exit status: 3): first / second");
-        assert!(matches!(r.run("/nonexistent/iptables", &[], ""), Err(BackendError::Spawn { .. })));
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert_eq!(chain, "sh failed: exit status: 3: first / second");
+        assert!(matches!(
+            r.run("/nonexistent/iptables", &[], ""),
+            Err(BackendError::Command { failure: CommandFailure::Spawn(_), .. })
+        ));
         assert_eq!(r.execs(), 2, "a failed start counts too");
     }
 
@@ -78,6 +83,9 @@ mod tests {
         let mut r = Runner::new(Vec::new());
         r.limit = Duration::from_millis(200);
         let err = r.run("sleep", &["30"], "").unwrap_err();
-        assert!(matches!(err, BackendError::Timeout { limit_ms: 200, .. }), "{err}");
+        assert!(
+            matches!(err, BackendError::Command { failure: CommandFailure::Timeout { limit_ms: 200 }, .. }),
+            "{err}"
+        );
     }
 }

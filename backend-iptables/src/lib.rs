@@ -140,7 +140,8 @@
 //! MASQUERADE.
 
 use spa_backends::{
-    Backend, BackendDescriptor, BackendError, Capabilities, Change, Grant, Health, Held, Observed,
+    Backend, BackendDescriptor, BackendError, Capabilities, Change, CommandFailure, Grant, Health, Held,
+    Observed,
 };
 
 pub mod check;
@@ -274,7 +275,7 @@ impl IptablesBackend {
         } else if out.contains("legacy") {
             Ok(Variant::Legacy)
         } else {
-            Err(BackendError::Parse { program: "iptables -V".into(), detail: out.trim().to_owned() })
+            Err(BackendError::command("iptables -V", CommandFailure::Output(out.trim().to_owned())))
         }
     }
 

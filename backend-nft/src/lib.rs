@@ -70,7 +70,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use spa_backends::{
-    Backend, BackendDescriptor, BackendError, Capabilities, Change, Grant, Health, Held, Observed,
+    Backend, BackendDescriptor, BackendError, Capabilities, Change, CommandFailure, Grant, Health, Held,
+    Observed,
 };
 
 pub mod config;
@@ -182,7 +183,9 @@ impl NftBackend {
         let result = session.run(line, limit);
         // A rejected command leaves nft running and in sync; anything else (timeout, broken
         // pipe) drops it, and the next call starts a fresh one.
-        if result.is_ok() || matches!(result, Err(BackendError::Rejected { .. })) {
+        if result.is_ok()
+            || matches!(result, Err(BackendError::Command { failure: CommandFailure::Rejected(_), .. }))
+        {
             if session.commands() >= RECYCLE_AFTER {
                 // `nft -i` gets slower with every command one process has run (measured on nft
                 // 1.0.6: 0.4 ms per add after 5,000 commands, 1.4 ms after 20,000, whatever the
@@ -209,21 +212,25 @@ impl NftBackend {
         let t = &self.config.table;
         let terse = match self.program.run_once(&["-t", "-j", "list", "table", "inet", t], "") {
             Ok(out) => out,
-            Err(BackendError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Err(BackendError::Command { failure: CommandFailure::Exit { stderr, .. }, .. })
+                if stderr.contains("No such file or directory") =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
         let protect = match self.program.run_once(&["-j", "list", "set", "inet", t, "protect"], "") {
             Ok(out) => out,
-            Err(BackendError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Err(BackendError::Command { failure: CommandFailure::Exit { stderr, .. }, .. })
+                if stderr.contains("No such file or directory") =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
         listing::structure(&terse, &protect)
             .map(Some)
-            .map_err(|detail| BackendError::Parse { program: self.program.name(), detail })
+            .map_err(|detail| BackendError::command(self.program.name(), CommandFailure::Output(detail)))
     }
 
     /// Reads the generation, then the structure, and remembers both as the reference.
@@ -365,7 +372,7 @@ impl Backend for NftBackend {
     fn observe(&mut self, now: u64) -> Result<Vec<Observed>, BackendError> {
         let out = self.program.run_once(&["-j", "list", "table", "inet", &self.config.table], "")?;
         listing::parse(&out, now)
-            .map_err(|detail| BackendError::Parse { program: self.program.name(), detail })
+            .map_err(|detail| BackendError::command(self.program.name(), CommandFailure::Output(detail)))
     }
 
     fn teardown(&mut self) -> Result<(), BackendError> {
@@ -494,8 +501,11 @@ mod tests {
         let ev = b.grant(grant(2, "192.0.2.9", "tcp/22", 30), NOW, &mut j);
         match ev.as_slice() {
             [Event::Refused { cause: spa_backends::RefusedBecause::Backend(e), .. }] => {
-                assert!(matches!(e, BackendError::Rejected { .. }), "{e}");
-                assert!(e.to_string().contains("File exists"), "{e}");
+                assert!(
+                    matches!(e, BackendError::Command { failure: CommandFailure::Rejected(_), .. }),
+                    "{e}"
+                );
+                assert!(spa_backends::error_chain(e).contains("File exists"), "{e}");
             }
             other => panic!("{other:?}"),
         }
@@ -516,7 +526,10 @@ mod tests {
             matches!(
                 ev.as_slice(),
                 [Event::Refused {
-                    cause: spa_backends::RefusedBecause::Backend(BackendError::Timeout { limit_ms: 300, .. }),
+                    cause: spa_backends::RefusedBecause::Backend(BackendError::Command {
+                        failure: CommandFailure::Timeout { limit_ms: 300 },
+                        ..
+                    }),
                     ..
                 }]
             ),
@@ -529,7 +542,10 @@ mod tests {
             matches!(
                 ev.as_slice(),
                 [Event::Refused {
-                    cause: spa_backends::RefusedBecause::Backend(BackendError::Io { .. }),
+                    cause: spa_backends::RefusedBecause::Backend(BackendError::Command {
+                        failure: CommandFailure::Io(_),
+                        ..
+                    }),
                     ..
                 }]
             ),

@@ -42,8 +42,6 @@ const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 
-const PROGRAM: &str = "nfnetlink";
-
 /// One netlink message under construction.
 struct Msg {
     buf: Vec<u8>,
@@ -248,10 +246,7 @@ impl Netlink {
             )
         };
         if n < 0 || n as usize != buf.len() {
-            return Err(BackendError::Io {
-                program: PROGRAM.into(),
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(BackendError::kernel("sending a batch", std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -270,7 +265,7 @@ impl Netlink {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(BackendError::Io { program: PROGRAM.into(), source: e });
+                return Err(BackendError::kernel("reading acknowledgements", e));
             }
             let mut at = 0usize;
             let n = n as usize;
@@ -285,10 +280,7 @@ impl Netlink {
                     let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
                     if pending.contains(&seq) && code != 0 {
                         let what = msgs.iter().find(|(s, _)| *s == seq).map_or("batch", |(_, w)| w.as_str());
-                        return Err(BackendError::Rejected {
-                            program: PROGRAM.into(),
-                            message: format!("{what}: {}", std::io::Error::from_raw_os_error(-code)),
-                        });
+                        return Err(BackendError::kernel(what, std::io::Error::from_raw_os_error(-code)));
                     }
                     pending.retain(|s| *s != seq);
                 }

@@ -16,8 +16,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spa_backends::BackendError;
 use spa_backends::process::{self, Environment, Invocation};
+use spa_backends::{BackendError, CommandFailure};
 
 /// How long a one-shot `nft -f -` or `nft -j list` may run before it is killed. These load or
 /// list the whole table (prepare, reconcile, teardown), which with many thousands of set
@@ -95,13 +95,14 @@ impl Session {
     /// Starts `nft -i` with stdout and stderr on one pipe read by a thread.
     pub fn start(program: &Program) -> Result<Self, BackendError> {
         let name = program.name();
-        let io_err = |source| BackendError::Io { program: name.clone(), source };
+        let io_err = |source| BackendError::command(name.clone(), CommandFailure::Io(source));
         let (reader, writer) = std::io::pipe().map_err(io_err)?;
         let writer2 = writer.try_clone().map_err(io_err)?;
         let mut cmd = program.command(&["-i"]);
         cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
-        let mut child =
-            cmd.spawn().map_err(|source| BackendError::Spawn { program: name.clone(), source })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| BackendError::command(name.clone(), CommandFailure::Spawn(source)))?;
         // Drop our copies of the write end, so the reader sees EOF when nft exits.
         drop(cmd);
         let Some(stdin) = child.stdin.take() else {
@@ -146,7 +147,7 @@ impl Session {
         self.stdin
             .write_all(msg.as_bytes())
             .and_then(|()| self.stdin.flush())
-            .map_err(|source| BackendError::Io { program: self.program.clone(), source })?;
+            .map_err(|source| BackendError::command(self.program.clone(), CommandFailure::Io(source)))?;
         let deadline = Instant::now() + limit;
         let mut got: Vec<String> = Vec::new();
         loop {
@@ -154,21 +155,22 @@ impl Session {
             let l = match self.lines.recv_timeout(left) {
                 Ok(l) => l,
                 Err(RecvTimeoutError::Timeout) => {
-                    return Err(BackendError::Timeout {
-                        program: self.program.clone(),
-                        limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-                    });
+                    return Err(BackendError::command(
+                        self.program.clone(),
+                        CommandFailure::Timeout {
+                            limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                        },
+                    ));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self
-                        .child
-                        .wait()
-                        .map_err(|source| BackendError::Io { program: self.program.clone(), source })?;
+                    let status = self.child.wait().map_err(|source| {
+                        BackendError::command(self.program.clone(), CommandFailure::Io(source))
+                    })?;
                     let detail = format!("nft exited ({status}): {}", first_lines(&got.join("\n")));
-                    return Err(BackendError::Io {
-                        program: self.program.clone(),
-                        source: std::io::Error::new(std::io::ErrorKind::BrokenPipe, detail),
-                    });
+                    return Err(BackendError::command(
+                        self.program.clone(),
+                        CommandFailure::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, detail)),
+                    ));
                 }
             };
             if l == sentinel {
@@ -186,10 +188,10 @@ impl Session {
             got.pop();
         }
         if got.iter().any(|l| l.starts_with("Error:")) {
-            return Err(BackendError::Rejected {
-                program: self.program.clone(),
-                message: first_lines(&got.join("\n")),
-            });
+            return Err(BackendError::command(
+                self.program.clone(),
+                CommandFailure::Rejected(first_lines(&got.join("\n"))),
+            ));
         }
         Ok(())
     }
@@ -223,11 +225,14 @@ mod tests {
         let fail = sh("echo 'Error: No such file or directory' >&2; echo 'list table inet spa' >&2; exit 1");
         let err = fail.run_once(&["-j", "list"], "").unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "nft failed (exit status: 1): Error: No such file or directory / list table inet spa"
+            spa_backends::error_chain(&err),
+            "nft failed: exit status: 1: Error: No such file or directory / list table inet spa"
         );
         let missing = Program::new(vec!["/nonexistent/nft".into()]);
-        assert!(matches!(missing.run_once(&[], ""), Err(BackendError::Spawn { .. })));
+        assert!(matches!(
+            missing.run_once(&[], ""),
+            Err(BackendError::Command { failure: CommandFailure::Spawn(_), .. })
+        ));
         assert!(matches!(Program::new(Vec::new()).run_once(&[], ""), Err(BackendError::Invalid(_))));
     }
 
@@ -236,6 +241,9 @@ mod tests {
         let mut hung = sh("sleep 30");
         hung.limit = Duration::from_millis(300);
         let err = hung.run_once(&["-f", "-"], "flush ruleset\n").unwrap_err();
-        assert!(matches!(err, BackendError::Timeout { limit_ms: 300, .. }), "{err}");
+        assert!(
+            matches!(err, BackendError::Command { failure: CommandFailure::Timeout { limit_ms: 300 }, .. }),
+            "{err}"
+        );
     }
 }

@@ -216,10 +216,8 @@ impl ScriptBackend {
             timeout: ctx.timeout(),
             grant: held.holder,
         };
-        let stdin = serde_json::to_vec(&input).map_err(|e| BackendError::Parse {
-            program: label.clone(),
-            detail: format!("cannot encode the grant as JSON: {e}"),
-        })?;
+        let stdin = serde_json::to_vec(&input)
+            .map_err(|e| BackendError::Other(format!("{label}: cannot encode the grant as JSON: {e}")))?;
         let outcome = process::run(
             Invocation::new(cmd.program.clone(), self.limit)
                 .args(cmd.args.iter().map(|t| t.render(|v| ctx.value(v))))

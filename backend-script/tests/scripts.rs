@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use spa_backend_script::ScriptBackend;
 use spa_backends::testkit::MemoryJournal;
 use spa_backends::{
-    Access, Backend, BackendError, Driver, EndKind, Event, Gate, Grant, GrantId, Nat, Record, RefusedBecause,
-    Registry, Snat, State,
+    Access, Backend, BackendError, CommandFailure, Driver, EndKind, Event, Gate, Grant, GrantId, Nat, Record,
+    RefusedBecause, Registry, Snat, State,
 };
 
 /// Records each call in `$REC_DIR/<n>/{argv,env,stdin}` (n counts from 1; calls never
@@ -465,7 +465,9 @@ fn failing_script_is_an_error_with_its_stderr_and_nothing_is_held() {
     let mut b = lab.gate(&[], "");
     lab.touch("fail-open-22");
     let err = b.grant(&grant(8, "tcp/22")).unwrap_err();
-    let BackendError::Failed { program, status, stderr } = &err else { panic!("{err:?}") };
+    let BackendError::Command { program, failure: CommandFailure::Exit { status, stderr } } = &err else {
+        panic!("{err:?}")
+    };
     assert_eq!(status.code(), Some(4));
     assert_eq!(stderr, "cannot open port 22 / second line");
     assert!(program.starts_with("open command ") && program.ends_with(" for tcp/22"), "{program}");
@@ -483,7 +485,7 @@ fn failed_multi_port_open_closes_what_it_opened() {
     let mut b = lab.gate(&[], "");
     lab.touch("fail-open-53");
     let err = b.grant(&grant(9, "tcp/22,udp/53,tcp/443")).unwrap_err();
-    assert!(matches!(err, BackendError::Failed { .. }), "{err:?}");
+    assert!(matches!(err, BackendError::Command { failure: CommandFailure::Exit { .. }, .. }), "{err:?}");
     // Open stops at the first failure; the gate's clean-up closes every unit of the grant
     // (close is idempotent: for 443 it finds nothing).
     assert_eq!(
@@ -519,7 +521,7 @@ fn missing_program_is_a_spawn_error() {
     let toml = format!("open = [{missing:?}]\nclose = [{missing:?}]");
     let mut b = Gw::started(ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap());
     let err = b.grant(&grant(10, "tcp/22")).unwrap_err();
-    assert!(matches!(err, BackendError::Spawn { .. }), "{err:?}");
+    assert!(matches!(err, BackendError::Command { failure: CommandFailure::Spawn(_), .. }), "{err:?}");
     assert!(b.live().is_empty());
 }
 
@@ -544,7 +546,9 @@ fn hanging_script_is_killed_at_the_limit_with_its_children() {
     );
     let mut b = Gw::started(ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap());
     let err = b.grant(&grant(11, "tcp/22")).unwrap_err();
-    let BackendError::Timeout { limit_ms, .. } = err else { panic!("{err:?}") };
+    let BackendError::Command { failure: CommandFailure::Timeout { limit_ms }, .. } = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(limit_ms, 300);
     assert!(b.live().is_empty());
 
@@ -794,7 +798,10 @@ fn prepare_check_that_errors_fails_the_start() {
     let mut journal = MemoryJournal::default();
     journal.grants.insert(GrantId(19), grant(19, "tcp/22"));
     let err = Gw::restarted(lab.backend_with_check(&[], ""), journal, NOW).err().unwrap();
-    assert!(matches!(&err, BackendError::Failed { status, .. } if status.code() == Some(4)), "{err:?}");
+    assert!(
+        matches!(&err, BackendError::Command { failure: CommandFailure::Exit { status, .. }, .. } if status.code() == Some(4)),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! Backend errors: one variant per way a firewall change fails.
+//! Backend errors, by the way a backend reaches the firewall: a helper program, the kernel
+//! (netlink), D-Bus (firewalld), or something else. Each names the step that failed; the
+//! cause is its `source`, so the daemon prints the chain once.
 
 use std::process::ExitStatus;
 
@@ -12,57 +14,33 @@ pub enum BackendError {
     /// A configuration value that parses but cannot work.
     #[error("invalid backend configuration: {0}")]
     Invalid(String),
-    /// A helper program could not be started.
-    #[error("could not run {program}")]
-    Spawn {
-        /// The program.
+    /// A helper program (nft, iptables-restore, ipset, pfctl, an admin's script) failed.
+    #[error("{program} failed")]
+    Command {
+        /// The program (or the command's label, for scripts).
         program: String,
-        /// Why.
+        /// How.
+        #[source]
+        failure: CommandFailure,
+    },
+    /// The kernel refused a request or its interface failed (nfnetlink).
+    #[error("kernel refused {op}")]
+    Kernel {
+        /// What was asked (`add element allow4 { ... }`, `read the ruleset generation`).
+        op: String,
+        /// The errno, or what was wrong with the answer.
         #[source]
         source: std::io::Error,
     },
-    /// Talking to a helper program failed (its stdin or stdout).
-    #[error("i/o with {program} failed")]
-    Io {
-        /// The program.
-        program: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A helper program exited unsuccessfully.
-    #[error("{program} failed ({status}): {stderr}")]
-    Failed {
-        /// The program.
-        program: String,
-        /// Its exit status.
-        status: ExitStatus,
-        /// The first line(s) of what it printed on stderr.
-        stderr: String,
-    },
-    /// A long-lived helper program refused one command and kept running (nft's `-i` mode).
-    #[error("{program} rejected the command: {message}")]
-    Rejected {
-        /// The program.
-        program: String,
-        /// What it said.
+    /// A D-Bus call failed (firewalld).
+    #[error("d-bus call {method} failed: {name}: {message}")]
+    DBus {
+        /// The method called.
+        method: String,
+        /// The D-Bus error name (`org.fedoraproject.FirewallD1.Exception`, ...).
+        name: String,
+        /// Its message.
         message: String,
-    },
-    /// A helper program ran past its time limit and was killed.
-    #[error("{program} ran longer than {limit_ms} ms and was killed")]
-    Timeout {
-        /// The program.
-        program: String,
-        /// The limit.
-        limit_ms: u64,
-    },
-    /// The firewall's answer could not be understood.
-    #[error("unexpected output from {program}: {detail}")]
-    Parse {
-        /// The program.
-        program: String,
-        /// What was wrong.
-        detail: String,
     },
     /// The grant needs something this backend does not do (NAT, IPv6, ...).
     #[error("{0} is not supported by this backend")]
@@ -70,4 +48,69 @@ pub enum BackendError {
     /// Anything else (an internal inconsistency, a test's injected failure).
     #[error("{0}")]
     Other(String),
+}
+
+/// How a helper program failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandFailure {
+    /// It could not be started.
+    #[error("could not start")]
+    Spawn(#[source] std::io::Error),
+    /// Talking to it (its stdin, stdout or stderr) failed.
+    #[error("i/o with it failed")]
+    Io(#[source] std::io::Error),
+    /// It exited unsuccessfully.
+    #[error("{status}: {stderr}")]
+    Exit {
+        /// Its exit status.
+        status: ExitStatus,
+        /// The first line(s) of what it printed on stderr.
+        stderr: String,
+    },
+    /// A long-lived helper refused one command and kept running (nft's `-i` mode).
+    #[error("refused the command: {0}")]
+    Rejected(String),
+    /// It ran past its time limit and was killed with its process group.
+    #[error("ran longer than {limit_ms} ms and was killed")]
+    Timeout {
+        /// The limit.
+        limit_ms: u64,
+    },
+    /// Its output could not be understood (or was too large to trust).
+    #[error("unexpected output: {0}")]
+    Output(String),
+}
+
+impl BackendError {
+    /// A helper program's failure.
+    pub fn command(program: impl Into<String>, failure: CommandFailure) -> Self {
+        BackendError::Command { program: program.into(), failure }
+    }
+
+    /// A kernel request's failure.
+    pub fn kernel(op: impl Into<String>, source: std::io::Error) -> Self {
+        BackendError::Kernel { op: op.into(), source }
+    }
+
+    /// The command failure inside, if this is one (for callers that react to one kind).
+    pub fn command_failure(&self) -> Option<&CommandFailure> {
+        match self {
+            BackendError::Command { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`): how the daemon and the tools print a
+/// backend error once, whole.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }

@@ -33,7 +33,7 @@ mod registry;
 pub mod testkit;
 
 pub use backend::{Backend, Capabilities, Change, Entry, Health, Held, Observed};
-pub use error::BackendError;
+pub use error::{BackendError, CommandFailure, error_chain};
 pub use gate::{Driver, Gate, Journal, NoJournal, create};
 pub use ledger::{Closing, EndKind, Event, Ledger, Record, Refusal, RefusedBecause, State};
 pub use none::NoneBackend;

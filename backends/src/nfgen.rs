@@ -22,10 +22,11 @@ const NLM_F_ACK: u16 = 0x4;
 const NLMSG_ERROR: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 
-const PROGRAM: &str = "nfnetlink";
+/// What a failure of this module's requests is about, for the error.
+const OP: &str = "reading the ruleset generation";
 
 fn io(source: std::io::Error) -> BackendError {
-    BackendError::Io { program: PROGRAM.into(), source }
+    BackendError::kernel(OP, source)
 }
 
 /// Opens a netfilter netlink socket (with a 5 s receive timeout, so no answer can block a
@@ -176,16 +177,13 @@ pub fn generation(fd: BorrowedFd<'_>, seq: u32) -> Result<u32, BackendError> {
             Answer::Pending(s) => seen = s,
             Answer::Done(Some(g)) => return Ok(g),
             Answer::Done(None) => {
-                return Err(BackendError::Parse {
-                    program: PROGRAM.into(),
-                    detail: "no generation id in the answer".into(),
-                });
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "no generation id in the answer",
+                )));
             }
             Answer::Refused(errno) => {
-                return Err(BackendError::Rejected {
-                    program: PROGRAM.into(),
-                    message: format!("getgen: {}", std::io::Error::from_raw_os_error(errno)),
-                });
+                return Err(io(std::io::Error::from_raw_os_error(errno)));
             }
         }
     }
@@ -271,7 +269,7 @@ mod tests {
     #[test]
     fn a_missing_namespace_is_an_error() {
         let e = Generation::open(Some("no-such-namespace-for-nfgen")).unwrap_err();
-        assert!(matches!(e, BackendError::Io { .. }), "{e}");
+        assert!(matches!(e, BackendError::Kernel { .. }), "{e}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::BackendError;
+use crate::{BackendError, CommandFailure};
 
 /// How much of a program's stderr is kept for its error message; the rest is read and dropped,
 /// so a chatty program never blocks on a full pipe and never grows our memory.
@@ -168,7 +168,7 @@ impl Outcome {
 
     /// The error for a program that should have succeeded and did not.
     pub fn failed(self) -> BackendError {
-        BackendError::Failed { program: self.label, status: self.status, stderr: self.stderr }
+        BackendError::command(self.label, CommandFailure::Exit { status: self.status, stderr: self.stderr })
     }
 
     /// `self` if the program exited with 0, [`BackendError::Failed`] with its stderr otherwise.
@@ -180,7 +180,7 @@ impl Outcome {
     pub fn stdout_text(self) -> Result<String, BackendError> {
         let label = self.label;
         String::from_utf8(self.stdout)
-            .map_err(|_| BackendError::Parse { program: label, detail: "output is not UTF-8".into() })
+            .map_err(|_| BackendError::command(label, CommandFailure::Output("output is not UTF-8".into())))
     }
 }
 
@@ -238,11 +238,11 @@ pub fn run(inv: Invocation) -> Result<Outcome, BackendError> {
         .stdout(if capture.is_some() { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| BackendError::Spawn { program: label.clone(), source })?;
+        .map_err(|source| BackendError::command(label.clone(), CommandFailure::Spawn(source)))?;
     let deadline = Instant::now() + limit;
     let io_error = |child: &mut Child, label: String, source| {
         kill_group(child);
-        BackendError::Io { program: label, source }
+        BackendError::command(label, CommandFailure::Io(source))
     };
 
     // Feed stdin from a thread: a program that never reads it must not block us. A program may
@@ -300,7 +300,7 @@ pub fn run(inv: Invocation) -> Result<Outcome, BackendError> {
         if now >= deadline {
             kill_group(&mut child);
             let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-            return Err(BackendError::Timeout { program: label, limit_ms });
+            return Err(BackendError::command(label, CommandFailure::Timeout { limit_ms }));
         }
         let wait = pause.min(deadline - now);
         pause = (pause * 2).min(MAX_POLL);
@@ -313,10 +313,10 @@ pub fn run(inv: Invocation) -> Result<Outcome, BackendError> {
             Ok(Event::StdoutOverflow) => {
                 kill_group(&mut child);
                 let max = capture.unwrap_or_default();
-                return Err(BackendError::Parse {
-                    program: label,
-                    detail: format!("more than {max} bytes on stdout"),
-                });
+                return Err(BackendError::command(
+                    label,
+                    CommandFailure::Output(format!("more than {max} bytes on stdout")),
+                ));
             }
             Ok(Event::StderrDone) => {
                 stderr_done = true;
@@ -496,7 +496,7 @@ mod tests {
     fn a_missing_program_is_a_spawn_error() {
         let err = run(Invocation::new("/nonexistent/iptables", LIMIT)).unwrap_err();
         assert!(
-            matches!(&err, BackendError::Spawn { program, .. } if program == "/nonexistent/iptables"),
+            matches!(&err, BackendError::Command { program, failure: CommandFailure::Spawn(_) } if program == "/nonexistent/iptables"),
             "{err}"
         );
     }
@@ -507,7 +507,10 @@ mod tests {
         let pid_file = dir.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}; sleep 30", pid_file.display());
         let err = run(sh_for(&script, Duration::from_millis(500)).label("hang")).unwrap_err();
-        assert!(matches!(err, BackendError::Timeout { limit_ms: 500, .. }), "{err}");
+        assert!(
+            matches!(err, BackendError::Command { failure: CommandFailure::Timeout { limit_ms: 500 }, .. }),
+            "{err}"
+        );
         assert_eq!(err.to_string(), "hang ran longer than 500 ms and was killed");
         let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         assert!(gone_within(pid, Duration::from_secs(10)), "the background child {pid} survived");
@@ -521,7 +524,10 @@ mod tests {
         let pid_file = dir.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}", pid_file.display());
         let inv = sh_for(&script, Duration::from_millis(500)).capture_stdout();
-        assert!(matches!(run(inv), Err(BackendError::Timeout { .. })));
+        assert!(matches!(
+            run(inv),
+            Err(BackendError::Command { failure: CommandFailure::Timeout { .. }, .. })
+        ));
         let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         assert!(gone_within(pid, Duration::from_secs(10)), "the background child {pid} survived");
     }
@@ -539,7 +545,7 @@ mod tests {
         assert_eq!(err.to_string(), "unexpected output from head: more than 1048576 bytes on stdout");
         // An endless writer too, long before the time limit.
         let err = run(Invocation::new("yes", LIMIT).capture_stdout_max(1 << 20)).unwrap_err();
-        assert!(matches!(err, BackendError::Parse { .. }), "{err}");
+        assert!(matches!(err, BackendError::Command { failure: CommandFailure::Output(_), .. }), "{err}");
     }
 
     #[test]

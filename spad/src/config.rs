@@ -749,17 +749,7 @@ fn invalid_key(e: &spa_engine::Error) -> Option<&'static str> {
     }
 }
 
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+pub use spa_backends::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use spa_backends::{Driver, Event, Grant, GrantId, Nat, RefusedBecause};
+use spa_backends::{CommandFailure, Driver, Event, Grant, GrantId, Nat, RefusedBecause};
 use spa_engine::{Action, GrantRequest, NatHost};
 
 use crate::audit::Audit;
@@ -323,7 +323,9 @@ impl Worker {
             .label("command");
         let status = match process::run(inv) {
             Ok(outcome) => outcome.status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
-            Err(spa_backends::BackendError::Timeout { .. }) => "timeout".to_owned(),
+            Err(spa_backends::BackendError::Command { failure: CommandFailure::Timeout { .. }, .. }) => {
+                "timeout".to_owned()
+            }
             Err(e) => error_chain(&e),
         };
         tracing::info!("command from {} ({}) ended: {status}", req.packet_source, req.stanza);
