@@ -24,7 +24,7 @@ const SAMPLES: u32 = 1000;
 fn grant(i: u32, deadline: u64) -> Grant {
     let source = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
     Grant {
-        id: GrantId(u64::from(i)),
+        id: GrantId(u64::from(i) + 1),
         source,
         packet_source: source,
         destination: None,
@@ -100,7 +100,7 @@ fn main() {
         let mut revokes = Vec::new();
         for i in 0..SAMPLES {
             let t = Instant::now();
-            let ev = b.revoke(GrantId(u64::from(n + i)), now, j);
+            let ev = b.revoke(GrantId(u64::from(n + i) + 1), now, j);
             revokes.push(t.elapsed());
             assert!(matches!(ev.as_slice(), [Event::Ended { .. }]), "{ev:?}");
         }

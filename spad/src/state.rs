@@ -514,6 +514,8 @@ impl StanzaLimits {
 fn load_grants(path: &Path) -> Result<BTreeMap<GrantId, Record>, StateError> {
     let mut grants: BTreeMap<GrantId, Record> = BTreeMap::new();
     read_journal(path, |line| match serde_json::from_str::<GrantRecord>(line) {
+        // 0 is not a grant id (spad never makes it); such a line is unreadable.
+        Ok(GrantRecord::Put { grant }) if grant.id.0 == 0 => false,
         Ok(GrantRecord::Put { grant }) => {
             // A put keeps a closing state: only `del` ends a grant.
             let state = grants.get(&grant.id).map_or(State::Live, |r| r.state.clone());
