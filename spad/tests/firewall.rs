@@ -2,70 +2,21 @@
 //! from the client and from an attacker, before and after a knock, after the window, and
 //! across a crash of the daemon.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spa_e2e::{GatewayLab, Netns};
+
+mod support;
+use support::{Daemon, spa_bin};
 
 const KEY: &str = "spad-firewall-test-encryption-k!";
 const HMAC_KEY: &str = "spad-firewall-test-hmac-key-0123456789abcdef";
 
-fn spa_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_spad")).with_file_name("spa");
-    assert!(p.exists(), "{} is missing: run the suite with `cargo test --workspace`", p.display());
-    p
-}
-
-struct Spad {
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Spad {
-    fn start(gw: &Netns, config: &Path) -> Self {
-        let mut child = gw
-            .cmd(env!("CARGO_BIN_EXE_spad"))
-            .args(["--config", config.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let log: Arc<Mutex<String>> = Arc::default();
-        let l = log.clone();
-        let err = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let start = Instant::now();
-        while !log.lock().unwrap().contains("spad ready") {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "spad did not start:\n{}",
-                log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        Self { child: Some(child), log }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Spad {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// spad started in `gw` on the configuration `write_config` wrote (`dir/spad.toml`).
+fn start(gw: &Netns, config: &Path) -> Daemon {
+    Daemon::start_written(gw, config.parent().unwrap())
 }
 
 fn knock(lab: &GatewayLab, home: &Path, dest: &str) {
@@ -138,7 +89,7 @@ fn scenario(prefix: &str, backend: &str, table: &str) {
     let ssh4 = GatewayLab::addr(GatewayLab::GW4, 22);
     let ssh6 = GatewayLab::addr(GatewayLab::GW6, 22);
     let short = Duration::from_secs(1);
-    let mut spad = Spad::start(&lab.gw, &config);
+    let mut spad = start(&lab.gw, &config);
 
     assert!(!lab.client.tcp_connects(ssh4, short), "open before any knock");
     // The real fwknop client first.
@@ -154,7 +105,7 @@ fn scenario(prefix: &str, backend: &str, table: &str) {
     assert!(
         lab.client.wait_tcp(ssh4, Duration::from_secs(5)).is_some(),
         "closed after the knock:\n{}",
-        spad.log.lock().unwrap()
+        spad.log_text()
     );
     assert!(
         !lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short),
@@ -178,7 +129,7 @@ fn scenario(prefix: &str, backend: &str, table: &str) {
         !lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short),
         "crash opened the port"
     );
-    let mut spad = Spad::start(&lab.gw, &config);
+    let mut spad = start(&lab.gw, &config);
     assert!(lab.client.tcp_connects(ssh4, short), "live grant lost across the restart");
 
     // Killed again and left dead: the grant still ends at its deadline (the kernel expires it).
@@ -187,7 +138,7 @@ fn scenario(prefix: &str, backend: &str, table: &str) {
     assert!(!lab.client.tcp_connects(ssh4, short), "grant outlived its window with the daemon dead");
     assert!(!lab.attacker.tcp_connects(GatewayLab::addr(GatewayLab::GW_ATTACKER4, 22), short));
     // A restart after that reopens nothing.
-    let _spad = Spad::start(&lab.gw, &config);
+    let _spad = start(&lab.gw, &config);
     assert!(!lab.client.tcp_connects(ssh4, short), "restart reopened an expired grant");
 }
 
@@ -210,7 +161,7 @@ fn nat_scenario(prefix: &str, backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), backend, "", "[nat]\nenable_forwarding = true", "tcp/2222", 30);
     let _srv = lab.internal.tcp_server(22, "internal-ssh");
-    let _spad = Spad::start(&lab.gw, &config);
+    let _spad = start(&lab.gw, &config);
     let short = Duration::from_secs(1);
     let ext = GatewayLab::addr(GatewayLab::GW4, 2222);
     assert!(!lab.client.tcp_connects(ext, short), "forwarded before any knock");

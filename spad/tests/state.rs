@@ -8,14 +8,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spa_backends::{Access, Grant, GrantId};
 use spa_e2e::{GatewayLab, Netns};
+
+mod support;
+use support::Daemon;
 
 const KEY: &str = "state-tests-encryption-key-32byt";
 const HMAC_KEY: &str = "state-tests-hmac-key-of-32-bytes";
@@ -66,124 +69,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
-}
-
-/// A running spad.
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    config: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    /// Starts spad in `ns` on the configuration already written in `dir`.
-    fn start(ns: &Netns, dir: &Path) -> Self {
-        let mut d =
-            Self { child: None, dir: dir.to_owned(), config: dir.join("spad.toml"), log: Arc::default() };
-        d.spawn(ns);
-        d
-    }
-
-    /// Starts (or restarts) spad; the log then holds this run's lines only.
-    fn spawn(&mut self, ns: &Netns) {
-        self.log.lock().unwrap().clear();
-        let mut child = ns
-            .cmd(env!("CARGO_BIN_EXE_spad"))
-            .args(["--config", self.config.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start spad");
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        self.child = Some(child);
-        self.wait_log("spad ready");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(start.elapsed() < Duration::from_secs(20), "no {needle:?} in spad log:\n{}", self.log());
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.join("audit.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).expect("audit lines are JSON")).collect()
-    }
-
-    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(e) = self.events().into_iter().find(&pred) {
-                return e;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no {what} event; audit:\n{:#?}\nlog:\n{}",
-                self.events(),
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
-        self.events().iter().filter(|e| pred(e)).count()
-    }
-
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// `spad <args>` on this configuration, outside any namespace.
-    fn spad(&self, args: &[&str]) -> Output {
-        spad_cmd(&self.config, args)
-    }
-
-    fn listed(&self) -> Vec<Value> {
-        let out = self.spad(&["list", "--json"]);
-        assert!(out.status.success(), "spad list: {}", String::from_utf8_lossy(&out.stderr));
-        out.stdout
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spad_cmd(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spad"))
-        .args(args)
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap()
 }
 
 /// Runs a spad that must refuse to start: returns its output once it exits, and fails the test
@@ -307,7 +192,7 @@ fn second_spad_changes_nothing(prefix: &str, listen: &str) {
     let lab = GatewayLab::new(prefix);
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &config(dir.path(), listen, "10.201.1.0/24"));
-    let mut d = Daemon::start(&lab.gw, dir.path());
+    let mut d = Daemon::start_written(&lab.gw, dir.path());
     let gw = GatewayLab::addr(GatewayLab::GW4, 62201);
     let packet = engine_packet(GatewayLab::CLIENT4, "tcp/22");
     send_from(&lab.client, gw, packet.clone());
@@ -372,7 +257,7 @@ fn test_mode_has_its_own_state_and_lock() {
     let other = Netns::new("st3b");
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config(dir.path(), LOOPBACK, "127.0.0.1"));
-    let _real = Daemon::start(&ns, dir.path());
+    let _real = Daemon::start_written(&ns, dir.path());
     // A test-mode spad beside the real one (in another namespace, for the port): it starts.
     let mut test = other
         .cmd(env!("CARGO_BIN_EXE_spad"))
@@ -459,7 +344,7 @@ fn state_others_own_or_can_write_is_refused() {
     assert_eq!(std::fs::read_to_string(&grants).unwrap(), record);
 
     // Put right, it starts and keeps the grant.
-    let d = Daemon::start(&ns, dir.path());
+    let d = Daemon::start_written(&ns, dir.path());
     assert_eq!(d.listed().len(), 1);
 }
 
@@ -512,7 +397,7 @@ fn a_planted_temp_file_link_never_truncates_its_target() {
     for tmp in ["grants.tmp", "replay.tmp"] {
         std::os::unix::fs::symlink(&victim, state.join(tmp)).unwrap();
     }
-    let d = Daemon::start(&ns, dir.path());
+    let d = Daemon::start_written(&ns, dir.path());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:x:0:0:root:/root:/bin/bash\n");
     for tmp in ["grants.tmp", "replay.tmp"] {
         assert!(std::fs::symlink_metadata(state.join(tmp)).is_err(), "{tmp} is still there");
@@ -538,7 +423,7 @@ fn loaded_grants_are_held_to_the_configuration() {
     );
     write_private(&state.join("grants.jsonl"), text.as_bytes());
     let before = now();
-    let d = Daemon::start(&ns, dir.path());
+    let d = Daemon::start_written(&ns, dir.path());
     let after = now();
 
     let listed = d.listed();
@@ -552,7 +437,7 @@ fn loaded_grants_are_held_to_the_configuration() {
     // The grant of the removed stanza is closed at start (its record ends with a `del`).
     let journal = std::fs::read_to_string(state.join("grants.jsonl")).unwrap();
     assert!(journal.lines().last().unwrap().contains(r#""op":"del","id":8738"#), "{journal}");
-    let log = d.log();
+    let log = d.log_text();
     assert!(
         log.contains("1 grant(s) of stanzas no longer configured are closed (the first: 0000000000002222 for 127.0.0.1)"),
         "{log}"
@@ -581,8 +466,8 @@ fn damaged_journal_lines_are_skipped_and_counted() {
     replay.extend_from_slice(b"FORGED-LINE-\xc0\xaf THREE 12\nshort 5\n");
     write_private(&state.join("replay.log"), &replay);
 
-    let d = Daemon::start(&ns, dir.path());
-    let log = d.log();
+    let d = Daemon::start_written(&ns, dir.path());
+    let log = d.log_text();
     let g = state.join("grants.jsonl");
     let r = state.join("replay.log");
     assert!(
@@ -648,7 +533,7 @@ fn a_knock_that_cannot_be_recorded_is_refused_and_never_granted_twice() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &config(dir.path(), LOOPBACK, "127.0.0.1"));
     let disk = Tmpfs::mount(&dir.path().join("state"), "64k");
-    let mut d = Daemon::start(&ns, dir.path());
+    let mut d = Daemon::start_written(&ns, dir.path());
 
     let filler = disk.fill();
     let refused_packet = engine_packet("127.0.0.1", "udp/53");
@@ -660,7 +545,11 @@ fn a_knock_that_cannot_be_recorded_is_refused_and_never_granted_twice() {
     d.wait_event("replay", |e| is(e, "reject") && e["reason"] == "replay");
     assert_eq!(d.count(|e| is(e, "grant") || is(e, "extend")), 0);
     assert!(d.listed().is_empty());
-    assert!(d.log().contains("refusing an authenticated packet: cannot write journal"), "{}", d.log());
+    assert!(
+        d.log_text().contains("refusing an authenticated packet: cannot write journal"),
+        "{}",
+        d.log_text()
+    );
 
     // Space again: a new knock is granted.
     std::fs::remove_file(filler).unwrap();
@@ -699,7 +588,7 @@ fn a_grant_that_cannot_be_recorded_is_not_made() {
         &disk.0.join("replay.log"),
         format!("{}\n", replay_line(b"an earlier packet", now())).as_bytes(),
     );
-    let mut d = Daemon::start(&ns, dir.path());
+    let mut d = Daemon::start_written(&ns, dir.path());
 
     let filler = disk.fill();
     let packet = engine_packet("127.0.0.1", "tcp/22");
@@ -708,7 +597,7 @@ fn a_grant_that_cannot_be_recorded_is_not_made() {
     assert_eq!((e["action"].as_str(), e["error"].as_str()), (Some("grant"), Some("state_unwritable")), "{e}");
     assert_eq!(d.count(|e| is(e, "grant")), 0);
     assert!(d.listed().is_empty());
-    assert!(d.log().contains("refused: state unwritable"), "{}", d.log());
+    assert!(d.log_text().contains("refused: state unwritable"), "{}", d.log_text());
 
     std::fs::remove_file(filler).unwrap();
     send_loopback(&ns, &engine_packet("127.0.0.1", "tcp/22"));
@@ -743,7 +632,7 @@ fn an_end_that_cannot_be_recorded_blocks_new_grants_until_the_journal_is_rewritt
         &disk.0.join("replay.log"),
         format!("{}\n", replay_line(b"an earlier packet", now())).as_bytes(),
     );
-    let mut d = Daemon::start(&ns, dir.path());
+    let mut d = Daemon::start_written(&ns, dir.path());
     // spad's own compaction wrote the same two records.
     assert_eq!(std::fs::metadata(disk.0.join("grants.jsonl")).unwrap().len(), 2 * PAGE as u64);
     let filler = disk.fill();
@@ -754,7 +643,7 @@ fn an_end_that_cannot_be_recorded_blocks_new_grants_until_the_journal_is_rewritt
     send_loopback(&ns, &engine_packet("127.0.0.1", "udp/53"));
     let e = d.wait_event("error", |e| is(e, "error"));
     assert_eq!((e["action"].as_str(), e["error"].as_str()), (Some("grant"), Some("state_unwritable")), "{e}");
-    assert!(d.log().contains("is waiting for a rewrite after a failed write"), "{}", d.log());
+    assert!(d.log_text().contains("is waiting for a rewrite after a failed write"), "{}", d.log_text());
 
     std::fs::remove_file(filler).unwrap();
     d.wait_log("grant journal rewritten");

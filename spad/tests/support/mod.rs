@@ -31,15 +31,23 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Writes `config_text` to `dir/spad.toml` (mode 0600) and starts spad on it in `gw`.
     pub fn start(gw: &Netns, dir: &Path, config_text: &str) -> Self {
-        let config = dir.join("spad.toml");
-        write_private(&config, config_text);
-        let mut d = Self { child: None, dir: dir.to_owned(), config, log: Arc::default() };
+        write_private(&dir.join("spad.toml"), config_text);
+        Self::start_written(gw, dir)
+    }
+
+    /// Starts spad in `gw` on the configuration already written in `dir/spad.toml`.
+    pub fn start_written(gw: &Netns, dir: &Path) -> Self {
+        let mut d =
+            Self { child: None, dir: dir.to_owned(), config: dir.join("spad.toml"), log: Arc::default() };
         d.spawn(gw);
         d
     }
 
+    /// Starts (or restarts) spad; the log then holds this run's lines only.
     pub fn spawn(&mut self, gw: &Netns) {
+        self.log.lock().unwrap().clear();
         let mut child = gw
             .cmd(env!("CARGO_BIN_EXE_spad"))
             .args(["--config", self.config.to_str().unwrap()])
@@ -92,6 +100,44 @@ impl Daemon {
         }
     }
 
+    /// Waits for the `n`-th (0-based) event matching `pred`.
+    pub fn wait_nth_event(&self, n: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.events().into_iter().filter(&pred).nth(n) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {what} event number {n}; audit:\n{:#?}\nlog:\n{}",
+                self.events(),
+                self.log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What this run has logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `spad list --json`, one value per grant.
+    pub fn listed(&self) -> Vec<Value> {
+        let out = self.spad(&["list", "--json"]);
+        assert!(out.status.success(), "spad list: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
     pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
         self.events().iter().filter(|e| pred(e)).count()
     }
@@ -116,12 +162,9 @@ impl Daemon {
         assert!(st.success(), "spad exited with {st}");
     }
 
+    /// `spad <args>` on this configuration, outside any namespace.
     pub fn spad(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_spad"))
-            .args(args)
-            .args(["--config", self.config.to_str().unwrap()])
-            .output()
-            .unwrap()
+        spad_cmd(&self.config, args)
     }
 }
 
@@ -132,6 +175,15 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// `spad <args> --config <config>`, outside any namespace.
+pub fn spad_cmd(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spad"))
+        .args(args)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap()
 }
 
 /// Whether an audit event is of kind `event`.
@@ -152,7 +204,18 @@ pub fn send_from(ns: &Netns, to: SocketAddr, payload: Vec<u8>) {
 /// An access packet made with the engine, with the given keys (passphrases), allow address,
 /// ports and timestamp offset.
 pub fn packet(key: &str, hmac: &str, src_allow: &str, port: &str, ts_offset: i64) -> Vec<u8> {
-    use spa_engine::{DigestType, EncryptionKey, EncryptionMode, HmacKey, MessageType, SpaMessage, packet};
+    seal(key, hmac, spa_engine::MessageType::Access, &format!("{src_allow},{port}"), ts_offset)
+}
+
+/// A packet of any message type made with the engine (AES-CBC, SHA-256, HMAC-SHA256).
+pub fn seal(
+    key: &str,
+    hmac: &str,
+    message_type: spa_engine::MessageType,
+    message: &str,
+    ts_offset: i64,
+) -> Vec<u8> {
+    use spa_engine::{DigestType, EncryptionKey, EncryptionMode, HmacKey, SpaMessage, packet};
     struct Os;
     impl spa_engine::Entropy for Os {
         fn fill(&mut self, buf: &mut [u8]) {
@@ -165,8 +228,8 @@ pub fn packet(key: &str, hmac: &str, src_allow: &str, port: &str, ts_offset: i64
         username: "tester".into(),
         timestamp: (now + ts_offset) as u64,
         version: "3.0.0".into(),
-        message_type: MessageType::Access,
-        message: format!("{src_allow},{port}"),
+        message_type,
+        message: message.to_owned(),
         nat_access: None,
         server_auth: None,
         client_timeout: None,
