@@ -84,8 +84,9 @@ impl Default for Listen {
     }
 }
 
-/// `[firewall]`: the backend's name, its own table, and exit behaviour.
-#[derive(Clone, Debug, PartialEq)]
+/// `[firewall]`: the backend's name, its own table, and exit behaviour. Two are equal when
+/// their settings are (where they are written in the file does not count).
+#[derive(Clone, Debug)]
 pub struct Firewall {
     /// The registered backend name.
     pub backend: String,
@@ -96,6 +97,14 @@ pub struct Firewall {
     pub table: toml::Table,
     /// Where the backend's options are written: the table's line, and each key's.
     pub lines: BackendLines,
+}
+
+impl PartialEq for Firewall {
+    fn eq(&self, other: &Self) -> bool {
+        self.backend == other.backend
+            && self.keep_grants_on_exit == other.keep_grants_on_exit
+            && self.table == other.table
+    }
 }
 
 /// Lines of the backend's table in the main file, so a backend option error names its line.

@@ -283,3 +283,37 @@ fn teardown_is_refused_while_spad_runs_then_removes_the_table() {
     let listed = String::from_utf8(d.spad(&["list"]).stdout).unwrap();
     assert!(listed.contains("no active grants"), "{listed}");
 }
+
+/// `spad list --firewall`, run where the firewall is (the gateway's namespace).
+fn list_firewall(lab: &GatewayLab, d: &Daemon) -> String {
+    let out = lab
+        .gw
+        .cmd(env!("CARGO_BIN_EXE_spad"))
+        .args(["list", "--firewall", "--config", d.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn list_firewall_shows_the_firewall_beside_the_ledger_with_differences_marked() {
+    let (lab, _dir, d) = nft("lcl", false);
+    knock(&lab);
+    let g = d.wait_event("grant", |e| is(e, "grant"));
+    let id = g["id"].as_str().unwrap();
+    let line = |text: &str, entry: &str| text.lines().find(|l| l.contains(entry)).map(str::to_owned);
+    let client = "allow4 { 10.201.1.2 . tcp . 22 }";
+    let out = list_firewall(&lab, &d);
+    let l = line(&out, client).unwrap_or_else(|| panic!("{out}"));
+    assert!(l.starts_with("  ") && l.contains(id) && l.ends_with("ok"), "{l}");
+    // Someone adds an element by hand (the tamper check does not look inside sets), and
+    // removes the client's: both are marked.
+    lab.gw.sh("nft add element inet spa allow4 '{ 10.201.3.2 . tcp . 22 timeout 60s }'");
+    lab.gw.sh("nft delete element inet spa allow4 '{ 10.201.1.2 . tcp . 22 }'");
+    let out = list_firewall(&lab, &d);
+    let rogue = line(&out, "allow4 { 10.201.3.2 . tcp . 22 }").unwrap_or_else(|| panic!("{out}"));
+    assert!(rogue.starts_with("+ ") && rogue.ends_with("not in the ledger"), "{rogue}");
+    let gone = line(&out, client).unwrap_or_else(|| panic!("{out}"));
+    assert!(gone.starts_with("- ") && gone.ends_with("missing"), "{gone}");
+}
