@@ -284,8 +284,13 @@ impl Worker {
                 }
             }
         };
+        // A fresh id (a 64-bit random one is all but certainly new; make sure).
+        let mut id = new_id();
+        while self.driver.ledger().get(id).is_some() {
+            id = new_id();
+        }
         let grant = Grant {
-            id: new_id(),
+            id,
             source: req.allowed_source,
             packet_source: req.packet_source,
             destination: req.destination,
