@@ -322,6 +322,13 @@ impl<B: Backend> Driver for Gate<B> {
         now: u64,
         journal: &mut dyn Journal,
     ) -> Result<Vec<Event>, BackendError> {
+        // A close that failed before the restart is tried again at once.
+        let records = records.into_iter().map(|mut r| {
+            if let crate::ledger::State::Closing(c) = &mut r.state {
+                c.retry_at = c.retry_at.min(now);
+            }
+            r
+        });
         self.ledger = Ledger::load(records);
         self.rebuild(now)?;
         Ok(self.settle_after_prepare(journal))
