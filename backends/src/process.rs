@@ -484,7 +484,7 @@ mod tests {
             run(sh("echo first >&2; echo second >&2; echo third >&2; echo fourth >&2; exit 3")).unwrap();
         assert_eq!(out.status.code(), Some(3));
         let err = out.success().unwrap_err();
-        assert_eq!(err.to_string(), "sh failed (exit status: 3): first / second / third");
+        assert_eq!(crate::error_chain(&err), "sh failed: exit status: 3: first / second / third");
         // A flood on stderr is read to its end (no blocked child) and kept short.
         let out = run(sh("head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 1")).unwrap();
         assert_eq!(out.stderr.chars().count(), SUMMARY_CHARS + 3);
@@ -511,7 +511,7 @@ mod tests {
             matches!(err, BackendError::Command { failure: CommandFailure::Timeout { limit_ms: 500 }, .. }),
             "{err}"
         );
-        assert_eq!(err.to_string(), "hang ran longer than 500 ms and was killed");
+        assert_eq!(crate::error_chain(&err), "hang failed: ran longer than 500 ms and was killed");
         let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         assert!(gone_within(pid, Duration::from_secs(10)), "the background child {pid} survived");
     }
@@ -542,7 +542,7 @@ mod tests {
         let inv =
             Invocation::new("head", LIMIT).args(["-c", "10000000", "/dev/zero"]).capture_stdout_max(1 << 20);
         let err = run(inv).unwrap_err();
-        assert_eq!(err.to_string(), "unexpected output from head: more than 1048576 bytes on stdout");
+        assert_eq!(crate::error_chain(&err), "head failed: unexpected output: more than 1048576 bytes on stdout");
         // An endless writer too, long before the time limit.
         let err = run(Invocation::new("yes", LIMIT).capture_stdout_max(1 << 20)).unwrap_err();
         assert!(matches!(err, BackendError::Command { failure: CommandFailure::Output(_), .. }), "{err}");
@@ -551,7 +551,7 @@ mod tests {
     #[test]
     fn output_that_is_not_text_is_a_parse_error() {
         let err = text_err(sh("printf '\\377'"));
-        assert_eq!(err.to_string(), "unexpected output from sh: output is not UTF-8");
+        assert_eq!(crate::error_chain(&err), "sh failed: unexpected output: output is not UTF-8");
     }
 
     fn text_err(inv: Invocation) -> BackendError {
