@@ -209,7 +209,7 @@ fn nft_set_example_refuses_what_it_cannot_do() {
     let mut b = Gw::start(backend(&lab.gw), MemoryJournal::default(), NOW);
     let mut all = grant(3, GatewayLab::CLIENT4, 60);
     all.access = Access::All;
-    let err = b.grant(&all, NOW).unwrap_err().to_string();
+    let err = spa_backends::error_chain(&b.grant(&all, NOW).unwrap_err());
     assert!(err.contains("forward-all"), "{err}");
     assert!(err.contains("exit status: 2"), "{err}");
     assert!(b.gate.ledger().live().next().is_none());

@@ -471,7 +471,7 @@ fn failing_script_is_an_error_with_its_stderr_and_nothing_is_held() {
     assert_eq!(status.code(), Some(4));
     assert_eq!(stderr, "cannot open port 22 / second line");
     assert!(program.starts_with("open command ") && program.ends_with(" for tcp/22"), "{program}");
-    assert!(err.to_string().contains("cannot open port 22"), "{err}");
+    assert!(spa_backends::error_chain(&err).contains("cannot open port 22"), "{err}");
     // The gate cleans up after a failed grant: close runs for its unit (whatever the failed
     // open left behind), and nothing is on record.
     assert_eq!(lab.actions(), pairs(&[("open", "22"), ("close", "22")]));
@@ -504,7 +504,7 @@ fn a_failed_clean_up_is_retried_until_it_works() {
     lab.touch("fail-open-53");
     lab.fail_times("fail-close-22", 1);
     let err = b.grant(&grant(9, "tcp/22,udp/53")).unwrap_err();
-    assert!(err.to_string().contains("cannot open port 53"), "{err}");
+    assert!(spa_backends::error_chain(&err).contains("cannot open port 53"), "{err}");
     // Not granted, but tcp/22 may be open: kept on record as closing.
     assert!(b.live().is_empty());
     assert!(b.journal.closing.contains_key(&GrantId(9)));
@@ -708,7 +708,7 @@ fn a_failed_close_is_retried_with_backoff_until_it_works() {
     lab.fail_times("fail-close-22", 2);
 
     let err = b.revoke(17, NOW + 10).unwrap_err();
-    assert!(err.to_string().contains("cannot close port 22"), "{err}");
+    assert!(spa_backends::error_chain(&err).contains("cannot close port 22"), "{err}");
     // The first failure stops the batch; the grant is closing, in the ledger and the journal.
     assert_eq!(lab.actions()[2..], pairs(&[("close", "22")]));
     let closing = b.journal.closing[&GrantId(17)];

@@ -542,7 +542,10 @@ mod tests {
         let inv =
             Invocation::new("head", LIMIT).args(["-c", "10000000", "/dev/zero"]).capture_stdout_max(1 << 20);
         let err = run(inv).unwrap_err();
-        assert_eq!(crate::error_chain(&err), "head failed: unexpected output: more than 1048576 bytes on stdout");
+        assert_eq!(
+            crate::error_chain(&err),
+            "head failed: unexpected output: more than 1048576 bytes on stdout"
+        );
         // An endless writer too, long before the time limit.
         let err = run(Invocation::new("yes", LIMIT).capture_stdout_max(1 << 20)).unwrap_err();
         assert!(matches!(err, BackendError::Command { failure: CommandFailure::Output(_), .. }), "{err}");
