@@ -151,13 +151,7 @@ impl Firewalld {
     pub fn property(&self, name: &str) -> Result<String, BackendError> {
         let reply = self
             .conn
-            .call_method(
-                Some(NAME),
-                PATH,
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &(IFACE, name),
-            )
+            .call_method(Some(NAME), PATH, Some("org.freedesktop.DBus.Properties"), "Get", &(IFACE, name))
             .map_err(|e| error("Get", &e))?;
         let v: OwnedValue = Self::decode("Get", &reply)?;
         match &*v {
@@ -226,8 +220,10 @@ impl Firewalld {
 
     /// `getServiceSettings2`: a service's runtime definition.
     pub fn runtime_service(&self, service: &str) -> Result<ServicePorts, BackendError> {
-        let map: HashMap<String, OwnedValue> =
-            Self::decode("getServiceSettings2", &self.call(PATH, IFACE, "getServiceSettings2", &(service,))?)?;
+        let map: HashMap<String, OwnedValue> = Self::decode(
+            "getServiceSettings2",
+            &self.call(PATH, IFACE, "getServiceSettings2", &(service,))?,
+        )?;
         Ok(service_ports(&map))
     }
 
@@ -264,7 +260,9 @@ fn pairs(v: Option<&OwnedValue>) -> Vec<(String, String)> {
             .iter()
             .filter_map(|e| match e {
                 Value::Structure(s) => match s.fields() {
-                    [Value::Str(a), Value::Str(b), ..] => Some((a.as_str().to_owned(), b.as_str().to_owned())),
+                    [Value::Str(a), Value::Str(b), ..] => {
+                        Some((a.as_str().to_owned(), b.as_str().to_owned()))
+                    }
                     _ => None,
                 },
                 _ => None,

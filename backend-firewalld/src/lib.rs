@@ -70,6 +70,8 @@ pub mod config;
 pub mod listener;
 pub mod model;
 pub mod protect;
+#[cfg(feature = "testlab")]
+pub mod testlab;
 
 pub use bus::BusAddress;
 pub use config::FirewalldConfig;
@@ -167,7 +169,10 @@ impl FirewalldBackend {
     /// firewalld is on the bus, running, and new enough; returns its version.
     fn running(fw: &Firewalld) -> Result<String, BackendError> {
         if !fw.on_bus()? {
-            return Err(BackendError::Invalid(format!("firewalld is not running (no owner of {} on the system bus)", bus::NAME)));
+            return Err(BackendError::Invalid(format!(
+                "firewalld is not running (no owner of {} on the system bus)",
+                bus::NAME
+            )));
         }
         let version = fw.property("version")?;
         match parse_version(&version) {
@@ -209,12 +214,17 @@ impl FirewalldBackend {
         }
         let fw = &self.fw;
         let zone = &self.zone;
-        let mut found = protect::violations(zone, Layer::Runtime, &fw.runtime_zone(zone)?, protect, &mut |s| {
-            fw.runtime_service(s).ok()
-        });
-        found.extend(protect::violations(zone, Layer::Permanent, &fw.permanent_zone(zone)?, protect, &mut |s| {
-            fw.permanent_service(s).ok()
-        }));
+        let mut found =
+            protect::violations(zone, Layer::Runtime, &fw.runtime_zone(zone)?, protect, &mut |s| {
+                fw.runtime_service(s).ok()
+            });
+        found.extend(protect::violations(
+            zone,
+            Layer::Permanent,
+            &fw.permanent_zone(zone)?,
+            protect,
+            &mut |s| fw.permanent_service(s).ok(),
+        ));
         if found.is_empty() {
             Ok(())
         } else {
@@ -450,7 +460,8 @@ mod tests {
     fn no_bus_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("unix:path={}", dir.path().join("none").display());
-        let err = FirewalldBackend::connect(FirewalldConfig::default(), BusAddress::Address(addr)).unwrap_err();
+        let err =
+            FirewalldBackend::connect(FirewalldConfig::default(), BusAddress::Address(addr)).unwrap_err();
         assert!(matches!(err, BackendError::DBus { .. }), "{err}");
     }
 }

@@ -71,8 +71,8 @@ impl Listener {
             .map_err(|e| bus::error("AddMatch", &e))?;
         let reloads = MessageIterator::for_match_rule(reloaded, &conn, Some(64))
             .map_err(|e| bus::error("AddMatch", &e))?;
-        let owners =
-            MessageIterator::for_match_rule(owner, &conn, Some(64)).map_err(|e| bus::error("AddMatch", &e))?;
+        let owners = MessageIterator::for_match_rule(owner, &conn, Some(64))
+            .map_err(|e| bus::error("AddMatch", &e))?;
         let flags = Arc::new(AtomicU8::new(0));
         let (f1, f2) = (Arc::clone(&flags), Arc::clone(&flags));
         // Two small threads, one per subscription: a blocking iterator waits on one stream.

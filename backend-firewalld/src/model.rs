@@ -288,23 +288,29 @@ pub fn expand(grant: &Grant) -> Result<Vec<Rule>, BackendError> {
     if let Some(d) = grant.destination {
         same_family(d, "destination")?;
     }
-    let rule = |port: ProtoPort, action| Rule { source: grant.source, destination: grant.destination, port, action };
+    let rule =
+        |port: ProtoPort, action| Rule { source: grant.source, destination: grant.destination, port, action };
     match grant.nat.as_deref() {
         None => Ok(ports.iter().map(|p| rule(*p, Action::Accept)).collect()),
         Some(Nat::Dnat { to, port, snat: None }) => {
             same_family(*to, "dnat address")?;
             Ok(ports
                 .iter()
-                .map(|p| rule(*p, Action::ForwardPort { to_port: port.unwrap_or(p.port), to_addr: Some(*to) }))
+                .map(|p| {
+                    rule(*p, Action::ForwardPort { to_port: port.unwrap_or(p.port), to_addr: Some(*to) })
+                })
                 .collect())
         }
         Some(Nat::Dnat { snat: Some(_), .. }) => Err(BackendError::Unsupported(
             "source nat (snat or masquerade) with firewalld; masquerade the internal zone instead",
         )),
-        Some(Nat::Redirect { port }) => {
-            Ok(ports.iter().map(|p| rule(*p, Action::ForwardPort { to_port: *port, to_addr: None })).collect())
+        Some(Nat::Redirect { port }) => Ok(ports
+            .iter()
+            .map(|p| rule(*p, Action::ForwardPort { to_port: *port, to_addr: None }))
+            .collect()),
+        Some(Nat::Route { .. }) => {
+            Err(BackendError::Unsupported("routed forwarding (nat route) with firewalld"))
         }
-        Some(Nat::Route { .. }) => Err(BackendError::Unsupported("routed forwarding (nat route) with firewalld")),
     }
 }
 
@@ -323,7 +329,8 @@ mod tests {
     fn rules_in_firewalld_words() {
         let plain = grant(1).source("198.51.100.7").ports("tcp/22,udp/53").build();
         let v6 = grant(2).source("2001:db8:0:0::7").ports("tcp/22").destination("2001:db8::1").build();
-        let dnat = grant(3).source("198.51.100.7").ports("tcp/2222,udp/5353").dnat("192.168.77.10", Some(22), None);
+        let dnat =
+            grant(3).source("198.51.100.7").ports("tcp/2222,udp/5353").dnat("192.168.77.10", Some(22), None);
         let keep = grant(4).source("2001:db8::7").ports("tcp/8443").dnat("fd00::10", None, None).build();
         let redirect = grant(5).source("198.51.100.7").ports("tcp/2222").redirect(22).build();
         let all = [plain, v6, dnat.build(), keep, redirect]
@@ -342,7 +349,10 @@ mod tests {
             r.to_string(),
             r#"rule family="ipv4" source address="198.51.100.7" port port="22" protocol="tcp" accept"#
         );
-        assert_eq!(render(&r, 20000), r#"rule priority="20000" family="ipv4" source address="198.51.100.7" port port="22" protocol="tcp" accept"#);
+        assert_eq!(
+            render(&r, 20000),
+            r#"rule priority="20000" family="ipv4" source address="198.51.100.7" port port="22" protocol="tcp" accept"#
+        );
     }
 
     #[test]

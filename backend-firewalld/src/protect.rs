@@ -115,7 +115,9 @@ mod tests {
         match name {
             "ssh" => Some(ServicePorts { ports: vec![("22".into(), "tcp".into())], protocols: vec![] }),
             "gre" => Some(ServicePorts { ports: vec![], protocols: vec!["gre".into()] }),
-            "dhcpv6-client" => Some(ServicePorts { ports: vec![("546".into(), "udp".into())], protocols: vec![] }),
+            "dhcpv6-client" => {
+                Some(ServicePorts { ports: vec![("546".into(), "udp".into())], protocols: vec![] })
+            }
             _ => None,
         }
     }
@@ -149,7 +151,10 @@ mod tests {
         };
         let v = check(&o, Layer::Permanent);
         assert_eq!(v.len(), 4, "{v:#?}");
-        assert!(v[0].contains("through protocol tcp") && v[0].contains("--permanent --zone=public --remove-protocol=tcp"));
+        assert!(
+            v[0].contains("through protocol tcp")
+                && v[0].contains("--permanent --zone=public --remove-protocol=tcp")
+        );
         assert!(v[1].contains("protected udp/53") && v[1].contains("port 50-60/udp"));
         assert!(v[2].contains("service ssh") && v[2].contains("in the permanent configuration"));
         assert!(v[3].contains("service mystery") && v[3].contains("cannot be read"));
