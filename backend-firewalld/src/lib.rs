@@ -413,10 +413,19 @@ impl Backend for FirewalldBackend {
             return Ok(Health::Intact);
         }
         let present = self.fw.rich_rules(&self.zone)?;
-        if let Some(gone) = self.expect.keys().find(|t| !present.contains(t)) {
-            return Ok(Health::Damaged(format!("a rule of ours vanished from zone {}: {gone}", self.zone)));
+        let Some(gone) = self.expect.keys().find(|t| !present.contains(t)) else {
+            return Ok(Health::Intact);
+        };
+        // A reload in progress empties the zone before its signal arrives (on the listener's
+        // own connection): give the signal a moment, so the audit names the cause.
+        for _ in 0..20 {
+            let flags = self.listener.as_ref().map_or(listener::DEAF, Listener::flags);
+            if flags != 0 {
+                return Ok(Health::Damaged(listener::describe(flags)));
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(Health::Intact)
+        Ok(Health::Damaged(format!("a rule of ours vanished from zone {}: {gone}", self.zone)))
     }
 
     fn observe(&mut self, now: u64) -> Result<Vec<Observed>, BackendError> {

@@ -23,6 +23,14 @@ pub const CLOSED_ZONE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 </zone>
 "#;
 
+/// The `public` zone with only the SPA port (udp/62201) open, for a daemon in socket mode.
+pub const SPA_ZONE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<zone>
+  <short>Public</short>
+  <port port="62201" protocol="udp"/>
+</zone>
+"#;
+
 /// The `public` zone as Debian ships it: ssh is open to everyone.
 pub const SSH_ZONE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <zone>
