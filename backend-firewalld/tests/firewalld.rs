@@ -273,6 +273,14 @@ fn nat_carries_real_connections_to_the_internal_host() {
     gate.revoke(g4.id, now(), &mut j);
     assert_eq!(Lab::banner(client, GatewayLab::GW4, 2222), "");
     assert_eq!(Lab::banner(client, GatewayLab::GW6, 2222), "internal-ssh");
+    // A local redirect: gw:2022 to gw:22 for the client only (firewalld's input chain
+    // accepts the redirected flow).
+    let redirect: Grant =
+        grant(4).source(GatewayLab::CLIENT4).ports("tcp/2022").redirect(22).times(now(), now() + 60).into();
+    assert!(granted(&gate.grant(redirect, now(), &mut j)));
+    assert_eq!(Lab::banner(client, GatewayLab::GW4, 2022), "gw-ssh");
+    assert_eq!(Lab::banner(attacker, GatewayLab::GW_ATTACKER4, 2022), "");
+    assert!(!lab.reaches(client, false), "the redirect does not open the port itself");
     // Source NAT is refused per grant, with a reason.
     let snat: Grant = grant(3)
         .source(GatewayLab::CLIENT4)
