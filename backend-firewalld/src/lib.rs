@@ -313,12 +313,6 @@ impl FirewalldBackend {
     }
 }
 
-impl Drop for FirewalldBackend {
-    fn drop(&mut self) {
-        self.listener = None;
-    }
-}
-
 impl Backend for FirewalldBackend {
     type Entry = Rule;
 

