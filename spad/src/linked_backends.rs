@@ -2,6 +2,8 @@
 //! binary names, so each enabled backend crate is named here behind its cargo feature; a test
 //! checks that the registry then holds exactly these.
 
+#[cfg(feature = "backend-firewalld")]
+use spa_backend_firewalld as _;
 #[cfg(feature = "backend-iptables")]
 use spa_backend_iptables as _;
 #[cfg(feature = "backend-nft")]
@@ -12,6 +14,9 @@ use spa_backend_script as _;
 /// The backend names a build with the current features must contain.
 pub fn expected() -> Vec<&'static str> {
     let mut v = vec!["none"];
+    if cfg!(feature = "backend-firewalld") {
+        v.push("firewalld");
+    }
     if cfg!(feature = "backend-iptables") {
         v.push("iptables");
     }
