@@ -7,7 +7,7 @@
 //! one D-Bus call per rule, no process.
 //!
 //! ```text
-//! cargo run --release -p spa-backend-firewalld --features testlab --example grant_bench [sizes...]   # default 0 1000
+//! cargo run --release -p spa-backend-firewalld --features testlab --example firewalld_grant_bench [sizes...]   # default 0 1000
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
