@@ -362,6 +362,29 @@ mod tests {
         }
     }
 
+    /// Every visible option and command of the real command line is on `spad(8)`, and every
+    /// table of the example on `spad.toml(5)`.
+    #[test]
+    fn the_pages_show_every_option_command_and_table() {
+        let cmd = crate::command();
+        let page = render(Page::Spad, cmd.clone()).unwrap();
+        assert!(page.contains(".TH spad 8 "), "{page}");
+        assert_eq!(page.matches(".ie \\n(.g").count(), 1, "one preamble");
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if let Some(long) = arg.get_long() {
+                assert!(page.contains(&format!("\\-\\-{long}")), "--{long}");
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let heading = format!(".SS \"spad {}\"", sub.get_name());
+            assert_eq!(page.contains(&heading), !sub.is_hide_set(), "{}", sub.get_name());
+        }
+        let page = render(Page::Config, cmd).unwrap();
+        for header in ["[listen]", "[firewall.nft]", "[firewall.iptables]", "[[access]]", "[limits]"] {
+            assert!(page.contains(&format!(".SS {header}")), "{header}");
+        }
+    }
+
     #[test]
     fn lines_of_the_example_are_told_apart() {
         assert_eq!(key_line("mode = \"socket\""), Some(("mode", "\"socket\"", None)));
