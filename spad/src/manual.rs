@@ -356,6 +356,11 @@ mod tests {
             }
         }
         for (table, key) in &documented {
+            // A backend this build leaves out cannot be asked; the full build checks it.
+            let backend = table.strip_prefix("[firewall.").and_then(|t| t.strip_suffix(']'));
+            if backend.is_some_and(|b| !registry.names().contains(&b)) {
+                continue;
+            }
             let known = tables.iter().find(|(t, _)| t == table);
             let known = known.unwrap_or_else(|| panic!("conf/spad.toml: unknown table {table}"));
             assert!(known.1.contains(key), "conf/spad.toml: {table} {key} is not a key spad accepts");
