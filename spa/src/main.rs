@@ -6,6 +6,7 @@
 //! - `spa decode --key-base64 K PACKET`: decrypt a packet and print its fields as JSON.
 
 mod keys;
+mod manual;
 mod net;
 mod opts;
 mod rc;
@@ -18,7 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use clap_complete::Shell;
 use spa_engine::digest::HmacState;
 use spa_engine::keys::{MAX_HMAC_KEY_LEN, keys_equal};
 use spa_engine::message::FKO_VERSION;
@@ -29,13 +31,16 @@ use zeroize::Zeroizing;
 use crate::opts::{Allow, KeySpec, NatOpts, Partial};
 use crate::rc::RcFile;
 
+/// `spa --version`: the version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SPA_GIT_COMMIT"), ")");
+
 /// fwknop's default SPA port.
 const DEFAULT_PORT: u16 = 62201;
 
 #[derive(Parser)]
 #[command(
     name = "spa",
-    version,
+    version = VERSION,
     about = "Single Packet Authorization client, compatible with fwknop",
     args_conflicts_with_subcommands = true
 )]
@@ -54,6 +59,14 @@ enum Command {
     Keygen(KeygenArgs),
     /// Authenticate and decrypt one packet and print its fields as JSON.
     Decode(DecodeArgs),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the manual page spa(1) as roff (for packagers).
+    #[command(hide = true)]
+    Man,
 }
 
 /// fwknop's client options, with fwknop's names and meanings.
@@ -208,7 +221,7 @@ impl Entropy for OsRng {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) => {
@@ -223,6 +236,12 @@ fn main() -> ExitCode {
         Some(Command::Knock(a)) => knock(&a),
         Some(Command::Keygen(a)) => keygen(a.hmac_digest_type),
         Some(Command::Decode(a)) => decode(&a),
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "spa", &mut script);
+            print(&script)
+        }
+        Some(Command::Man) => manual::spa_1(Cli::command()).and_then(|page| print(page.as_bytes())),
         None => knock(&cli.knock),
     };
     match result {
@@ -232,6 +251,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print(text: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text).and_then(|()| out.flush()).context("cannot write to stdout")
 }
 
 /// Base64 with `=` padding, as fwknop prints keys.

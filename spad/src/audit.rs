@@ -6,10 +6,19 @@
 //! reports the counts once per second, so a flood of junk can neither fill the disk, nor push
 //! real events out of view, nor hide the rejects of other sources behind its own. Attacker-controlled text never reaches the
 //! log: only addresses, reason codes and our own names do.
+//!
+//! The daemon's log gets a summary of all rejects (counts by reason, and how many the audit
+//! file left out) once a minute while there are any, so an admin reading the journal sees
+//! that packets are being refused without a line per packet.
+//!
+//! An audit file is reopened on SIGHUP and SIGUSR1 (after logrotate moved it away).
 
 use std::collections::BTreeMap;
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -34,7 +43,8 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
-fn now_rfc3339() -> String {
+/// Now as RFC 3339 UTC with milliseconds: the one time format of the audit trail and the log.
+pub fn now_rfc3339() -> String {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     rfc3339(d.as_secs(), d.subsec_millis())
 }
@@ -47,14 +57,33 @@ pub fn access_json(access: &Access) -> Value {
     }
 }
 
+/// How often the daemon's log gets a summary of the rejects.
+const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Opens an audit file for appending, creating it (mode 0600: it names clients and stanzas)
+/// and its directory.
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+}
+
 /// Where audit lines go, with the reject budget.
 pub struct Audit {
     out: Box<dyn Write + Send>,
+    /// The file `out` writes to, to reopen; `None` for stdout and other writers.
+    path: Option<PathBuf>,
     max_rejects: u32,
     per_source: RateLimiter,
     window_start: Instant,
     written_in_window: u32,
     suppressed: BTreeMap<&'static str, u64>,
+    /// Rejects since the last summary in the daemon's log, by reason, and how many of them
+    /// the audit file left out.
+    log_counts: BTreeMap<&'static str, u64>,
+    log_suppressed: u64,
+    log_window_start: Instant,
 }
 
 impl Audit {
@@ -62,12 +91,37 @@ impl Audit {
     pub fn new(out: Box<dyn Write + Send>, max_rejects: u32) -> Self {
         Self {
             out,
+            path: None,
             max_rejects,
             per_source: per_source_budget(max_rejects),
             window_start: Instant::now(),
             written_in_window: 0,
             suppressed: BTreeMap::new(),
+            log_counts: BTreeMap::new(),
+            log_suppressed: 0,
+            log_window_start: Instant::now(),
         }
+    }
+
+    /// Writes to the file at `path` (appending; created 0600 with its directory), or to
+    /// stdout for `-`.
+    pub fn open(path: &str, max_rejects: u32) -> std::io::Result<Self> {
+        if path == "-" {
+            return Ok(Self::new(Box::new(std::io::stdout()), max_rejects));
+        }
+        let file = open_file(Path::new(path))?;
+        Ok(Self { path: Some(path.into()), ..Self::new(Box::new(file), max_rejects) })
+    }
+
+    /// Opens the audit file again by its name (SIGHUP, SIGUSR1), so that lines go to a new
+    /// file after logrotate renamed the old one. If that fails, lines keep going where they
+    /// went. Returns the file, if there is one.
+    pub fn reopen(&mut self) -> std::io::Result<Option<&Path>> {
+        let Some(path) = &self.path else { return Ok(None) };
+        let file = open_file(path)?;
+        let _ = self.out.flush();
+        self.out = Box::new(file);
+        Ok(Some(path))
     }
 
     fn write(&mut self, mut v: Value) {
@@ -97,8 +151,12 @@ impl Audit {
         !self.suppressed.is_empty()
     }
 
-    /// Emits the summary of suppressed rejects if a second has passed.
+    /// Emits the summary of suppressed rejects if a second has passed, and the log's summary
+    /// of all rejects if a minute has.
     pub fn tick(&mut self) {
+        if self.log_window_start.elapsed() >= LOG_SUMMARY_EVERY {
+            self.log_summary();
+        }
         if self.window_start.elapsed() < Duration::from_secs(1) {
             return;
         }
@@ -119,8 +177,10 @@ impl Audit {
         stanza: Option<&str>,
     ) {
         self.tick();
+        *self.log_counts.entry(reason).or_default() += 1;
         if self.written_in_window >= self.max_rejects || !self.per_source.allow(source) {
             *self.suppressed.entry(reason).or_default() += 1;
+            self.log_suppressed += 1;
             return;
         }
         self.written_in_window += 1;
@@ -132,6 +192,24 @@ impl Audit {
             v["stanza"] = json!(s);
         }
         self.write(v);
+    }
+
+    /// Writes the daemon's log line that sums up the rejects since the last one (reason codes
+    /// and counts only), if there were any.
+    fn log_summary(&mut self) {
+        let seconds = self.log_window_start.elapsed().as_secs();
+        self.log_window_start = Instant::now();
+        if self.log_counts.is_empty() {
+            return;
+        }
+        let counts = std::mem::take(&mut self.log_counts);
+        let total: u64 = counts.values().sum();
+        let by_reason: Vec<String> = counts.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let left_out = std::mem::take(&mut self.log_suppressed);
+        tracing::info!(
+            "rejected {total} packets in the last {seconds} s ({}); {left_out} of them counted only in audit summaries",
+            by_reason.join(", ")
+        );
     }
 
     /// A grant made, extended, re-knocked, expired or revoked (`event` says which);
@@ -189,8 +267,12 @@ impl Audit {
         }));
     }
 
-    /// A daemon-level event (start, reload, stop).
+    /// A daemon-level event (start, reload, stop). At `stop` the log also gets the summary of
+    /// the rejects not yet summed up.
     pub fn daemon(&mut self, event: &'static str, detail: Value) {
+        if event == "stop" {
+            self.log_summary();
+        }
         self.write(json!({"event": event, "detail": detail}));
     }
 }

@@ -8,13 +8,13 @@
 pub mod audit;
 pub mod config;
 pub mod linked_backends;
+pub mod logging;
+pub mod privs;
 pub mod ratelimit;
 pub mod receive;
 pub mod state;
 pub mod worker;
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{Sender, TrySendError};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use spa_backends::{Driver, NoneBackend, Registry, State};
 use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
 use spa_engine::stanza::canonical;
@@ -256,22 +256,17 @@ impl Shared {
 }
 
 fn open_audit(c: &Config) -> Result<Audit> {
-    let out: Box<dyn Write + Send> = if c.log.audit == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        let p = Path::new(&c.log.audit);
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("cannot open {}", p.display()))?,
-        )
-    };
-    Ok(Audit::new(out, c.log.max_rejects_per_second))
+    Audit::open(&c.log.audit, c.log.max_rejects_per_second)
+        .with_context(|| format!("cannot open {}", c.log.audit))
+}
+
+/// SIGHUP, SIGUSR1: the audit file is opened again by its name (logrotate moved it).
+fn reopen_audit(audit: &Mutex<Audit>) {
+    match audit.lock().unwrap_or_else(PoisonError::into_inner).reopen() {
+        Ok(Some(path)) => tracing::info!("audit file {} reopened", path.display()),
+        Ok(None) => {}
+        Err(e) => tracing::error!("cannot reopen the audit file, writing on to the old one: {e}"),
+    }
 }
 
 /// Hands memory freed after start (the journal as read, the firewall script of every live
@@ -290,12 +285,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(path: &Path, test: bool) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPAD_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    logging::init();
     let config = load(path)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -373,7 +363,8 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     start_receivers(&config, &shared)?;
 
     let (stx, srx) = crossbeam_channel::unbounded();
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]).context("signals")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGTERM, SIGINT]).context("signals")?;
     thread::Builder::new().name("signals".into()).spawn(move || {
         for s in signals.forever() {
             if stx.send(s).is_err() {
@@ -390,7 +381,11 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
     loop {
         match srx.recv_timeout(tick) {
-            Ok(SIGHUP) => current = reload(current, path, &shared),
+            Ok(SIGHUP) => {
+                reopen_audit(&audit);
+                current = reload(current, path, &shared);
+            }
+            Ok(SIGUSR1) => reopen_audit(&audit),
             Ok(_) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -486,6 +481,9 @@ fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
                 tracing::info!("listening on udp {}", r.local());
                 let shared = shared.clone();
                 thread::Builder::new().name(format!("udp {addr}")).spawn(move || {
+                    if let Err(e) = privs::drop_thread_capabilities() {
+                        tracing::warn!("receiver on {}: cannot drop capabilities: {e}", r.local());
+                    }
                     let mut batch = Batch::new();
                     loop {
                         if let Err(e) = r.recv(&mut batch) {
@@ -504,6 +502,9 @@ fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
                 tracing::info!("capturing udp port {} on {}", config.listen.port, r.interface());
                 let shared = shared.clone();
                 thread::Builder::new().name(format!("capture {ifname}")).spawn(move || {
+                    if let Err(e) = privs::drop_thread_capabilities() {
+                        tracing::warn!("capture on {}: cannot drop capabilities: {e}", r.interface());
+                    }
                     let mut batch = Batch::new();
                     loop {
                         if let Err(e) = r.recv(&mut batch) {

@@ -1,12 +1,28 @@
 //! `spad`, the SPA daemon's command line. See the library for the daemon itself.
 
+mod manual;
+
+use std::io::Write as _;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use clap_complete::Shell;
 use spad::config::error_chain;
 
+/// `spad -V`: the version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SPA_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "spad", version, about = "SPA daemon (fwknop-compatible)")]
+#[command(
+    name = "spad",
+    about = "SPA daemon (fwknop-compatible)",
+    long_about = "SPA daemon (fwknop-compatible single packet authorization).\n\nspad receives \
+                  fwknop-compatible SPA packets on UDP sockets or by passive capture, verifies \
+                  them (HMAC first, then decryption, timestamp, replay and the access stanzas) \
+                  and opens the firewall for the client for a while through a backend (nft, \
+                  iptables, script). Without a command it runs in the foreground until SIGTERM \
+                  or SIGINT, logging to stderr, one JSON audit line per decision."
+)]
 struct Cli {
     /// The configuration file.
     #[arg(short, long, global = true, default_value = "/etc/spad/spad.toml")]
@@ -38,16 +54,51 @@ enum Cmd {
     /// Remove everything the configured backend owns in the firewall, protections included.
     /// Stop spad first.
     Teardown,
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print a manual page as roff: spad(8) or spad.toml(5) (for packagers).
+    #[command(hide = true)]
+    Man {
+        /// Which page.
+        #[arg(default_value = "spad.8")]
+        page: manual::Page,
+    },
+}
+
+/// The command line with the version texts filled in: `-V` gives the version and commit,
+/// `--version` adds the backends this build contains (what a packager chose).
+fn command() -> clap::Command {
+    let backends =
+        spa_backends::Registry::collect().map(|r| r.names().join(", ")).unwrap_or_else(|e| e.to_string());
+    let long: &'static str = Box::leak(format!("{VERSION}\nbackends: {backends}").into_boxed_str());
+    Cli::command().version(VERSION).long_version(long)
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print(text: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         None => spad::run(&cli.config, cli.test),
         Some(Cmd::Check) => spad::check(&cli.config),
         Some(Cmd::Backends) => spad::backends(),
         Some(Cmd::List { json, firewall }) => spad::list(&cli.config, json, firewall),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
+        Some(Cmd::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command(), "spad", &mut script);
+            print(&script)
+        }
+        Some(Cmd::Man { page }) => manual::render(page, command()).and_then(|text| print(text.as_bytes())),
     };
     if let Err(e) = result {
         eprintln!("spad: {}", error_chain(e.as_ref()));

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use spa_backends::{CommandFailure, Driver, Event, Grant, GrantId, Nat, RefusedBecause};
 use spa_engine::{Action, GrantRequest, NatHost};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, rfc3339};
 use crate::config::error_chain;
 use crate::state::{GrantStore, Interner, PersistentReplay};
 
@@ -62,11 +62,23 @@ pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
     for e in events {
         match e {
             Event::Granted(g) => {
-                tracing::info!("grant {} for {} ({}) until {}", g.id, g.source, g.access, g.deadline);
+                tracing::info!(
+                    "grant {} for {} ({}) until {}",
+                    g.id,
+                    g.source,
+                    g.access,
+                    rfc3339(g.deadline, 0)
+                );
                 audit().grant("grant", &g, 0);
             }
             Event::Extended(g) => {
-                tracing::info!("extend {} for {} ({}) until {}", g.id, g.source, g.access, g.deadline);
+                tracing::info!(
+                    "extend {} for {} ({}) until {}",
+                    g.id,
+                    g.source,
+                    g.access,
+                    rfc3339(g.deadline, 0)
+                );
                 audit().grant("extend", &g, 0);
             }
             Event::Reknocked(g) => audit().grant("reknock", &g, 0),

@@ -261,7 +261,8 @@ fn check_refuses_the_shipped_example_until_its_keys_are_replaced() {
         .replace("REPLACE_WITH_KEY_BASE64", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY")
         .replace("REPLACE_WITH_HMAC_KEY_BASE64", &"QUJD".repeat(16))
         .replace("backend = \"nft\"", "backend = \"none\"")
-        .replace("[firewall.nft]\ntable = \"spa\"\n", "")
+        .replace("[firewall.nft]\n", "")
+        .replace("table = \"spa\"", "")
         .replace("protect = [\"tcp/22\"]", "");
     write_mode(&p, &good, 0o600);
     let out = check(&p);
