@@ -346,8 +346,18 @@ pub struct CaptureReceiver {
     fd: OwnedFd,
     port: u16,
     interface: String,
+    ifr: IfReq,
+    insns: Vec<Insn>,
     link: Link,
     buflen: usize,
+}
+
+/// Loads `insns` as the device's filter.
+fn set_filter(fd: c_int, insns: &[Insn]) -> io::Result<()> {
+    let mut prog = BpfProgram { len: insns.len() as c_uint, insns: insns.as_ptr() };
+    // SAFETY: BIOCSETF reads a struct bpf_program, whose instructions (`insns`) outlive the
+    // call; the kernel copies them.
+    unsafe { ioctl(fd, BIOCSETF, &mut prog) }
 }
 
 impl CaptureReceiver {
@@ -408,16 +418,21 @@ impl CaptureReceiver {
         unsafe { ioctl(fd, BIOCGBLEN, &mut buflen) }?;
         // Setting the filter also discards what the device buffered before it.
         let insns = bpf::udp_port_filter(link, port);
-        let mut prog = BpfProgram { len: insns.len() as c_uint, insns: insns.as_ptr() };
-        // SAFETY: BIOCSETF reads a struct bpf_program, whose instructions (`insns`) outlive
-        // the call; the kernel copies them.
-        unsafe { ioctl(fd, BIOCSETF, &mut prog) }?;
-        Ok(Self { fd: dev, port, interface: interface.to_owned(), link, buflen: buflen as usize })
+        set_filter(fd, &insns)?;
+        Ok(Self { fd: dev, port, interface: interface.to_owned(), ifr, insns, link, buflen: buflen as usize })
     }
 
     /// The interface.
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    fn reattach(&self) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        let mut ifr = IfReq { name: self.ifr.name, _union: [0; 2] };
+        // SAFETY: BIOCSETIF reads a struct ifreq.
+        unsafe { ioctl(fd, BIOCSETIF, &mut ifr) }?;
+        set_filter(fd, &self.insns)
     }
 
     /// Blocks until packets arrive, then reads every one the device holds, keeping UDP
@@ -427,6 +442,7 @@ impl CaptureReceiver {
         batch.captured = true;
         // A BPF read must ask for exactly the device's buffer size.
         batch.capture.resize(self.buflen, 0);
+        let mut reattached = false;
         let n = loop {
             // SAFETY: the buffer holds `buflen` writable bytes.
             let r =
@@ -435,9 +451,18 @@ impl CaptureReceiver {
                 break r as usize;
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
+            // The interface went away: the device is detached and every read would fail at
+            // once. Attach it again (the interface may be back, renamed links aside); while
+            // that fails, report the error at most once a second instead of spinning.
+            if e.raw_os_error() == Some(libc::ENXIO) && !reattached && self.reattach().is_ok() {
+                reattached = true;
+                continue;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            return Err(e);
         };
         let buf = &batch.capture[..n.min(batch.capture.len())];
         for record in bpf::records(buf, LAYOUT) {
