@@ -342,3 +342,31 @@ fn the_fake_refuses_malformed_input_like_ipfw() {
     let long = format!("table a add {}\n", "192.0.2.1 1 ".repeat(400));
     assert!(fake.ipfw(&["-q", "/dev/stdin"], &long).1.contains("read buffer"));
 }
+
+/// `conf/freebsd/spa-ipfw-expire`, the cron safety net for when spad is down, run against the
+/// fake (as `ipfw` on its PATH): it deletes exactly the keys whose deadline (the value) passed.
+#[test]
+fn the_cron_safety_net_deletes_the_keys_whose_deadline_passed() {
+    let fake = Fake::new();
+    let mut gate = Gate::new(fake.backend(CONFIG));
+    let mut journal = MemoryJournal::default();
+    let far = 4_000_000_000; // 2096: the script compares with the real clock
+    gate.start(Vec::new(), 1000, &mut journal).unwrap();
+    gate.grant(grant(1).ports("tcp/22").times(1000, 2000).into(), 1000, &mut journal);
+    gate.grant(grant(2).source("2001:db8::2").ports("udp/53").times(1000, far).into(), 1000, &mut journal);
+    gate.grant(grant(3).source("192.0.2.3").all().times(1000, 3000).into(), 1000, &mut journal);
+    let dir = tempfile::tempdir().unwrap();
+    let ipfw = dir.path().join("ipfw");
+    std::fs::write(
+        &ipfw,
+        format!("#!/bin/sh\nexec {FAKE} --state {} /sbin/ipfw \"$@\"\n", fake.state.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ipfw, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/freebsd/spa-ipfw-expire");
+    let out = Command::new("sh").arg(script).env("PATH", path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fake.table("spa_in"), [format!("2001:db8::2,udp,53 {far}")]);
+    assert!(fake.table("spa_all").is_empty());
+}

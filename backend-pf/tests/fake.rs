@@ -424,3 +424,26 @@ fn the_fake_refuses_malformed_input_like_pfctl() {
     assert_eq!(freebsd.pfctl(&["-a", "spa", "-f", "-"], "table <t> persist { }\n").0, 0);
     assert_eq!(freebsd.table("t"), Vec::<String>::new());
 }
+
+/// `conf/freebsd/pf-spa.conf` and `conf/openbsd/pf-spa.conf`, loaded at boot, are what
+/// `prepare` loads for `protect = ["tcp/22"]` with no grants, and pfctl (the fake) accepts them
+/// on both systems.
+#[test]
+fn the_boot_anchors_are_what_prepare_loads() {
+    let strip = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(str::to_owned).collect()
+    };
+    for (flavor, file) in [
+        ("freebsd", include_str!("../../conf/freebsd/pf-spa.conf")),
+        ("openbsd", include_str!("../../conf/openbsd/pf-spa.conf")),
+    ] {
+        let fake = Fake::new(flavor);
+        assert_eq!(fake.pfctl(&["-a", "spa", "-f", "-"], file), (0, String::new()), "{flavor}");
+        fake.clear_calls();
+        let syntax = if flavor == "openbsd" { "syntax = \"openbsd\"\n" } else { "" };
+        fake.backend(&format!("{syntax}protect = [\"tcp/22\"]")).prepare(&[], 1000).unwrap();
+        let v = fake.read();
+        let loaded = v["calls"][0]["stdin"].as_str().unwrap();
+        assert_eq!(strip(loaded), strip(file), "{flavor}: the boot anchor differs from prepare's");
+    }
+}
