@@ -257,12 +257,16 @@ pub fn prepare(
 }
 
 /// The batch for a list of changes: per table, the deletes (removed keys, and re-timed keys
-/// whose value changes), then the adds with the new deadline as value. With `-q`, adding a key
+/// whose value changes), then the adds with the new deadline as value. A key put again with
+/// the deadline it has needs nothing. With `-q`, adding a key
 /// that is there or deleting one that is not is not an error (ipfw(8) `-q`).
 pub fn changes(changes: &[Change<'_, Record>]) -> String {
     let mut per: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for c in changes {
         match c {
+            // The same key with the same deadline (another grant now holds it): nothing moves.
+            Change::Put { new, prior: Some(p) }
+                if value(p.until) == value(new.until) && p.entry == new.entry => {}
             Change::Put { new, prior } => {
                 let (dels, adds) = per.entry(new.entry.table()).or_default();
                 if prior.is_some() {
@@ -418,6 +422,8 @@ mod tests {
             Change::Remove { old: Held { entry: &ea[0], holder: &all, until: 1800 } },
         ]);
         insta::assert_snapshot!(text);
+        // The same key put again with the deadline it has (another grant holds it now).
+        assert_eq!(changes(&[Change::Put { new: h(&e[0], 1700), prior: Some(h(&e[0], 1700)) }]), "");
     }
 
     #[test]
