@@ -64,10 +64,12 @@ fn prompt(what: &str) -> Result<Zeroizing<String>> {
 }
 
 /// Turns terminal echo off on stdin until dropped.
+#[cfg(unix)]
 struct EchoOff {
     saved: libc::termios,
 }
 
+#[cfg(unix)]
 impl EchoOff {
     fn new() -> Result<Self> {
         // SAFETY: termios is plain old data; an all-zero value is valid and tcgetattr fills it.
@@ -86,11 +88,52 @@ impl EchoOff {
     }
 }
 
+#[cfg(unix)]
 impl Drop for EchoOff {
     fn drop(&mut self) {
         // SAFETY: restores the settings read from the same fd in `new`.
         unsafe {
             libc::tcsetattr(0, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// Turns console echo off on stdin until dropped (Windows: the console mode's
+/// `ENABLE_ECHO_INPUT`).
+#[cfg(windows)]
+struct EchoOff {
+    handle: windows_sys::Win32::Foundation::HANDLE,
+    saved: windows_sys::Win32::System::Console::CONSOLE_MODE,
+}
+
+#[cfg(windows)]
+impl EchoOff {
+    fn new() -> Result<Self> {
+        use windows_sys::Win32::System::Console::{
+            ENABLE_ECHO_INPUT, GetConsoleMode, GetStdHandle, STD_INPUT_HANDLE, SetConsoleMode,
+        };
+        // SAFETY: GetStdHandle has no preconditions; it returns the process's stdin handle.
+        let handle = unsafe { GetStdHandle(STD_INPUT_HANDLE) };
+        let mut saved = 0;
+        // SAFETY: `handle` is stdin's (a console: we checked it is a terminal); `saved` is a
+        // valid out-pointer.
+        if unsafe { GetConsoleMode(handle, &mut saved) } == 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot read the console mode");
+        }
+        // SAFETY: the same handle, with the mode just read less the echo flag.
+        if unsafe { SetConsoleMode(handle, saved & !ENABLE_ECHO_INPUT) } == 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot turn console echo off");
+        }
+        Ok(Self { handle, saved })
+    }
+}
+
+#[cfg(windows)]
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the mode read from the same handle in `new`.
+        unsafe {
+            windows_sys::Win32::System::Console::SetConsoleMode(self.handle, self.saved);
         }
     }
 }

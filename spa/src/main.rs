@@ -349,7 +349,7 @@ impl KnockArgs {
         if let Some(p) = &self.rc_file {
             return Ok(Some(p.clone()));
         }
-        let Some(home) = std::env::var_os("HOME") else {
+        let Some(home) = opts::home_dir() else {
             ensure!(self.named_config.is_none(), "-n/--named-config given but $HOME is not set");
             return Ok(None);
         };

@@ -277,10 +277,23 @@ fn apply_var(p: &mut Partial, var: &str, v: &str) -> Result<Known> {
     Ok(Known::Yes)
 }
 
+/// The home directory, where fwknop looks for `.fwknoprc`: `$HOME` on Unix; on Windows the
+/// profile directory (`%USERPROFILE%`, which fwknop's Windows client reads), from std.
+pub(crate) fn home_dir() -> Option<PathBuf> {
+    #[cfg(unix)]
+    {
+        std::env::var_os("HOME").map(PathBuf::from)
+    }
+    #[cfg(windows)]
+    {
+        std::env::home_dir()
+    }
+}
+
 /// `~/x` as fwknop's rc file allows for key files.
 fn expand_home(v: &str) -> PathBuf {
-    match (v.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+    match (v.strip_prefix("~/"), home_dir()) {
+        (Some(rest), Some(home)) => home.join(rest),
         _ => PathBuf::from(v),
     }
 }
@@ -444,6 +457,7 @@ pub(crate) fn build_request(
 }
 
 /// The account name of the effective user, from the password database.
+#[cfg(unix)]
 pub(crate) fn account_name() -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: all-zero is a valid `passwd`; it is only read after getpwuid_r filled it.
@@ -460,6 +474,24 @@ pub(crate) fn account_name() -> Option<String> {
     // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
     let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
     name.to_str().ok().map(str::to_owned)
+}
+
+/// The account name of the user, as Windows knows it (`GetUserNameW`; fwknop's Windows
+/// client asks the same).
+#[cfg(windows)]
+pub(crate) fn account_name() -> Option<String> {
+    // UNLEN (256) characters and the NUL.
+    let mut buf = [0u16; 257];
+    let mut len = buf.len() as u32;
+    // SAFETY: `buf` holds `len` UTF-16 units; GetUserNameW writes at most that many (the NUL
+    // included) and sets `len` to the count written.
+    if unsafe { windows_sys::Win32::System::WindowsProgramming::GetUserNameW(buf.as_mut_ptr(), &mut len) }
+        == 0
+    {
+        return None;
+    }
+    let n = (len as usize).saturating_sub(1).min(buf.len());
+    String::from_utf16(&buf[..n]).ok()
 }
 
 #[cfg(test)]

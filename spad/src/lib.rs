@@ -279,6 +279,28 @@ fn release_freed_memory() {
     }
 }
 
+/// systemd's readiness protocol is Linux's; elsewhere the same calls do nothing (rc.d scripts
+/// and launchd do not ask for it).
+#[cfg(not(target_os = "linux"))]
+mod sd_notify {
+    pub(crate) enum NotifyState<'a> {
+        Ready,
+        Reloading,
+        Stopping,
+        Watchdog,
+        #[allow(dead_code)]
+        Status(&'a str),
+    }
+
+    pub(crate) fn notify(_: &[NotifyState<'_>]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) fn watchdog_enabled() -> Option<std::time::Duration> {
+        None
+    }
+}
+
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(state);
 }

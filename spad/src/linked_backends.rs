@@ -4,10 +4,14 @@
 
 #[cfg(feature = "backend-firewalld")]
 use spa_backend_firewalld as _;
+#[cfg(feature = "backend-ipfw")]
+use spa_backend_ipfw as _;
 #[cfg(feature = "backend-iptables")]
 use spa_backend_iptables as _;
 #[cfg(feature = "backend-nft")]
 use spa_backend_nft as _;
+#[cfg(feature = "backend-pf")]
+use spa_backend_pf as _;
 #[cfg(feature = "backend-script")]
 use spa_backend_script as _;
 
@@ -22,6 +26,12 @@ pub fn expected() -> Vec<&'static str> {
     }
     if cfg!(feature = "backend-nft") {
         v.push("nft");
+    }
+    if cfg!(feature = "backend-pf") {
+        v.push("pf");
+    }
+    if cfg!(feature = "backend-ipfw") {
+        v.push("ipfw");
     }
     if cfg!(feature = "backend-script") {
         v.push("script");
