@@ -369,3 +369,224 @@ fn a_restarted_gateway_refuses_what_it_saw_even_when_redis_forgot() {
     // Its own journal refused it locally: Redis was not asked, so it still holds nothing.
     assert!(redis.keys(&format!("{PREFIX}:replay:*")).is_empty());
 }
+
+/// Runs openssl in `dir`, panicking on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A certificate authority `name` in `dir` (`name.pem`, `name.key`).
+fn make_ca(dir: &Path, name: &str) {
+    let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// A certificate `name` signed by the CA `ca`, with the extensions in `ext`.
+fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) {
+    let (pem, key, csr, extfile) =
+        (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
+    std::fs::write(dir.join(&extfile), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ],
+    );
+    std::fs::set_permissions(dir.join(&key), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn rediss_checks_the_server_certificate_and_presents_the_client_one() {
+    let lab = Lab::new("rd4");
+    let root = tempfile::tempdir().unwrap();
+    let tls = root.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    make_ca(&tls, "ca");
+    make_ca(&tls, "other-ca");
+    make_cert(&tls, "ca", "server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    make_cert(&tls, "ca", "client", "extendedKeyUsage=clientAuth\n");
+    let f = |name: &str| tls.join(name).display().to_string();
+    // Redis with TLS only, inside the gateway's namespace; it requires client certificates.
+    let _redis = lab.a.spawn(
+        lab.a
+            .cmd("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                "6380",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-cert-file", &f("server.pem"), "--tls-key-file", &f("server.key")])
+            .args(["--tls-ca-cert-file", &f("ca.pem"), "--dir", &f("")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let cli = |args: &[&str]| {
+        lab.a
+            .cmd("redis-cli")
+            .args(["--tls", "--cacert", &f("ca.pem"), "--cert", &f("client.pem"), "--key", &f("client.key")])
+            .args(["-h", "127.0.0.1", "-p", "6380"])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let start = Instant::now();
+    while cli(&["PING"]).as_deref() != Some("PONG") {
+        assert!(start.elapsed() < Duration::from_secs(20), "redis-server with TLS did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    let config = |dir: &Path, port: u16, ca: &str| {
+        format!(
+            r#"
+[listen]
+mode = "socket"
+addresses = ["0.0.0.0:{port}"]
+
+[firewall]
+backend = "none"
+
+[replay]
+state_dir = "{dir}/state"
+store = "redis"
+
+[replay.redis]
+url = "rediss://127.0.0.1:6380/0"
+gateway = "gw-tls"
+prefix = "{PREFIX}"
+tls_ca_file = "{ca}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+
+[log]
+audit = "{dir}/audit.jsonl"
+
+[[access]]
+source = "10.213.0.0/16"
+open_ports = ["tcp/22"]
+key = "{KEY}"
+hmac_key = "{HMAC_KEY}"
+"#,
+            dir = dir.display(),
+            ca = f(ca),
+            cert = f("client.pem"),
+            key = f("client.key"),
+        )
+    };
+    let dir = root.path().join("good");
+    std::fs::create_dir(&dir).unwrap();
+    let good = Daemon::start(&lab.a, &dir, &config(&dir, 62201, "ca.pem"));
+    let p = knock();
+    lab.knock_a(&p);
+    good.wait_event("grant over TLS", |e| is(e, "grant"));
+    let replays = cli(&["--scan", "--pattern", &format!("{PREFIX}:replay:*")]).unwrap();
+    assert_eq!(replays.lines().count(), 1, "{replays}");
+
+    // A spad that trusts another authority does not talk to this server: it says so, and
+    // (on_store_down = "reject") refuses knocks.
+    let dir = root.path().join("wrong-ca");
+    std::fs::create_dir(&dir).unwrap();
+    let wrong = Daemon::start(&lab.a, &dir, &config(&dir, 62202, "other-ca.pem"));
+    let e = wrong.wait_event("replay_store_unreachable", |e| is(e, "replay_store_unreachable"));
+    assert!(e["detail"]["error"].as_str().unwrap().to_lowercase().contains("certificate"), "{e}");
+    send_from(&lab.client, "10.213.1.1:62202".parse().unwrap(), knock());
+    wrong.wait_event("replay_store_down", |e| rejected(e, "replay_store_down"));
+    assert_eq!(wrong.count(|e| is(e, "grant")), 0);
+}
+
+#[test]
+fn the_shipped_example_of_a_shared_store_passes_check() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/spad.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    // Uncomment its [replay.redis] settings (not the TLS files: the example's url is redis://).
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let setting =
+            ["# store = ", "# [replay.redis]", "# url = ", "# prefix = ", "# gateway = ", "# timeout_ms"]
+                .iter()
+                .chain(&["# connect_timeout_ms", "# on_store_down"])
+                .any(|p| line.starts_with(p));
+        lines.push(if setting { line.trim_start_matches("# ").to_owned() } else { line.to_owned() });
+    }
+    let text = lines
+        .join("\n")
+        .replace("store = \"local\"", "store = \"redis\"")
+        .replace("REPLACE_WITH_KEY_BASE64", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY")
+        .replace("REPLACE_WITH_HMAC_KEY_BASE64", &"QUJD".repeat(16))
+        .replace("backend = \"nft\"", "backend = \"none\"")
+        .replace("[firewall.nft]\ntable = \"spa\"\n", "")
+        .replace("protect = [\"tcp/22\"]", "");
+    assert_eq!(text.matches("\nurl = ").count(), 1, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("spad.toml");
+    support::write_private(&p, &text);
+    let out = support::spad_cmd(&p, &["check"]);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    // And each documented value is what spad reads.
+    let c = spad::config::Config::load(&p).unwrap();
+    let r = c.replay.redis.unwrap();
+    assert_eq!(
+        (r.gateway(), r.prefix.as_str(), r.timeout_ms, r.connect_timeout_ms),
+        ("gw1", "spa", 100, 1000)
+    );
+    assert_eq!(r.on_store_down, spad::config::OnStoreDown::Reject);
+}

@@ -212,12 +212,14 @@ impl ReplayShare {
     }
 
     /// Records `key` for every gateway unless one has it: `SET NX PX` on a pooled connection.
-    /// Never connects and never waits longer than the timeout; a connection that failed is
-    /// dropped (the next pooled one is tried when the failure was a dead connection, as after
-    /// a Redis restart, which fails at once).
+    /// Never connects, and waits for one answer at most the timeout; a connection that failed
+    /// is dropped. When it failed at once because it was dead (as every pooled connection is
+    /// after a Redis restart, until the next check), the next pooled one is tried, within the
+    /// same timeout.
     pub fn claim(&self, key: &ReplayKey) -> Claim {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.keys.replay(key)).arg(self.keys.gateway()).arg("NX").arg("PX").arg(self.ttl_ms);
+        let started = Instant::now();
         loop {
             let Some(mut con) = lock(&self.pool).pop() else {
                 self.report(None);
@@ -231,7 +233,10 @@ impl ReplayShare {
                 Err(e) => {
                     drop(con);
                     let _ = self.wake.try_send(());
-                    if e.is_connection_dropped() && !e.is_timeout() {
+                    if e.is_connection_dropped()
+                        && !e.is_timeout()
+                        && started.elapsed() < self.connector.timeout
+                    {
                         continue;
                     }
                     self.report(Some(&e));
