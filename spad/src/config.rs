@@ -1355,6 +1355,15 @@ open_ports = ["tcp/22"]
     #[test]
     fn a_shared_store_is_configured_whole() {
         let dir = tempfile::tempdir().unwrap();
+        if !crate::shared_state::AVAILABLE {
+            let text = with_replay("store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\n");
+            let e = load_err(&write(dir.path(), "spad.toml", &text));
+            assert!(
+                e.contains(":11: replay.store = \"redis\": this spad was built without the replay-redis"),
+                "{e}"
+            );
+            return;
+        }
         let text = with_replay(
             "store = \"redis\"\n[replay.redis]\nurl = \"redis+unix:///run/redis/redis.sock?db=2\"\ngateway = \"gw-1\"\n",
         );
@@ -1434,9 +1443,6 @@ open_ports = ["tcp/22"]
             let at = line(&text, at);
             assert!(e.starts_with(&format!("{}:{at}: ", p.display())) && e.contains(needle), "{extra}: {e}");
         }
-        if !crate::shared_state::AVAILABLE {
-            return;
-        }
         // A private key readable by others is refused.
         let key = write_mode(dir.path(), "client.key", "x", 0o644);
         let text = with_replay(&format!(
@@ -1466,6 +1472,9 @@ open_ports = ["tcp/22"]
         let e = load_err(&p);
         assert!(e.contains("holds keys but its mode 644"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if !crate::shared_state::AVAILABLE {
+            return;
+        }
         let c = Config::load(&p).unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cret") && debug.contains("redis://spad:***@h/0"), "{debug}");

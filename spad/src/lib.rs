@@ -360,6 +360,9 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     let heartbeat = Arc::new(AtomicU64::new(unix_now()));
     // Test mode shares nothing: a packet it sees must stay usable at the real gateways.
     let started = if test {
+        if config.replay.store == config::StoreKind::Redis {
+            tracing::info!("test mode: replays and grants are not shared through Redis");
+        }
         None
     } else {
         let receivers = match config.listen.mode {
