@@ -590,3 +590,58 @@ fn the_shipped_example_of_a_shared_store_passes_check() {
     );
     assert_eq!(r.on_store_down, spad::config::OnStoreDown::Reject);
 }
+
+#[test]
+fn junk_and_replays_seen_here_cost_no_round_trip_to_redis() {
+    let lab = Lab::new("rd5");
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(root.path());
+    let a = gateway(&lab.a, root.path(), &redis, "gw-a", "reject");
+    let seen = knock();
+    lab.knock_a(&seen);
+    a.wait_event("grant", |e| is(e, "grant"));
+
+    // Every command Redis executes from now on, in order.
+    let log = root.path().join("monitor.log");
+    let mut monitor = Command::new("redis-cli")
+        .arg("-s")
+        .arg(redis.socket())
+        .arg("MONITOR")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().starts_with("OK") {
+        assert!(start.elapsed() < Duration::from_secs(20), "MONITOR did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Junk of every kind the engine refuses before or at the HMAC, and a replay of a packet
+    // this gateway has seen.
+    let wrong_hmac = packet(KEY, "another-hmac-key-of-32-bytes-xyz", "10.213.1.2", "tcp/22", 0);
+    for _ in 0..10 {
+        lab.knock_a(&wrong_hmac);
+        lab.knock_a(&vec![b'A'; 300]);
+    }
+    lab.knock_a(&seen);
+    a.wait_nth_event(9, "hmac_mismatch", |e| rejected(e, "hmac_mismatch"));
+    a.wait_event("replay", |e| rejected(e, "replay"));
+    // A fresh knock (the same access again: audited as `extend` or `reknock`): its check is
+    // the only one Redis sees, and it comes after all the rest.
+    lab.knock_a(&knock());
+    a.wait_nth_event(1, "second knock", |e| ["grant", "extend", "reknock"].iter().any(|k| is(e, k)));
+    let replay_checks = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{PREFIX}:replay:")))
+            .count()
+    };
+    let start = Instant::now();
+    while replay_checks() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no replay check in MONITOR");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert_eq!(replay_checks(), 1, "{}", std::fs::read_to_string(&log).unwrap());
+}
