@@ -34,6 +34,9 @@ pub enum Insert {
     /// The store could not make the record durable (its journal cannot be written): the
     /// packet must be refused, or after a restart it could be accepted a second time.
     Unwritable,
+    /// The store shared with other gateways could not answer in time, and the daemon fails
+    /// closed: the packet must be refused, or it could be replayed against another gateway.
+    Unavailable,
 }
 
 /// Where the verifier remembers packets. The daemon may persist or share it; the engine only

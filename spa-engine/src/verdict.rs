@@ -142,6 +142,11 @@ pub enum RejectReason {
     /// directory cannot be written): accepting it would let it be replayed after a restart.
     #[error("state cannot be written")]
     StateUnwritable,
+    /// The packet authenticated but the replay store shared with other gateways could not
+    /// answer in time, and the daemon is configured to fail closed: accepting it would let it
+    /// be replayed against another gateway.
+    #[error("shared replay store unavailable")]
+    ReplayStoreDown,
 }
 
 impl RejectReason {
@@ -168,11 +173,12 @@ impl RejectReason {
             RejectReason::NatNotEnabled => "nat_not_enabled",
             RejectReason::CommandNotEnabled => "command_not_enabled",
             RejectReason::StateUnwritable => "state_unwritable",
+            RejectReason::ReplayStoreDown => "replay_store_down",
         }
     }
 
     /// Every reason code, for metrics that must exist before the first packet.
-    pub const ALL_CODES: [&'static str; 20] = [
+    pub const ALL_CODES: [&'static str; 21] = [
         "too_short",
         "too_long",
         "prefix_not_stripped",
@@ -193,6 +199,7 @@ impl RejectReason {
         "nat_not_enabled",
         "command_not_enabled",
         "state_unwritable",
+        "replay_store_down",
     ];
 
     /// How far a packet got before this reason: with several stanzas the furthest reason is

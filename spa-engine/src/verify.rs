@@ -112,7 +112,8 @@ impl Verifier {
                 Err(
                     reason @ (RejectReason::ReplayStoreFull
                     | RejectReason::Replay
-                    | RejectReason::StateUnwritable),
+                    | RejectReason::StateUnwritable
+                    | RejectReason::ReplayStoreDown),
                 ) => {
                     return Verdict::Reject(Rejection { reason, stanza: Some(stanza.name.clone()) });
                 }
@@ -156,6 +157,7 @@ impl Verifier {
                 Insert::Seen => return Err(RejectReason::Replay),
                 Insert::Full => return Err(RejectReason::ReplayStoreFull),
                 Insert::Unwritable => return Err(RejectReason::StateUnwritable),
+                Insert::Unavailable => return Err(RejectReason::ReplayStoreDown),
             }
         }
         let msg = &decoded.message;

@@ -164,6 +164,18 @@ impl ReplayStore for Unwritable {
     }
 }
 
+/// A replay store shared between gateways that cannot be reached, under a fail-closed policy.
+struct Unreachable;
+
+impl ReplayStore for Unreachable {
+    fn contains(&self, _: &ReplayKey, _: u64) -> bool {
+        false
+    }
+    fn insert(&mut self, _: ReplayKey, _: u64) -> Insert {
+        Insert::Unavailable
+    }
+}
+
 /// One negative case: what it does and the reason it must produce.
 struct Case {
     name: &'static str,
@@ -205,6 +217,11 @@ fn cases() -> Vec<Case> {
         "unwritable",
         RejectReason::StateUnwritable,
         any.verify(good.as_bytes(), client, NOW, &mut Unwritable),
+    );
+    case(
+        "shared store down",
+        RejectReason::ReplayStoreDown,
+        any.verify(good.as_bytes(), client, NOW, &mut Unreachable),
     );
 
     let expired = verifier(&[stanza("source = \"any\"\naccess_expire = \"2020-01-01\"")]);

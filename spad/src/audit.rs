@@ -216,24 +216,29 @@ impl Audit {
     /// `attempts` counts earlier attempts to end it that failed.
     pub fn grant(&mut self, event: &'static str, g: &Grant, attempts: u32) {
         self.tick();
-        let mut v = json!({
-            "event": event,
-            "id": g.id.to_string(),
-            "packet_source": g.packet_source.to_string(),
-            "allowed_source": g.source.to_string(),
-            "access": access_json(&g.access),
-            "nat": g.nat.as_deref().map(nat_json),
-            "stanza": g.stanza,
-            "username": g.username,
-            "expires": rfc3339(g.deadline, 0),
-        });
-        if let Some(d) = g.destination {
-            v["destination"] = json!(d.to_string());
-        }
-        if attempts > 0 {
-            v["failed_attempts"] = json!(attempts);
-        }
+        let v = grant_json(event, g, attempts);
         self.write(v);
+    }
+
+    /// A grant revoked on request, with who asked (`by`, text the requester chose: checked
+    /// to be short printable ASCII before it gets here).
+    pub fn revoked(&mut self, g: &Grant, attempts: u32, by: &str) {
+        self.tick();
+        let mut v = grant_json("revoke", g, attempts);
+        v["by"] = json!(by);
+        self.write(v);
+    }
+
+    /// An authenticated packet let through on this gateway's replay cache alone, because the
+    /// shared store could not answer (`on_store_down = "local"`): it could have been accepted
+    /// at another gateway too.
+    pub fn degraded(&mut self, source: IpAddr, stanza: &str) {
+        self.tick();
+        self.write(json!({
+            "event": "replay_store_degraded",
+            "packet_source": source.to_string(),
+            "stanza": stanza,
+        }));
     }
 
     /// A backend failure for a grant.
@@ -275,6 +280,28 @@ impl Audit {
         }
         self.write(json!({"event": event, "detail": detail}));
     }
+}
+
+/// The audit line of a grant event.
+fn grant_json(event: &'static str, g: &Grant, attempts: u32) -> Value {
+    let mut v = json!({
+        "event": event,
+        "id": g.id.to_string(),
+        "packet_source": g.packet_source.to_string(),
+        "allowed_source": g.source.to_string(),
+        "access": access_json(&g.access),
+        "nat": g.nat.as_deref().map(nat_json),
+        "stanza": g.stanza,
+        "username": g.username,
+        "expires": rfc3339(g.deadline, 0),
+    });
+    if let Some(d) = g.destination {
+        v["destination"] = json!(d.to_string());
+    }
+    if attempts > 0 {
+        v["failed_attempts"] = json!(attempts);
+    }
+    v
 }
 
 /// Reject lines one source may write per second: a fifth of the total (at least one), with a

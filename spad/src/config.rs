@@ -181,6 +181,178 @@ pub struct Replay {
     /// Most packets remembered at once.
     #[serde(default = "default_capacity")]
     pub capacity: usize,
+    /// Whether replays are remembered by this spad alone or shared with other gateways.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// `[replay.redis]`, for `store = "redis"`.
+    #[serde(default)]
+    pub redis: Option<RedisSettings>,
+}
+
+/// `[replay] store`: where authenticated packets are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// This spad's memory and journal only: a packet seen here is refused here.
+    #[default]
+    Local,
+    /// Also Redis, shared by every gateway that uses the same keys: a packet seen at one is
+    /// refused at all of them. The local cache stays in front of it.
+    Redis,
+}
+
+/// `[replay.redis] on_store_down`: what an authenticated packet gets while Redis cannot
+/// answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreDown {
+    /// Refused (`replay_store_down`): fail closed, nothing can be replayed across gateways.
+    #[default]
+    Reject,
+    /// Checked against this spad's own cache only, accepted if new there, and audited as
+    /// `replay_store_degraded`: available, but a packet captured on its way to another gateway
+    /// could be replayed here meanwhile.
+    Local,
+}
+
+/// `[replay.redis]`: the shared store, and what this gateway publishes there. The URL may hold
+/// a password, so it is never printed (see [`RedisSettings::redacted_url`]).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), or
+    /// `redis+unix:///path/to/socket[?db=N&user=U&pass=P]`.
+    pub url: String,
+    /// Prefix of every key and channel spad uses, so one Redis can serve several sites.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// This gateway's name in keys, channels and `spad list --all-gateways` (default: the host
+    /// name). Unique per gateway.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Longest wait for one answer from Redis on the packet path, in milliseconds.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    /// Longest wait for a new connection (resolve, connect, TLS, AUTH), in milliseconds. It is
+    /// never spent on the packet path: connections are made by a thread of their own.
+    #[serde(default = "default_redis_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// What an authenticated packet gets while Redis cannot answer in time.
+    #[serde(default)]
+    pub on_store_down: OnStoreDown,
+    /// `rediss://`: a PEM file with the certificate authorities to trust instead of the
+    /// system's.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `rediss://`: this client's certificate (PEM), for servers that check clients
+    /// (`tls-auth-clients`, Redis's default).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// `rediss://`: the key of `tls_cert_file` (PEM; mode 0600).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+fn default_redis_prefix() -> String {
+    "spa".into()
+}
+fn default_redis_timeout() -> u64 {
+    100
+}
+fn default_redis_connect_timeout() -> u64 {
+    1000
+}
+
+impl RedisSettings {
+    /// The URL with its password (if any) replaced by `***`, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// The gateway name: set, or the host name (checked at load).
+    pub fn gateway(&self) -> &str {
+        self.gateway.as_deref().unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("gateway", &self.gateway)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("on_store_down", &self.on_store_down)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
+/// The parts of a Redis URL that hold secrets: where its password starts and ends, if any
+/// (the `password` of `user:password@`, or the value of a `pass=` query parameter).
+fn password_spans(url: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let Some(start) = url.find("://").map(|i| i + 3) else { return spans };
+    let rest = &url[start..];
+    let query_at = rest.find('?').map_or(url.len(), |i| start + i);
+    let authority_end = rest.find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    if let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i)
+        && let Some(colon) = url[start..at].find(':').map(|i| start + i)
+    {
+        spans.push((colon + 1, at));
+    }
+    if query_at < url.len() {
+        let mut pos = query_at + 1;
+        for pair in url[query_at + 1..].split(['&', '#']) {
+            if let Some(value) = pair.strip_prefix("pass=").or_else(|| pair.strip_prefix("password=")) {
+                let end = pos + pair.len();
+                spans.push((end - value.len(), end));
+            }
+            pos += pair.len() + 1;
+        }
+    }
+    spans
+}
+
+/// `url` with its password (if any) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = String::new();
+    let mut last = 0;
+    for (from, to) in password_spans(url) {
+        out.push_str(&url[last..from]);
+        out.push_str("***");
+        last = to;
+    }
+    out.push_str(&url[last..]);
+    out
+}
+
+/// Whether a Redis URL holds a password (then the file it is written in must be private).
+pub fn url_has_password(url: &str) -> bool {
+    password_spans(url).iter().any(|(from, to)| to > from)
+}
+
+/// A name used inside Redis keys and channels (a gateway, or with `colon` a prefix): 1 to 64
+/// ASCII letters, digits, `.`, `_`, `-` (and `:`), so it never needs quoting and never holds
+/// a glob character.
+pub fn is_key_name(s: &str, colon: bool) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || (colon && b == b':'))
+}
+
+/// This host's name (the default gateway name), if it has one that is text.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length, which is what we pass.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok().filter(|h| !h.is_empty())
 }
 
 fn default_age() -> u64 {
@@ -195,7 +367,13 @@ fn default_capacity() -> usize {
 
 impl Default for Replay {
     fn default() -> Self {
-        Self { max_packet_age: default_age(), state_dir: default_state_dir(), capacity: default_capacity() }
+        Self {
+            max_packet_age: default_age(),
+            state_dir: default_state_dir(),
+            capacity: default_capacity(),
+            store: StoreKind::Local,
+            redis: None,
+        }
     }
 }
 
@@ -472,6 +650,138 @@ fn check_ranges(path: &Path, text: &str, raw: &RawMain, spans: &Spans) -> Result
     Ok(())
 }
 
+/// Where `[replay.redis]` keys were written.
+#[derive(Deserialize, Default)]
+struct RedisSpans {
+    #[serde(default)]
+    replay: RedisSpansReplay,
+}
+
+#[derive(Deserialize, Default)]
+struct RedisSpansReplay {
+    #[serde(default)]
+    redis: BTreeMap<String, toml::Spanned<toml::Value>>,
+}
+
+/// `[replay] store` and `[replay.redis]`: the shared store is either configured whole or not
+/// at all, its names fit in keys, its timeouts are usable, and its TLS files exist (a private
+/// key must be private). Fills in the gateway name from the host name.
+fn check_replay_store(
+    path: &Path,
+    text: &str,
+    replay: &mut Replay,
+    spans: &Spans,
+) -> Result<(), ConfigError> {
+    let header =
+        text.lines().position(|l| l.split('#').next().unwrap_or_default().trim() == "[replay.redis]");
+    let redis_spans: RedisSpans = toml::from_str(text).unwrap_or_default();
+    let key_line = |key: &str| {
+        redis_spans.replay.redis.get(key).map(|v| line_of(text, v.span().start)).or(header.map(|l| l + 1))
+    };
+    let err = |line: Option<usize>, message: String| ConfigError { file: path.to_owned(), line, message };
+    let store_line = spans.replay.get("store").map(|v| line_of(text, v.span().start));
+    let settings = match (replay.store, replay.redis.as_mut()) {
+        (StoreKind::Local, None) => return Ok(()),
+        (StoreKind::Local, Some(_)) => {
+            return Err(err(
+                header.map(|l| l + 1),
+                "[replay.redis] is set but replay.store is \"local\"; add store = \"redis\" to [replay] or \
+                 remove the table"
+                    .into(),
+            ));
+        }
+        (StoreKind::Redis, None) => {
+            return Err(err(
+                store_line,
+                "replay.store = \"redis\" needs a [replay.redis] table with the server's url".into(),
+            ));
+        }
+        (StoreKind::Redis, Some(r)) => r,
+    };
+    if !crate::shared_state::AVAILABLE {
+        return Err(err(
+            store_line,
+            "replay.store = \"redis\": this spad was built without the replay-redis feature".into(),
+        ));
+    }
+    crate::shared_state::check_url(&settings.url)
+        .map_err(|why| err(key_line("url"), format!("replay.redis.url: {why}")))?;
+    if !is_key_name(&settings.prefix, true) {
+        return Err(err(
+            key_line("prefix"),
+            format!(
+                "replay.redis.prefix: {:?} is not usable; use 1 to 64 letters, digits, '.', '_', '-' or ':'",
+                settings.prefix
+            ),
+        ));
+    }
+    match &settings.gateway {
+        Some(g) if !is_key_name(g, false) => {
+            return Err(err(
+                key_line("gateway"),
+                format!(
+                    "replay.redis.gateway: {g:?} is not usable; use 1 to 64 letters, digits, '.', '_' or '-'"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => match hostname() {
+            Some(h) if is_key_name(&h, false) => settings.gateway = Some(h),
+            h => {
+                return Err(err(
+                    header.map(|l| l + 1),
+                    format!(
+                        "replay.redis.gateway is not set and the host name {:?} cannot be one; set it \
+                         (1 to 64 letters, digits, '.', '_' or '-')",
+                        h.unwrap_or_default()
+                    ),
+                ));
+            }
+        },
+    }
+    for (key, value, max) in [
+        ("timeout_ms", settings.timeout_ms, 10_000),
+        ("connect_timeout_ms", settings.connect_timeout_ms, 60_000),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(err(
+                key_line(key),
+                format!("replay.redis.{key}: {value} is out of range; use 1 to {max} milliseconds"),
+            ));
+        }
+    }
+    let tls = settings.url.starts_with("rediss://");
+    for (key, file) in [
+        ("tls_ca_file", &settings.tls_ca_file),
+        ("tls_cert_file", &settings.tls_cert_file),
+        ("tls_key_file", &settings.tls_key_file),
+    ] {
+        let Some(file) = file else { continue };
+        if !tls {
+            return Err(err(key_line(key), format!("replay.redis.{key} is only used with a rediss:// url")));
+        }
+        let m = std::fs::metadata(file)
+            .map_err(|e| err(key_line(key), format!("replay.redis.{key}: {}: {e}", file.display())))?;
+        if key == "tls_key_file" && m.permissions().mode() & 0o077 != 0 {
+            return Err(err(
+                key_line(key),
+                format!(
+                    "replay.redis.tls_key_file: {} holds a private key but its mode {:03o} lets group or \
+                     others read or write it; run chmod 600 {}",
+                    file.display(),
+                    m.permissions().mode() & 0o777,
+                    file.display()
+                ),
+            ));
+        }
+    }
+    if settings.tls_cert_file.is_some() != settings.tls_key_file.is_some() {
+        let key = if settings.tls_cert_file.is_some() { "tls_cert_file" } else { "tls_key_file" };
+        return Err(err(key_line(key), "replay.redis.tls_cert_file and tls_key_file go together".into()));
+    }
+    Ok(())
+}
+
 /// The daemon's rules for a compiled stanza's keys, stricter than the engine's: an HMAC key
 /// unless `allow_no_hmac`, and keys of at least [`MIN_KEY_LEN`] bytes. Returns the warnings.
 fn check_keys(
@@ -583,10 +893,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source = read(path)?;
         let text = &source.text;
-        let raw: RawMain = toml::from_str(text).map_err(|e| located(path, text, &e))?;
-        check_private(path, &source, raw.access.len())?;
+        let mut raw: RawMain = toml::from_str(text).map_err(|e| located(path, text, &e))?;
+        // A Redis password is a secret like the keys.
+        let password = raw.replay.redis.as_ref().is_some_and(|r| url_has_password(&r.url));
+        check_private(path, &source, raw.access.len() + usize::from(password))?;
         let spans = Spans::of(text);
         check_ranges(path, text, &raw, &spans)?;
+        check_replay_store(path, text, &mut raw.replay, &spans)?;
         let mut warnings: Vec<String> = Vec::new();
         let firewall = parse_firewall(path, text, raw.firewall)?;
         if raw.listen.mode == Mode::Socket && raw.listen.addresses.is_empty() {
@@ -1032,6 +1345,156 @@ open_ports = ["tcp/22"]
         let p = write(dir.path(), "spad.toml", &text);
         let c = Config::load(&p).unwrap();
         assert_eq!((c.replay.max_packet_age, c.replay.capacity), (86400, 1));
+    }
+
+    /// GOOD with `extra` added to its `[replay]` table.
+    fn with_replay(extra: &str) -> String {
+        GOOD.replace("state_dir = \"/tmp/x\"\n", &format!("state_dir = \"/tmp/x\"\n{extra}"))
+    }
+
+    #[test]
+    fn a_shared_store_is_configured_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        if !crate::shared_state::AVAILABLE {
+            let text = with_replay("store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\n");
+            let e = load_err(&write(dir.path(), "spad.toml", &text));
+            assert!(
+                e.contains(":11: replay.store = \"redis\": this spad was built without the replay-redis"),
+                "{e}"
+            );
+            return;
+        }
+        let text = with_replay(
+            "store = \"redis\"\n[replay.redis]\nurl = \"redis+unix:///run/redis/redis.sock?db=2\"\ngateway = \"gw-1\"\n",
+        );
+        let c = Config::load(&write(dir.path(), "spad.toml", &text)).unwrap();
+        let r = c.replay.redis.as_ref().unwrap();
+        assert_eq!(c.replay.store, StoreKind::Redis);
+        assert_eq!((r.gateway(), r.prefix.as_str(), r.timeout_ms), ("gw-1", "spa", 100));
+        assert_eq!(r.on_store_down, OnStoreDown::Reject);
+        // Without a gateway name, the host name.
+        let text = with_replay("store = \"redis\"\n[replay.redis]\nurl = \"redis://127.0.0.1\"\n");
+        let c = Config::load(&write(dir.path(), "spad.toml", &text)).unwrap();
+        assert_eq!(c.replay.redis.unwrap().gateway, hostname());
+
+        let line = |text: &str, starts: &str| text.lines().position(|l| l.starts_with(starts)).unwrap() + 1;
+        for (extra, at, needle) in [
+            ("store = \"redis\"\n", "store", "replay.store = \"redis\" needs a [replay.redis] table"),
+            (
+                "[replay.redis]\nurl = \"redis://h\"\n",
+                "[replay.redis]",
+                "[replay.redis] is set but replay.store is",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"http://h\"\n",
+                "url",
+                "replay.redis.url: the http:// scheme is not supported",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"h:6379\"\n",
+                "url",
+                "replay.redis.url: not a redis url",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"rediss://h#insecure\"\n",
+                "url",
+                "certificate checks cannot be turned off",
+            ),
+            ("store = \"redis\"\n[replay.redis]\nurl = \"redis://h/x\"\n", "url", "replay.redis.url: "),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\nprefix = \"a*\"\n",
+                "prefix",
+                "replay.redis.prefix: \"a*\" is not usable",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\ngateway = \"a:b\"\n",
+                "gateway",
+                "replay.redis.gateway: \"a:b\" is not usable",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\ntimeout_ms = 0\n",
+                "timeout_ms",
+                "replay.redis.timeout_ms: 0 is out of range",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\ntls_ca_file = \"/etc/hostname\"\n",
+                "tls_ca_file",
+                "replay.redis.tls_ca_file is only used with a rediss:// url",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"rediss://h\"\ntls_cert_file = \"/etc/hostname\"\n",
+                "tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"rediss://h\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+                "tls_ca_file",
+                "replay.redis.tls_ca_file: /nonexistent/ca.pem: ",
+            ),
+            (
+                "store = \"redis\"\n[replay.redis]\nurl = \"redis://h\"\nurl_typo = 1\n",
+                "url_typo",
+                "url_typo",
+            ),
+        ] {
+            let text = with_replay(extra);
+            let p = write(dir.path(), "spad.toml", &text);
+            let e = load_err(&p);
+            let at = line(&text, at);
+            assert!(e.starts_with(&format!("{}:{at}: ", p.display())) && e.contains(needle), "{extra}: {e}");
+        }
+        // A private key readable by others is refused.
+        let key = write_mode(dir.path(), "client.key", "x", 0o644);
+        let text = with_replay(&format!(
+            "store = \"redis\"\n[replay.redis]\nurl = \"rediss://h\"\ntls_cert_file = \"/etc/hostname\"\n\
+             tls_key_file = \"{}\"\n",
+            key.display()
+        ));
+        let p = write(dir.path(), "spad.toml", &text);
+        let e = load_err(&p);
+        let at = text.lines().position(|l| l.starts_with("tls_key_file")).unwrap() + 1;
+        assert!(e.contains(&format!(":{at}: replay.redis.tls_key_file: ")) && e.contains("mode 644"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&p).is_ok());
+    }
+
+    #[test]
+    fn a_redis_password_is_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, _) = GOOD.split_once("[[access]]").unwrap();
+        let head = head.replace(
+            "state_dir = \"/tmp/x\"\n",
+            "state_dir = \"/tmp/x\"\nstore = \"redis\"\n[replay.redis]\nurl = \"redis://spad:s3cret@h/0\"\n",
+        );
+        let p = write_mode(dir.path(), "spad.toml", &head, 0o644);
+        std::fs::create_dir(dir.path().join("access.d")).unwrap();
+        write(&dir.path().join("access.d"), "a.toml", &access_file("a", "any"));
+        let e = load_err(&p);
+        assert!(e.contains("holds keys but its mode 644"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if !crate::shared_state::AVAILABLE {
+            return;
+        }
+        let c = Config::load(&p).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("redis://spad:***@h/0"), "{debug}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        for (url, shown) in [
+            ("redis://h:6379/0", "redis://h:6379/0"),
+            ("redis://user:pw@h:6379/0", "redis://user:***@h:6379/0"),
+            ("redis://:pw@h", "redis://:***@h"),
+            ("rediss://u:p@ss@h/1", "rediss://u:***@h/1"),
+            ("redis+unix:///run/r.sock?db=1&pass=pw&user=u", "redis+unix:///run/r.sock?db=1&pass=***&user=u"),
+            ("redis://h/0?password=x", "redis://h/0?password=***"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert!(url_has_password("redis://:pw@h") && url_has_password("redis+unix:///s?pass=p"));
+        assert!(!url_has_password("redis://user@h") && !url_has_password("redis+unix:///s?db=1"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod privs;
 pub mod ratelimit;
 pub mod receive;
+pub mod shared_state;
 pub mod state;
 pub mod worker;
 
@@ -25,7 +26,6 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Sender, TrySendError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use spa_backends::{Driver, NoneBackend, Registry, State};
-use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
 use spa_engine::stanza::canonical;
 use spa_engine::{PacketMeta, RejectReason, Verdict, Verifier};
 
@@ -33,6 +33,7 @@ use crate::audit::Audit;
 use crate::config::{Config, Mode, error_chain};
 use crate::ratelimit::RateLimiter;
 use crate::receive::{Batch, CaptureReceiver, UdpReceiver};
+use crate::shared_state::{ReplayShare, Replays};
 use crate::state::{GrantStore, PersistentReplay, StanzaLimits, StateError, StateLock};
 use crate::worker::{Msg, Worker, unix_now};
 
@@ -77,9 +78,13 @@ pub fn backends() -> Result<()> {
 
 /// `spad list`: the recorded grants (live, and closing ones whose end failed and is retried),
 /// from the state journal; with `firewall`, also what the backend says the firewall holds,
-/// beside what the ledger expects, with the differences marked.
-pub fn list(path: &Path, json: bool, firewall: bool) -> Result<()> {
+/// beside what the ledger expects, with the differences marked; with `all_gateways`, instead,
+/// the live grants every gateway publishes in the shared store.
+pub fn list(path: &Path, json: bool, firewall: bool, all_gateways: bool) -> Result<()> {
     let c = load(path)?;
+    if all_gateways {
+        return Ok(shared_state::list_all(&c, json)?);
+    }
     let now = unix_now();
     let records: Vec<_> = state::read_grants(&c.replay.state_dir)?
         .into_iter()
@@ -188,23 +193,19 @@ pub fn teardown(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The replay store as the engine sees it from a receiver thread: one lock per call, so
-/// cryptography runs outside the lock.
-struct Locked<'a>(&'a Mutex<PersistentReplay>);
-
-impl ReplayStore for Locked<'_> {
-    fn contains(&self, key: &ReplayKey, now: u64) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).contains(key, now)
-    }
-    fn insert(&mut self, key: ReplayKey, now: u64) -> Insert {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, now)
-    }
+/// `spad revoke [--gateway NAME] ID`: revokes a grant of this or another gateway through the
+/// shared store's revoke channel.
+pub fn revoke(path: &Path, gateway: Option<&str>, id: &str) -> Result<()> {
+    let c = load(path)?;
+    Ok(shared_state::send_revoke(&c, gateway, id)?)
 }
 
 /// What the receiver threads share.
 struct Shared {
     verifier: RwLock<Arc<Verifier>>,
     replay: Arc<Mutex<PersistentReplay>>,
+    /// The replay store shared with other gateways, if configured.
+    share: Option<Arc<ReplayShare>>,
     limiter: Mutex<RateLimiter>,
     audit: Arc<Mutex<Audit>>,
     worker: Sender<Msg>,
@@ -230,8 +231,12 @@ impl Shared {
                 continue;
             }
             let pm = PacketMeta { source: src, destination: canonical(meta.dst) };
-            match verifier.verify(payload, pm, now, &mut Locked(&self.replay)) {
+            let mut replays = Replays::new(&self.replay, self.share.as_deref());
+            match verifier.verify(payload, pm, now, &mut replays) {
                 Verdict::Accept(g) => {
+                    if replays.degraded() {
+                        self.audit.lock().unwrap_or_else(PoisonError::into_inner).degraded(src, &g.stanza);
+                    }
                     if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(src) {
                         reject("rate_limited", None, Some(&g.stanza));
                         continue;
@@ -365,7 +370,27 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     let (wtx, wrx) = crossbeam_channel::bounded(WORKER_QUEUE);
     let watchdog = sd_notify::watchdog_enabled();
     let heartbeat = Arc::new(AtomicU64::new(unix_now()));
-    let worker = Worker::new(driver, store, interner, replay.clone(), audit.clone(), heartbeat.clone());
+    // Test mode shares nothing: a packet it sees must stay usable at the real gateways.
+    let started = if test {
+        if config.replay.store == config::StoreKind::Redis {
+            tracing::info!("test mode: replays and grants are not shared through Redis");
+        }
+        None
+    } else {
+        let receivers = match config.listen.mode {
+            Mode::Socket => config.listen.addresses.len(),
+            Mode::Capture => config.listen.interfaces.len(),
+        };
+        shared_state::start(&config, receivers, audit.clone(), wtx.clone()).context("shared replay store")?
+    };
+    let mut worker = Worker::new(driver, store, interner, replay.clone(), audit.clone(), heartbeat.clone());
+    let share = match started {
+        Some(s) => {
+            worker = worker.with_publisher(s.publisher);
+            Some(s.replay)
+        }
+        None => None,
+    };
     let worker_thread = thread::Builder::new()
         .name("backend".into())
         .spawn(move || worker.run(wrx, watchdog.map(|w| w / 2)))
@@ -374,6 +399,7 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     let shared = Arc::new(Shared {
         verifier: RwLock::new(Arc::new(config.verifier.clone())),
         replay,
+        share,
         limiter: Mutex::new(RateLimiter::new(
             4096,
             config.limits.per_source_rate,

@@ -50,6 +50,19 @@ enum Cmd {
         /// be gone).
         #[arg(long)]
         firewall: bool,
+        /// Instead, the live grants of every gateway that shares this one's Redis
+        /// (`[replay] store = "redis"`), and which gateways are connected.
+        #[arg(long, conflicts_with = "firewall")]
+        all_gateways: bool,
+    },
+    /// Revoke a grant of this or another gateway now, through the revoke channel of the
+    /// shared store (`[replay] store = "redis"`); waits until the grant is unpublished.
+    Revoke {
+        /// The gateway whose grant it is (default: this one's `[replay.redis] gateway`).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// The grant's id, as `spad list` shows it.
+        id: String,
     },
     /// Remove everything the configured backend owns in the firewall, protections included.
     /// Stop spad first.
@@ -91,7 +104,10 @@ fn main() {
         None => spad::run(&cli.config, cli.test),
         Some(Cmd::Check) => spad::check(&cli.config),
         Some(Cmd::Backends) => spad::backends(),
-        Some(Cmd::List { json, firewall }) => spad::list(&cli.config, json, firewall),
+        Some(Cmd::List { json, firewall, all_gateways }) => {
+            spad::list(&cli.config, json, firewall, all_gateways)
+        }
+        Some(Cmd::Revoke { gateway, id }) => spad::revoke(&cli.config, gateway.as_deref(), &id),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
         Some(Cmd::Completions { shell }) => {
             let mut script = Vec::new();

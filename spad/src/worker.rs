@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use spa_backends::{CommandFailure, Driver, Event, Grant, GrantId, Nat, RefusedBecause};
+use spa_backends::{CommandFailure, Driver, EndKind, Event, Grant, GrantId, Nat, RefusedBecause, State};
 use spa_engine::{Action, GrantRequest, NatHost};
 
 use crate::audit::{Audit, rfc3339};
 use crate::config::error_chain;
+use crate::shared_state::Publisher;
 use crate::state::{GrantStore, Interner, PersistentReplay};
 
 /// How often the worker asks the backend whether its setup was tampered with.
@@ -26,6 +27,13 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 pub enum Msg {
     /// An accepted packet, and when it was accepted.
     Request(Box<GrantRequest>, Instant),
+    /// End a live grant now (asked through the shared store's revoke channel).
+    Revoke {
+        /// The grant.
+        id: GrantId,
+        /// Who asked, for the audit trail.
+        by: String,
+    },
     /// Stop: revoke everything (unless `keep`), then confirm.
     Shutdown {
         /// Keep grants in the firewall.
@@ -138,6 +146,7 @@ pub struct Worker {
     last_check: Instant,
     dirty: bool,
     heartbeat: Arc<AtomicU64>,
+    publisher: Option<Publisher>,
 }
 
 impl Worker {
@@ -160,7 +169,14 @@ impl Worker {
             last_check: Instant::now(),
             dirty: true,
             heartbeat,
+            publisher: None,
         }
+    }
+
+    /// Also publishes the grants to the shared store (`[replay] store = "redis"`).
+    pub fn with_publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     fn audit(&self) -> MutexGuard<'_, Audit> {
@@ -169,6 +185,9 @@ impl Worker {
 
     fn report(&self, events: Vec<Event>) {
         if !events.is_empty() {
+            if let Some(p) = &self.publisher {
+                p.events(&events);
+            }
             report(&self.audit, events);
         }
     }
@@ -185,6 +204,11 @@ impl Worker {
                 let events = self.driver.check(now, &mut self.store);
                 self.dirty |= !events.is_empty();
                 self.report(events);
+            }
+            if let Some(p) = &self.publisher
+                && p.wants_snapshot()
+            {
+                p.snapshot(self.driver.ledger().live());
             }
             self.sync_if_due();
             self.heartbeat.store(unix_now(), Ordering::Relaxed);
@@ -207,6 +231,7 @@ impl Worker {
                         queued.as_micros()
                     );
                 }
+                Ok(Msg::Revoke { id, by }) => self.revoke(id, &by),
                 Ok(Msg::Shutdown { keep, done }) => {
                     self.shutdown(keep);
                     let _ = done.send(());
@@ -358,9 +383,38 @@ impl Worker {
         );
     }
 
+    /// Ends a live grant on request, auditing `revoke` with who asked. An id that names no
+    /// live grant is logged and audited as `revoke_unknown`; a close that fails is retried like
+    /// any other (audited as `error` with `"closing": true`).
+    fn revoke(&mut self, id: GrantId, by: &str) {
+        if self.driver.ledger().get(id).is_none_or(|r| r.state != State::Live) {
+            tracing::warn!("revoke of {id} asked by {by:?}: no live grant has that id");
+            self.audit().daemon("revoke_unknown", serde_json::json!({"id": id.to_string(), "by": by}));
+            return;
+        }
+        let events = self.driver.revoke(id, unix_now(), &mut self.store);
+        self.dirty = true;
+        if let Some(p) = &self.publisher {
+            p.events(&events);
+        }
+        for e in events {
+            match e {
+                Event::Ended { grant, why: EndKind::Revoke, attempts } if grant.id == id => {
+                    tracing::info!("revoke {id} for {} (asked by {by:?})", grant.source);
+                    self.audit().revoked(&grant, attempts, by);
+                }
+                other => report(&self.audit, vec![other]),
+            }
+        }
+    }
+
     fn shutdown(&mut self, keep: bool) {
         let events = self.driver.stop(keep, unix_now(), &mut self.store);
         self.report(events);
+        if let Some(p) = &self.publisher {
+            // What ended is unpublished, and the gateway marker removed, before spad exits.
+            p.stop(Duration::from_secs(2));
+        }
         if self.store.needs_rewrite() {
             // A grant still recorded as live after this is reopened (until its deadline) by
             // the next start.
