@@ -244,6 +244,22 @@ impl FirewalldBackend {
         Ok(())
     }
 
+    /// What the listener saw, waiting up to 200 ms for a signal that may be on its way (it
+    /// travels on the listener's own connection); `None` when nothing was signalled.
+    fn signalled(&self) -> Option<String> {
+        for _ in 0..20 {
+            let flags = self.listener.as_ref().map_or(listener::DEAF, Listener::flags);
+            if flags != 0 {
+                return Some(listener::describe(flags));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.fw.on_bus().is_ok_and(|on| !on) {
+            return Some("firewalld left the bus".into());
+        }
+        None
+    }
+
     fn text(&self, rule: &Rule, until: u64) -> String {
         model::render(rule, self.priorities.of(until))
     }
@@ -406,18 +422,19 @@ impl Backend for FirewalldBackend {
         if self.expect.is_empty() {
             return Ok(Health::Intact);
         }
-        let present = self.fw.rich_rules(&self.zone)?;
+        let present = match self.fw.rich_rules(&self.zone) {
+            Ok(present) => present,
+            // firewalld stopping fails the call before its NameOwnerChanged signal reaches the
+            // listener: name the cause rather than the failed call.
+            Err(e) => return self.signalled().map_or(Err(e), |why| Ok(Health::Damaged(why))),
+        };
         let Some(gone) = self.expect.keys().find(|t| !present.contains(t)) else {
             return Ok(Health::Intact);
         };
         // A reload in progress empties the zone before its signal arrives (on the listener's
         // own connection): give the signal a moment, so the audit names the cause.
-        for _ in 0..20 {
-            let flags = self.listener.as_ref().map_or(listener::DEAF, Listener::flags);
-            if flags != 0 {
-                return Ok(Health::Damaged(listener::describe(flags)));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(why) = self.signalled() {
+            return Ok(Health::Damaged(why));
         }
         Ok(Health::Damaged(format!("a rule of ours vanished from zone {}: {gone}", self.zone)))
     }
