@@ -173,7 +173,7 @@ fn a_reload_is_healed_and_an_extension_survives_the_orphaned_timer() {
     let mut gate = lab.gate();
     let mut j = MemoryJournal::default();
     // Long enough for the reload and the re-knock below (firewall-cmd takes a while).
-    let short = now() + 12;
+    let short = now() + 25;
     let g = client_grant(1, short);
     assert!(granted(&gate.grant(g.clone(), now(), &mut j)));
     // A control rule outside our range (the admin's shape), to show this firewalld has the

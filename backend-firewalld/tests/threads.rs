@@ -30,7 +30,16 @@ fn a_dropped_backend_leaves_no_thread_behind() {
     let ns = Netns::new("fwt");
     let fw = FirewalldLab::start(&ns, CLOSED_ZONE);
     drop(fw.backend("").unwrap());
-    let base = threads();
+    // The first backend's threads end after the drop returns: count once they have.
+    let mut base = threads();
+    let settled = eventually(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = threads();
+        let same = now == base;
+        base = now;
+        same
+    });
+    assert!(settled, "the thread count never settled");
     for _ in 0..5 {
         let b = fw.backend("").unwrap();
         assert!(threads() > base, "the listener runs in threads of its own");

@@ -311,11 +311,16 @@ mod tests {
     #[test]
     fn the_example_documents_every_key_the_parsers_accept() {
         use spa_engine::stanza::AccessStanza;
-        use spad::config::{Limits, Listen, Log, NatSettings, Replay};
+        use spad::config::{Limits, Listen, Log, NatSettings, RedisSettings, Replay};
 
         let mut tables: Vec<(String, Vec<String>)> = vec![
             ("[listen]".into(), accepted(&unknown_key::<Listen>())),
-            ("[replay]".into(), accepted(&unknown_key::<Replay>())),
+            // `redis` is the `[replay.redis]` table, below.
+            (
+                "[replay]".into(),
+                accepted(&unknown_key::<Replay>()).into_iter().filter(|k| k != "redis").collect(),
+            ),
+            ("[replay.redis]".into(), accepted(&unknown_key::<RedisSettings>())),
             ("[log]".into(), accepted(&unknown_key::<Log>())),
             ("[nat]".into(), accepted(&unknown_key::<NatSettings>())),
             ("[limits]".into(), accepted(&unknown_key::<Limits>())),
