@@ -46,6 +46,13 @@ fn decode(home: &Path, keys: &[&str], packet: &str) -> Value {
     serde_json::from_str(stdout(&o).trim()).expect("decode prints JSON")
 }
 
+/// Writes a file that holds keys, mode 0600.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
@@ -399,11 +406,10 @@ fn rc_file_warnings_and_precedence() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let rc = h.join("custom.rc");
-    std::fs::write(
+    write_private(
         &rc,
         "[default]\nKEY defaultkey\nACCESS tcp/1\nALLOW_IP 9.9.9.9\nSPOOF_USER dflt\n\n[srv]\nACCESS=tcp/2\nFROBNICATE yes\n",
-    )
-    .unwrap();
+    );
     let path = rc.to_str().unwrap();
     let o = spa(h, &["--rc-file", path, "-n", "srv", "-T"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -450,15 +456,28 @@ fn resolve_url_reads_the_external_address_from_a_local_page() {
     let j = decode(h, &["--key", "k"], stdout(&o).trim());
     assert_eq!(j["message"], "203.0.113.77,tcp/22");
 
-    // Without --resolve-url (fwknop's default is https, which needs TLS) and with https URLs.
-    for args in [&["-R"][..], &["-R", "--resolve-url", "https://127.0.0.1/"][..]] {
-        let mut all = args.to_vec();
+    // A plain-HTTP page is used as asked, with fwknop's warning: its answer can be forged.
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("spa: warning: the -R URL http://127.0.0.1:") && err.contains("forge"), "{err}");
+
+    // --resolve-http-only refuses an https:// page (as fwknop); an https:// page that does not
+    // answer is a one-line error. (Nothing here goes to fwknop's default page.)
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let https = format!("https://127.0.0.1:{closed_port}/");
+    for (args, needle) in [
+        (vec!["-R", "--resolve-http-only", "--resolve-url", https.as_str()], "--resolve-http-only"),
+        (vec!["-R", "--resolve-url", https.as_str()], "cannot connect to 127.0.0.1"),
+    ] {
+        let mut all = args.clone();
         all.extend(["-A", "tcp/22", "--key-rijndael", "k", "-T"]);
         let o = spa(h, &all);
         assert!(!o.status.success());
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("http://"), "{err}");
+        assert!(err.starts_with("spa: ") && err.contains(needle), "{args:?}: {err}");
     }
 }
 
@@ -659,13 +678,12 @@ fn keys_from_fwknop_key_files() {
     assert_eq!(j["message"], "1.2.3.4,tcp/22");
     // The same through KEY_FILE / HMAC_KEY_FILE in an rc stanza.
     let rc = h.join("rc");
-    std::fs::write(
+    write_private(
         &rc,
-        format!(
+        &format!(
             "[s]\nSPA_SERVER 127.0.0.1\nKEY_FILE {k}\nHMAC_KEY_FILE {hk}\nACCESS udp/53\nALLOW_IP 1.2.3.4\n"
         ),
-    )
-    .unwrap();
+    );
     let o = spa(h, &["--rc-file", rc.to_str().unwrap(), "-n", "s", "-T"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j = decode(h, &["--key", "filekey", "--hmac-key", "filehmac"], stdout(&o).trim());

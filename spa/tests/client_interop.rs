@@ -116,7 +116,7 @@ fn knock(lab: &GatewayLab, keys: &Keys, args: &[&str]) -> Output {
     let o = lab
         .client
         .cmd(SPA)
-        .args(["--no-rc-file", "-D", GatewayLab::GW4])
+        .args(["--no-rc-file", "--no-save-args", "-D", GatewayLab::GW4])
         .args(&keys.0)
         .args(args)
         .stdin(Stdio::null())
@@ -314,7 +314,16 @@ fn packets_reach_an_ipv6_destination() {
     let o = lab
         .client
         .cmd(SPA)
-        .args(["--no-rc-file", "-D", GatewayLab::GW6, "-A", "tcp/22", "-a", GatewayLab::CLIENT4])
+        .args([
+            "--no-rc-file",
+            "--no-save-args",
+            "-D",
+            GatewayLab::GW6,
+            "-A",
+            "tcp/22",
+            "-a",
+            GatewayLab::CLIENT4,
+        ])
         .args(["--key-rijndael", "k6", "--key-hmac", "h6"])
         .stdin(Stdio::null())
         .output()
