@@ -178,13 +178,15 @@ pub(crate) fn updated_text(
 ) -> Result<Zeroizing<String>> {
     let mut out = Zeroizing::new(String::with_capacity(old.len() + 256));
     let mut kept_slots: Vec<&str> = Vec::new();
-    // Where the new lines go: after the first block of the stanza.
+    // Where the new lines go: after the last line of the stanza's first block that is not
+    // blank (its header, kept keys, comments).
     let mut insert_at: Option<usize> = None;
+    let mut target_end: Option<usize> = None;
     let mut in_target = false;
     for raw in old.lines() {
         if let Some(n) = header(raw) {
             if in_target && insert_at.is_none() {
-                insert_at = Some(out.len());
+                insert_at = target_end;
             }
             in_target = n.eq_ignore_ascii_case(name);
         } else if in_target {
@@ -203,10 +205,13 @@ pub(crate) fn updated_text(
         }
         out.push_str(raw);
         out.push('\n');
+        if in_target && !raw.trim().is_empty() {
+            target_end = Some(out.len());
+        }
     }
     let mut block = String::new();
     if in_target && insert_at.is_none() {
-        insert_at = Some(out.len());
+        insert_at = target_end;
     }
     if insert_at.is_none() {
         if !out.is_empty() && !out.ends_with("\n\n") {
@@ -323,7 +328,7 @@ ACCESS tcp/22, udp/53
         assert_eq!(asked, ["KEY"]);
         assert_eq!(
             text.as_str(),
-            "# mine\n[default]\nDIGEST_TYPE sha512\n\n[s]\n# about s\nKEY oldkey\n\nACCESS                      tcp/2\n[t]\nACCESS tcp/3\n"
+            "# mine\n[default]\nDIGEST_TYPE sha512\n\n[s]\n# about s\nKEY oldkey\nACCESS                      tcp/2\n\n[t]\nACCESS tcp/3\n"
         );
         assert_eq!(notes.len(), 2, "{notes:?}");
         // Answering yes (or --force-stanza) replaces the key.
