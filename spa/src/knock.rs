@@ -263,7 +263,7 @@ fn run_with(a: &KnockArgs, argv: Option<&[OsString]>) -> Result<()> {
     if let (Some(name), Some(path)) = (&save_as, &rc_path) {
         let mut lines = a.given.stanza_lines()?;
         if let Some(k) = &new_keys {
-            lines.retain(|(var, _)| table_key_var(var).is_none());
+            lines.retain(|(var, _)| !is_key_var(var));
             lines.push(("KEY_BASE64", k.key.clone()));
             lines.push(("HMAC_KEY_BASE64", k.hmac.clone()));
         }
@@ -310,9 +310,8 @@ fn run_with(a: &KnockArgs, argv: Option<&[OsString]>) -> Result<()> {
 }
 
 /// Whether an rc variable holds a key (`KEY`, `HMAC_KEY_FILE`, ...).
-fn table_key_var(var: &str) -> Option<()> {
+fn is_key_var(var: &str) -> bool {
     matches!(var, "KEY" | "KEY_BASE64" | "KEY_FILE" | "HMAC_KEY" | "HMAC_KEY_BASE64" | "HMAC_KEY_FILE")
-        .then_some(())
 }
 
 /// `-l` and `--show-last`.

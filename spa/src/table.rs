@@ -155,7 +155,13 @@ impl Opt {
         if matches!(self.takes, Takes::RcOnly) || (self.short.is_none() && self.long.is_none()) {
             return None;
         }
-        let mut a = Arg::new(self.id).help(self.help);
+        let help = self.help.trim_end_matches('.');
+        let help = match self.rc {
+            [] => help.to_owned(),
+            vars => format!("{help} [{}]", vars.join(", ")),
+        };
+        let mut a =
+            Arg::new(self.id).help(help).help_heading("Knock settings (and their ~/.fwknoprc variables)");
         if let Some(s) = self.short {
             a = a.short(s);
         }
@@ -296,11 +302,14 @@ pub(crate) static OPTIONS: &[Opt] = &[
         .value("IP")
         .rc(&["ALLOW_IP"])
         .saved(|s, v| put(&mut s.allow, v.parse()?), "ALLOW_IP", save_allow),
-    Opt::new("source_ip", "Let the server use the packet's source address (sends 0.0.0.0).")
-        .short('s')
-        .long("source-ip")
-        .switch()
-        .saved(|s, _| put(&mut s.allow, Allow::Source), "ALLOW_IP", save_allow),
+    Opt::new(
+        "source_ip",
+        "Let the server use the packet's source address (sends 0.0.0.0) [ALLOW_IP source].",
+    )
+    .short('s')
+    .long("source-ip")
+    .switch()
+    .saved(|s, _| put(&mut s.allow, Allow::Source), "ALLOW_IP", save_allow),
     Opt::new(
         "resolve_ip_https",
         "Learn our external address over HTTPS (--resolve-url); -a and -s win over it.",
@@ -330,7 +339,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
             });
             Ok(())
         }),
-    Opt::new("time_offset_plus", "Move the timestamp forward, e.g. 60sec, 2min, 1hour, 1day.")
+    Opt::new("time_offset_plus", "Move the timestamp forward, e.g. 60sec, 2min, 1hour, 1day [TIME_OFFSET].")
         .long("time-offset-plus")
         .value("TIME")
         .saved(
@@ -338,7 +347,7 @@ pub(crate) static OPTIONS: &[Opt] = &[
             "TIME_OFFSET",
             |s| shown(s.time_offset),
         ),
-    Opt::new("time_offset_minus", "Move the timestamp back, e.g. 60sec, 2min, 1hour, 1day.")
+    Opt::new("time_offset_minus", "Move the timestamp back, e.g. 60sec, 2min, 1hour, 1day [TIME_OFFSET -N].")
         .long("time-offset-minus")
         .value("TIME")
         .saved(

@@ -398,7 +398,7 @@ fn rc_stanzas_saved_by_fwknop_drive_spa() {
     let o = spa(h, &["-n", "nosuch", "-T"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no stanza [nosuch]"), "{}", stderr(&o));
-    assert!(rc == std::fs::read_to_string(h.join(".fwknoprc")).unwrap(), "spa never writes the rc file");
+    assert!(rc == std::fs::read_to_string(h.join(".fwknoprc")).unwrap(), "spa -n only reads the rc file");
 }
 
 #[test]
