@@ -218,7 +218,10 @@ fn fetch_ip(u: &Url, agent: &str) -> Result<IpAddr> {
     let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
     let status = head.lines().next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
-    ensure!(code == "200", "HTTP request failed: {}", status.chars().take(100).collect::<String>());
+    // The status line is the server's text: printable ASCII only, so it cannot drive the
+    // terminal or fake another line.
+    let shown: String = status.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(100).collect();
+    ensure!(code == "200", "HTTP request failed: {shown}");
     first_ip(body).context("no IP address in the HTTP response")
 }
 

@@ -697,3 +697,27 @@ fn keys_from_fwknop_key_files() {
         "{err}"
     );
 }
+
+#[test]
+fn a_resolver_cannot_write_to_the_terminal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        s.write_all(b"HTTP/1.1 403 \x1b[2J\x1b[31mspa: fake\rline\r\n\r\n").unwrap();
+    });
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let o = spa(home.path(), &["-R", "--resolve-url", &url, "-A", "tcp/22", "--key-rijndael", "k", "-T"]);
+    server.join().unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("HTTP request failed: HTTP/1.1 403"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    assert_eq!(err.lines().count(), 2, "the warning for http:// and the error: {err}");
+}
