@@ -868,6 +868,10 @@ mod tests {
         assert_eq!(s.allow, Some(Allow::Source));
         let s = given(&["-s", "-a", "1.2.3.4"]).unwrap().settings().unwrap();
         assert_eq!(s.allow, Some(Allow::Ip("1.2.3.4".parse().unwrap())));
+        let s = given(&["-a", "1.2.3.4", "-s", "-a", "5.6.7.8"]).unwrap().settings().unwrap();
+        assert_eq!(s.allow, Some(Allow::Ip("5.6.7.8".parse().unwrap())), "the last -a's position counts");
+        let s = given(&["-s", "-a", "1.2.3.4", "-s"]).unwrap().settings().unwrap();
+        assert_eq!(s.allow, Some(Allow::Source), "the last -s's position counts");
         // -a wins over -R wherever it stands, as in fwknop.
         for args in [&["-a", "1.2.3.4", "-R"][..], &["-R", "-a", "1.2.3.4"][..]] {
             let s = given(args).unwrap().settings().unwrap();
