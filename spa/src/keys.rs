@@ -1,9 +1,10 @@
-//! Getting keys: from options, fwknop key files, or a no-echo prompt on the terminal.
+//! Getting keys: from options, fwknop key files, a no-echo prompt on the terminal, or lines
+//! read from stdin or another file descriptor (fwknop's `--stdin` and `--fd`).
 //!
 //! Keys are held in `Zeroizing` buffers and never printed; a missing key is only prompted for
 //! when stdin is a terminal, so scripts fail with a clear message instead of hanging.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{BufRead, IsTerminal as _, Read as _, Write as _};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -43,6 +44,36 @@ fn key_from_file(path: &Path, host: Option<&str>) -> Result<Zeroizing<String>> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
     );
     key_from_file_text(&text, host).with_context(|| format!("key file {}", path.display()))
+}
+
+/// Where keys that no option gives come from.
+pub(crate) enum KeyInput {
+    /// A prompt on the terminal (stdin), echo off.
+    Terminal,
+    /// One line each, in order (encryption key, then HMAC key), without a prompt.
+    Lines(Box<dyn BufRead>),
+}
+
+/// Longest key line read from a stream (keys are at most 136 bytes, base64 or not).
+const MAX_LINE: u64 = 4096;
+
+impl KeyInput {
+    /// Reads `what` from this input.
+    fn read(&mut self, what: &str) -> Result<Zeroizing<String>> {
+        match self {
+            KeyInput::Terminal => prompt(what),
+            KeyInput::Lines(r) => {
+                let mut line = Zeroizing::new(String::new());
+                let n = (&mut *r)
+                    .take(MAX_LINE)
+                    .read_line(&mut line)
+                    .with_context(|| format!("cannot read the {what}"))?;
+                ensure!(n > 0, "no {what} in the input (--stdin/--fd)");
+                ensure!(line.ends_with('\n') || (n as u64) < MAX_LINE, "the {what} line is too long");
+                Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+        }
+    }
 }
 
 /// Reads one line from the terminal on stdin with echo off.
@@ -138,24 +169,28 @@ impl Drop for EchoOff {
     }
 }
 
-/// The encryption key from its spec, or the terminal.
-pub(crate) fn encryption_key(spec: Option<&KeySpec>, host: Option<&str>) -> Result<EncryptionKey> {
+/// The encryption key from its spec, or `input`.
+pub(crate) fn encryption_key(
+    spec: Option<&KeySpec>,
+    host: Option<&str>,
+    input: &mut KeyInput,
+) -> Result<EncryptionKey> {
     let key = match spec {
         Some(KeySpec::Base64(b)) => return EncryptionKey::from_base64(b).context("invalid encryption key"),
         Some(KeySpec::Text(t)) => t.clone(),
         Some(KeySpec::File(p)) => key_from_file(p, host)?,
-        None => prompt("encryption key")?,
+        None => input.read("encryption key")?,
     };
     EncryptionKey::new(key.as_bytes().to_vec()).context("invalid encryption key")
 }
 
-/// The HMAC key from its spec, or the terminal.
-pub(crate) fn hmac_key(spec: Option<&KeySpec>, host: Option<&str>) -> Result<HmacKey> {
+/// The HMAC key from its spec, or `input`.
+pub(crate) fn hmac_key(spec: Option<&KeySpec>, host: Option<&str>, input: &mut KeyInput) -> Result<HmacKey> {
     let key = match spec {
         Some(KeySpec::Base64(b)) => return HmacKey::from_base64(b).context("invalid hmac key"),
         Some(KeySpec::Text(t)) => t.clone(),
         Some(KeySpec::File(p)) => key_from_file(p, host)?,
-        None => prompt("HMAC key")?,
+        None => input.read("HMAC key")?,
     };
     HmacKey::new(key.as_bytes().to_vec()).context("invalid hmac key")
 }
@@ -181,12 +216,27 @@ mod tests {
     }
 
     #[test]
+    fn keys_from_lines_in_order() {
+        let mut input = KeyInput::Lines(Box::new(&b"first key\r\nsecond\n"[..]));
+        assert_eq!(encryption_key(None, None, &mut input).unwrap().as_bytes(), b"first key");
+        assert_eq!(hmac_key(None, None, &mut input).unwrap().as_bytes(), b"second");
+        let e = hmac_key(None, None, &mut input).unwrap_err();
+        assert_eq!(e.to_string(), "no HMAC key in the input (--stdin/--fd)");
+        let mut long = KeyInput::Lines(Box::new(std::io::Cursor::new(vec![b'x'; 5000])));
+        assert!(encryption_key(None, None, &mut long).is_err());
+    }
+
+    #[test]
     fn base64_and_length_checks() {
-        let k =
-            encryption_key(Some(&KeySpec::Base64(Zeroizing::new("dGVzdGtleTEyMw==".into()))), None).unwrap();
+        let k = encryption_key(
+            Some(&KeySpec::Base64(Zeroizing::new("dGVzdGtleTEyMw==".into()))),
+            None,
+            &mut KeyInput::Terminal,
+        )
+        .unwrap();
         assert_eq!(k.as_bytes(), b"testkey123");
         let long = KeySpec::Text(Zeroizing::new("x".repeat(33)));
-        let e = encryption_key(Some(&long), None).unwrap_err();
+        let e = encryption_key(Some(&long), None, &mut KeyInput::Terminal).unwrap_err();
         assert_eq!(
             format!("{e:#}"),
             "invalid encryption key: encryption key is 33 bytes; at most 32 are allowed"

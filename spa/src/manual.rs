@@ -61,19 +61,68 @@ pub(crate) fn spa_1(cmd: clap::Command) -> Result<String> {
             "spa -A tcp/22 -s -D gw.example.org --key-base64-rijndael K --key-base64-hmac H",
         ),
         ("The same with the settings of a ~/.fwknoprc stanza:", "spa -n myserver"),
+        (
+            "Save the options as that stanza (fwknop reads it too), then knock with it:",
+            "spa -n myserver --save-rc-stanza -A tcp/22 -s -D gw.example.org -T",
+        ),
+        (
+            "Learn the address to let in over HTTPS, from a resolver of your own:",
+            "spa -n myserver -R --resolve-url https://ip.example.org/",
+        ),
+        ("Run the last knock again:", "spa -l"),
         ("Load completions in bash:", "source <(spa completions bash)"),
     ] {
         r.text(inline(what));
         r.control("IP", []).text([bold(example)]);
         r.control("PP", []);
     }
+    r.control("SH", ["FWKNOP OPTIONS NOT SUPPORTED"]);
+    r.text(inline(
+        "These fwknop options are refused on the command line with the reason (exit status 2); \
+         their ~/.fwknoprc variables are ignored with a warning.",
+    ));
+    for o in crate::table::OPTIONS {
+        if let crate::table::Kind::Refused(why) = o.kind {
+            let term = match (o.short.is_some() || o.long.is_some(), o.rc.is_empty()) {
+                (true, false) => format!("{} ({})", o.flag(), o.rc.join(", ")),
+                (true, true) => o.flag(),
+                (false, _) => o.rc.join(", "),
+            };
+            entry(&mut r, &term, why);
+        }
+    }
     r.control("SH", ["FILES"]);
     entry(
         &mut r,
         "~/.fwknoprc",
         "fwknop's client settings, read unless --no-rc-file (or --rc-file names another): \
-         [default] and named stanzas (-n), in fwknop's variable names. It holds keys: keep it \
-         private (chmod 600).",
+         [default] and named stanzas (-n), in fwknop's variable names; the command line wins, \
+         and an option given twice keeps its last value. --save-rc-stanza writes a stanza in \
+         fwknop's format (the real fwknop reads it), replacing that stanza's variables and \
+         asking before it replaces a key (--force-stanza does not ask); the file is rewritten \
+         with mode 0600. It holds keys: spa warns, as fwknop does, when it is not mode 0600 \
+         or not yours.",
+    );
+    entry(
+        &mut r,
+        "~/.fwknop.run",
+        "The last knock's command line (fwknop's format, mode 0600; it holds any key given on \
+         the command line), for -l and --show-last. -E names another file; --no-save-args \
+         (or NO_SAVE_ARGS Y) keeps it from being written.",
+    );
+    r.control("SH", ["ENVIRONMENT"]);
+    entry(
+        &mut r,
+        "SSL_CERT_FILE, SSL_CERT_DIR",
+        "-R fetches its page (default https://www.cipherdyne.org/cgi-bin/myip, fwknop's) over \
+         HTTPS and trusts the system's certificate store; either variable replaces that store \
+         (a PEM bundle, or a directory of hashed certificates), e.g. for a private resolver's CA.",
+    );
+    entry(
+        &mut r,
+        "SPOOF_USER, LOGNAME, USER",
+        "The username in the packet when -U/SPOOF_USER is not given, in this order (then the \
+         account name).",
     );
     r.control("SH", ["EXIT STATUS"]);
     r.text(inline("0 on success; 1 with one message on stderr; 2 for a command-line error."));
@@ -115,6 +164,12 @@ mod tests {
         for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
             if let Some(long) = arg.get_long() {
                 assert!(page.contains(&format!("\\-\\-{}", long.replace('-', "\\-"))), "--{long}");
+            }
+        }
+        for o in crate::table::OPTIONS {
+            if let crate::table::Kind::Refused(_) = o.kind {
+                let name = o.long.map_or_else(|| o.rc[0].to_owned(), |l| format!("--{l}"));
+                assert!(page.contains(&name.replace('-', "\\-")), "{}: {page}", o.id);
             }
         }
         for sub in cmd.get_subcommands() {

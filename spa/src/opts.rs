@@ -1,7 +1,7 @@
-//! Knock options from the three places fwknop takes them, and the message they make.
+//! The knock settings and their value types, and the message they make.
 //!
-//! Every source fills a [`Partial`]; the command line overrides the named rc stanza, which
-//! overrides `[default]`. [`build_request`] then turns the merged access/NAT options into the
+//! [`crate::table`] fills one [`Settings`] from `[default]`, the named rc stanza and the
+//! command line, in that order. [`build_request`] then turns the access/NAT settings into the
 //! message and NAT fields exactly as fwknop's client writes them (reference section 1.4).
 
 use std::fmt;
@@ -13,8 +13,6 @@ use anyhow::{Context as _, Result, bail, ensure};
 use spa_engine::access::parse_port_list;
 use spa_engine::{DigestType, EncryptionMode, MessageType, ProtoPort};
 use zeroize::Zeroizing;
-
-use crate::rc::RcLine;
 
 /// How the SPA packet travels to the server (`-P`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -96,14 +94,19 @@ impl fmt::Debug for KeySpec {
     }
 }
 
-/// Knock options from one source; `None` means "not said here".
+/// The knock settings after the rc file's `[default]`, the named stanza and the command line
+/// were applied, in that order ([`crate::table`] applies them); `None` means "never said".
+/// Each field is written by the options of [`crate::table::OPTIONS`] that name it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Partial {
+pub(crate) struct Settings {
     pub(crate) destination: Option<String>,
     pub(crate) allow: Option<Allow>,
     pub(crate) access: Option<String>,
     pub(crate) server_port: Option<u16>,
     pub(crate) server_proto: Option<Transport>,
+    pub(crate) source_port: Option<u16>,
+    pub(crate) rand_port: Option<bool>,
+    pub(crate) server_resolve_ipv4: Option<bool>,
     pub(crate) key: Option<KeySpec>,
     pub(crate) hmac_key: Option<KeySpec>,
     pub(crate) use_hmac: Option<bool>,
@@ -112,6 +115,8 @@ pub(crate) struct Partial {
     pub(crate) mode: Option<EncryptionMode>,
     pub(crate) fw_timeout: Option<u32>,
     pub(crate) resolve_url: Option<String>,
+    pub(crate) resolve_http_only: Option<bool>,
+    pub(crate) user_agent: Option<String>,
     pub(crate) time_offset: Option<i64>,
     pub(crate) spoof_user: Option<String>,
     pub(crate) nat_access: Option<String>,
@@ -119,162 +124,30 @@ pub(crate) struct Partial {
     pub(crate) nat_port: Option<u16>,
     pub(crate) nat_rand_port: Option<bool>,
     pub(crate) server_cmd: Option<String>,
-    pub(crate) verbose: Option<bool>,
+    pub(crate) verbose: Option<u8>,
+    pub(crate) no_save_args: Option<bool>,
 }
 
-impl Partial {
-    /// Field by field, `self` where set, else `lower`.
-    pub(crate) fn over(self, lower: Partial) -> Partial {
-        Partial {
-            destination: self.destination.or(lower.destination),
-            allow: self.allow.or(lower.allow),
-            access: self.access.or(lower.access),
-            server_port: self.server_port.or(lower.server_port),
-            server_proto: self.server_proto.or(lower.server_proto),
-            key: self.key.or(lower.key),
-            hmac_key: self.hmac_key.or(lower.hmac_key),
-            use_hmac: self.use_hmac.or(lower.use_hmac),
-            hmac_type: self.hmac_type.or(lower.hmac_type),
-            digest_type: self.digest_type.or(lower.digest_type),
-            mode: self.mode.or(lower.mode),
-            fw_timeout: self.fw_timeout.or(lower.fw_timeout),
-            resolve_url: self.resolve_url.or(lower.resolve_url),
-            time_offset: self.time_offset.or(lower.time_offset),
-            spoof_user: self.spoof_user.or(lower.spoof_user),
-            nat_access: self.nat_access.or(lower.nat_access),
-            nat_local: self.nat_local.or(lower.nat_local),
-            nat_port: self.nat_port.or(lower.nat_port),
-            nat_rand_port: self.nat_rand_port.or(lower.nat_rand_port),
-            server_cmd: self.server_cmd.or(lower.server_cmd),
-            verbose: self.verbose.or(lower.verbose),
-        }
-    }
-
+impl Settings {
     /// Whether an HMAC is sent: as said, else whenever an HMAC key or type is given (as fwknop
     /// turns `--use-hmac` on for `--key-hmac` and `HMAC_KEY`).
     pub(crate) fn wants_hmac(&self) -> bool {
         self.use_hmac.unwrap_or(self.hmac_key.is_some() || self.hmac_type.is_some())
     }
+
+    /// The verbosity level (`-v` counts, `VERBOSE Y` is 1).
+    pub(crate) fn verbose(&self) -> u8 {
+        self.verbose.unwrap_or(0)
+    }
 }
 
 /// fwknop's yes/no values (`Y`, `N`, and the usual spellings).
-fn parse_bool(s: &str) -> Result<bool> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "y" | "yes" | "1" | "on" | "true" => Ok(true),
         "n" | "no" | "0" | "off" | "false" => Ok(false),
         _ => bail!("expected Y or N"),
     }
-}
-
-/// fwknop rc variables that this client knows but does not implement (GPG, raw sockets,
-/// wget, ...). Setting one is worth a warning, not an error.
-const UNSUPPORTED: &[&str] = &[
-    "SPA_SOURCE_PORT",
-    "RESOLVE_HTTP_ONLY",
-    "WGET_CMD",
-    "USE_GPG",
-    "USE_GPG_AGENT",
-    "GPG_SIGNING_PW",
-    "GPG_SIGNING_PW_BASE64",
-    "GPG_SIGNER",
-    "GPG_RECIPIENT",
-    "GPG_HOMEDIR",
-    "GPG_EXE",
-    "GPG_NO_SIGNING_PW",
-    "SPOOF_SOURCE_IP",
-    "RAND_PORT",
-    "HTTP_USER_AGENT",
-    "USE_WGET_USER_AGENT",
-    "HTTP_PROXY",
-    "SERVER_RESOLVE_IPV4",
-    "ICMP_TYPE",
-    "ICMP_CODE",
-    "KEY_GEN_FILE",
-];
-
-/// Applies one stanza's lines to `p`. Unknown or unsupported variables are reported through
-/// `warn` with file and line; bad values are errors with file and line.
-pub(crate) fn apply_rc(
-    p: &mut Partial,
-    lines: &[&RcLine],
-    file: &str,
-    warn: &mut dyn FnMut(String),
-) -> Result<()> {
-    for l in lines {
-        let at = || format!("{file}:{}: invalid value for {}", l.line, l.var);
-        apply_var(p, &l.var, &l.value).map_or_else(
-            |e| Err(e.context(at())),
-            |known| {
-                match known {
-                    Known::Yes => {}
-                    Known::Unsupported => {
-                        warn(format!("{file}:{}: {} is not supported; ignored", l.line, l.var))
-                    }
-                    Known::No => warn(format!("{file}:{}: unknown variable {}; ignored", l.line, l.var)),
-                }
-                Ok(())
-            },
-        )?;
-    }
-    Ok(())
-}
-
-enum Known {
-    Yes,
-    Unsupported,
-    No,
-}
-
-fn apply_var(p: &mut Partial, var: &str, v: &str) -> Result<Known> {
-    let text = || Some(v.to_owned());
-    match var {
-        "SPA_SERVER" => p.destination = text(),
-        "ALLOW_IP" => p.allow = Some(v.parse()?),
-        "RESOLVE_IP_HTTPS" => {
-            if parse_bool(v)? {
-                p.allow = Some(Allow::Resolve);
-            }
-        }
-        "ACCESS" => p.access = text(),
-        "SPA_SERVER_PORT" => p.server_port = Some(parse_nonzero_port(v)?),
-        "SPA_SERVER_PROTO" => p.server_proto = Some(v.parse()?),
-        "KEY" => p.key = Some(KeySpec::Text(Zeroizing::new(v.to_owned()))),
-        "KEY_BASE64" => p.key = Some(KeySpec::Base64(Zeroizing::new(v.to_owned()))),
-        "KEY_FILE" => p.key = Some(KeySpec::File(expand_home(v))),
-        "HMAC_KEY" => p.hmac_key = Some(KeySpec::Text(Zeroizing::new(v.to_owned()))),
-        "HMAC_KEY_BASE64" => p.hmac_key = Some(KeySpec::Base64(Zeroizing::new(v.to_owned()))),
-        "HMAC_KEY_FILE" => p.hmac_key = Some(KeySpec::File(expand_home(v))),
-        "USE_HMAC" => p.use_hmac = Some(parse_bool(v)?),
-        "HMAC_DIGEST_TYPE" => p.hmac_type = Some(v.parse()?),
-        "DIGEST_TYPE" => p.digest_type = Some(v.parse()?),
-        "ENCRYPTION_MODE" => p.mode = Some(v.parse()?),
-        "FW_TIMEOUT" => p.fw_timeout = Some(v.trim().parse().context("expected seconds")?),
-        "RESOLVE_URL" => p.resolve_url = text(),
-        "TIME_OFFSET" => {
-            p.time_offset = Some(match v.trim().strip_prefix('-') {
-                Some(minus) => -parse_time_offset(minus)?,
-                None => parse_time_offset(v.trim().trim_start_matches('+'))?,
-            })
-        }
-        "SPOOF_USER" => p.spoof_user = text(),
-        "NAT_ACCESS" => p.nat_access = text(),
-        "NAT_LOCAL" => p.nat_local = Some(parse_bool(v)?),
-        "NAT_PORT" => p.nat_port = Some(parse_nonzero_port(v)?),
-        "NAT_RAND_PORT" => p.nat_rand_port = Some(parse_bool(v)?),
-        "VERBOSE" => {
-            // fwknop writes Y/N or a level.
-            p.verbose = Some(match v.trim().parse::<u32>() {
-                Ok(n) => n > 0,
-                Err(_) => parse_bool(v)?,
-            })
-        }
-        // fwknop's own bookkeeping (it writes NO_SAVE_ARGS into stanzas); we never save args.
-        "NO_SAVE_ARGS" | "SAVE_ARGS_FILE" => {}
-        // GPG, wget, raw sockets, ...: known to fwknop, not implemented here.
-        other if UNSUPPORTED.contains(&other) => return Ok(Known::Unsupported),
-        _ => return Ok(Known::No),
-    }
-    Ok(Known::Yes)
 }
 
 /// The home directory, where fwknop looks for `.fwknoprc`: `$HOME` on Unix; on Windows the
@@ -291,14 +164,15 @@ pub(crate) fn home_dir() -> Option<PathBuf> {
 }
 
 /// `~/x` as fwknop's rc file allows for key files.
-fn expand_home(v: &str) -> PathBuf {
+pub(crate) fn expand_home(v: &str) -> PathBuf {
     match (v.strip_prefix("~/"), home_dir()) {
         (Some(rest), Some(home)) => home.join(rest),
         _ => PathBuf::from(v),
     }
 }
 
-fn parse_nonzero_port(v: &str) -> Result<u16> {
+/// A port number other than 0.
+pub(crate) fn parse_nonzero_port(v: &str) -> Result<u16> {
     let p: u16 = v.trim().parse().context("expected a port number")?;
     ensure!(p != 0, "port 0 is not allowed");
     Ok(p)
@@ -497,8 +371,6 @@ pub(crate) fn account_name() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rc::RcFile;
-    use std::path::Path;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -677,78 +549,6 @@ mod tests {
         assert_eq!(username(None, &env(&[("USER", "user")]), &acct), "acct");
         assert_eq!(username(None, &env(&[("USER", "user")]), &none), "user");
         assert_eq!(username(None, &env(&[]), &none), "NO_USER");
-    }
-
-    fn rc_partial(text: &str, stanza: &str) -> (Partial, Vec<String>) {
-        let rc = RcFile::parse(Path::new("rc"), text).unwrap();
-        let mut p = Partial::default();
-        let mut warnings = Vec::new();
-        apply_rc(&mut p, &rc.stanza(stanza).unwrap(), "rc", &mut |w| warnings.push(w)).unwrap();
-        (p, warnings)
-    }
-
-    #[test]
-    fn rc_variables_and_warnings() {
-        let (p, w) = rc_partial(
-            "[s]\nSPA_SERVER gw.lan\nALLOW_IP source\nACCESS tcp/22\nSPA_SERVER_PORT 40000\n\
-             SPA_SERVER_PROTO tcp\nKEY_BASE64 a2V5\nHMAC_KEY_BASE64 aG1hYw==\nUSE_HMAC Y\n\
-             HMAC_DIGEST_TYPE SHA384\nDIGEST_TYPE sha3_512\nENCRYPTION_MODE CTR\nFW_TIMEOUT 45\n\
-             TIME_OFFSET -2min\nSPOOF_USER alice\nNAT_ACCESS 10.0.0.5,22\nNAT_LOCAL N\nNAT_PORT 2222\n\
-             NAT_RAND_PORT n\nVERBOSE Y\nBOGUS 1\nUSE_GPG N\n",
-            "s",
-        );
-        assert_eq!(p.destination.as_deref(), Some("gw.lan"));
-        assert_eq!(p.allow, Some(Allow::Source));
-        assert_eq!(p.server_port, Some(40000));
-        assert_eq!(p.server_proto, Some(Transport::Tcp));
-        assert!(matches!(p.key, Some(KeySpec::Base64(ref k)) if k.as_str() == "a2V5"));
-        assert_eq!(p.use_hmac, Some(true));
-        assert_eq!(p.hmac_type, Some(DigestType::Sha384));
-        assert_eq!(p.digest_type, Some(DigestType::Sha3_512));
-        assert_eq!(p.mode, Some(EncryptionMode::Ctr));
-        assert_eq!(p.fw_timeout, Some(45));
-        assert_eq!(p.time_offset, Some(-120));
-        assert_eq!(p.spoof_user.as_deref(), Some("alice"));
-        assert_eq!(p.nat_access.as_deref(), Some("10.0.0.5,22"));
-        assert_eq!((p.nat_local, p.nat_port, p.nat_rand_port), (Some(false), Some(2222), Some(false)));
-        assert_eq!(p.verbose, Some(true));
-        assert_eq!(w, ["rc:21: unknown variable BOGUS; ignored", "rc:22: USE_GPG is not supported; ignored"]);
-    }
-
-    #[test]
-    fn rc_bad_value_names_file_and_line() {
-        let rc = RcFile::parse(Path::new("rc"), "[s]\nACCESS tcp/22\nDIGEST_TYPE sha999\n").unwrap();
-        let mut p = Partial::default();
-        let e = apply_rc(&mut p, &rc.stanza("s").unwrap(), "/home/u/.fwknoprc", &mut |_| {}).unwrap_err();
-        assert!(
-            format!("{e:#}").starts_with("/home/u/.fwknoprc:3: invalid value for DIGEST_TYPE: "),
-            "{e:#}"
-        );
-    }
-
-    #[test]
-    fn merging_cli_over_named_over_default() {
-        let text = "[default]\nDIGEST_TYPE sha1\nSPA_SERVER_PORT 1111\nACCESS tcp/1\n\
-                    [srv]\nSPA_SERVER_PORT 2222\nACCESS tcp/2\nKEY k\n";
-        let (default, _) = rc_partial(text, "default");
-        let (named, _) = rc_partial(text, "srv");
-        let cli = Partial { access: Some("udp/53".into()), ..Default::default() };
-        let m = cli.over(named.over(default));
-        assert_eq!(m.access.as_deref(), Some("udp/53"), "command line wins");
-        assert_eq!(m.server_port, Some(2222), "named stanza beats [default]");
-        assert_eq!(m.digest_type, Some(DigestType::Sha1), "[default] fills the rest");
-        assert!(matches!(m.key, Some(KeySpec::Text(_))));
-        assert_eq!(m.destination, None);
-    }
-
-    #[test]
-    fn hmac_is_implied_by_a_key_or_type() {
-        let mut p = Partial::default();
-        assert!(!p.wants_hmac());
-        p.hmac_key = Some(KeySpec::Text(Zeroizing::new("h".into())));
-        assert!(p.wants_hmac());
-        p.use_hmac = Some(false);
-        assert!(!p.wants_hmac());
     }
 
     #[test]

@@ -46,6 +46,13 @@ fn decode(home: &Path, keys: &[&str], packet: &str) -> Value {
     serde_json::from_str(stdout(&o).trim()).expect("decode prints JSON")
 }
 
+/// Writes a file that holds keys, mode 0600.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
@@ -391,7 +398,7 @@ fn rc_stanzas_saved_by_fwknop_drive_spa() {
     let o = spa(h, &["-n", "nosuch", "-T"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no stanza [nosuch]"), "{}", stderr(&o));
-    assert!(rc == std::fs::read_to_string(h.join(".fwknoprc")).unwrap(), "spa never writes the rc file");
+    assert!(rc == std::fs::read_to_string(h.join(".fwknoprc")).unwrap(), "spa -n only reads the rc file");
 }
 
 #[test]
@@ -399,11 +406,10 @@ fn rc_file_warnings_and_precedence() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let rc = h.join("custom.rc");
-    std::fs::write(
+    write_private(
         &rc,
         "[default]\nKEY defaultkey\nACCESS tcp/1\nALLOW_IP 9.9.9.9\nSPOOF_USER dflt\n\n[srv]\nACCESS=tcp/2\nFROBNICATE yes\n",
-    )
-    .unwrap();
+    );
     let path = rc.to_str().unwrap();
     let o = spa(h, &["--rc-file", path, "-n", "srv", "-T"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -450,15 +456,28 @@ fn resolve_url_reads_the_external_address_from_a_local_page() {
     let j = decode(h, &["--key", "k"], stdout(&o).trim());
     assert_eq!(j["message"], "203.0.113.77,tcp/22");
 
-    // Without --resolve-url (fwknop's default is https, which needs TLS) and with https URLs.
-    for args in [&["-R"][..], &["-R", "--resolve-url", "https://127.0.0.1/"][..]] {
-        let mut all = args.to_vec();
+    // A plain-HTTP page is used as asked, with fwknop's warning: its answer can be forged.
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("spa: warning: the -R URL http://127.0.0.1:") && err.contains("forge"), "{err}");
+
+    // --resolve-http-only refuses an https:// page (as fwknop); an https:// page that does not
+    // answer is a one-line error. (Nothing here goes to fwknop's default page.)
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let https = format!("https://127.0.0.1:{closed_port}/");
+    for (args, needle) in [
+        (vec!["-R", "--resolve-http-only", "--resolve-url", https.as_str()], "--resolve-http-only"),
+        (vec!["-R", "--resolve-url", https.as_str()], "cannot connect to 127.0.0.1"),
+    ] {
+        let mut all = args.clone();
         all.extend(["-A", "tcp/22", "--key-rijndael", "k", "-T"]);
         let o = spa(h, &all);
         assert!(!o.status.success());
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("http://"), "{err}");
+        assert!(err.starts_with("spa: ") && err.contains(needle), "{args:?}: {err}");
     }
 }
 
@@ -659,13 +678,12 @@ fn keys_from_fwknop_key_files() {
     assert_eq!(j["message"], "1.2.3.4,tcp/22");
     // The same through KEY_FILE / HMAC_KEY_FILE in an rc stanza.
     let rc = h.join("rc");
-    std::fs::write(
+    write_private(
         &rc,
-        format!(
+        &format!(
             "[s]\nSPA_SERVER 127.0.0.1\nKEY_FILE {k}\nHMAC_KEY_FILE {hk}\nACCESS udp/53\nALLOW_IP 1.2.3.4\n"
         ),
-    )
-    .unwrap();
+    );
     let o = spa(h, &["--rc-file", rc.to_str().unwrap(), "-n", "s", "-T"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j = decode(h, &["--key", "filekey", "--hmac-key", "filehmac"], stdout(&o).trim());
@@ -678,4 +696,28 @@ fn keys_from_fwknop_key_files() {
         err.contains("no key for 10.1.1.1") && !err.contains("filekey") && !err.contains("otherkey"),
         "{err}"
     );
+}
+
+#[test]
+fn a_resolver_cannot_write_to_the_terminal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        s.write_all(b"HTTP/1.1 403 \x1b[2J\x1b[31mspa: fake\rline\r\n\r\n").unwrap();
+    });
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let o = spa(home.path(), &["-R", "--resolve-url", &url, "-A", "tcp/22", "--key-rijndael", "k", "-T"]);
+    server.join().unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("HTTP request failed: HTTP/1.1 403"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    assert_eq!(err.lines().count(), 2, "the warning for http:// and the error: {err}");
 }

@@ -116,7 +116,7 @@ fn knock(lab: &GatewayLab, keys: &Keys, args: &[&str]) -> Output {
     let o = lab
         .client
         .cmd(SPA)
-        .args(["--no-rc-file", "-D", GatewayLab::GW4])
+        .args(["--no-rc-file", "--no-save-args", "-D", GatewayLab::GW4])
         .args(&keys.0)
         .args(args)
         .stdin(Stdio::null())
@@ -314,7 +314,16 @@ fn packets_reach_an_ipv6_destination() {
     let o = lab
         .client
         .cmd(SPA)
-        .args(["--no-rc-file", "-D", GatewayLab::GW6, "-A", "tcp/22", "-a", GatewayLab::CLIENT4])
+        .args([
+            "--no-rc-file",
+            "--no-save-args",
+            "-D",
+            GatewayLab::GW6,
+            "-A",
+            "tcp/22",
+            "-a",
+            GatewayLab::CLIENT4,
+        ])
         .args(["--key-rijndael", "k6", "--key-hmac", "h6"])
         .stdin(Stdio::null())
         .output()
@@ -334,4 +343,51 @@ fn packets_reach_an_ipv6_destination() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["message"], format!("{},tcp/22", GatewayLab::CLIENT4));
+}
+
+#[test]
+fn fwknop_knocks_with_a_stanza_spa_saved() {
+    require_root();
+    let lab = GatewayLab::new("cs");
+    let (k, h) = keygen("sha512");
+    let conf = format!(
+        "SOURCE ANY\nKEY_BASE64 {k}\nHMAC_KEY_BASE64 {h}\nHMAC_DIGEST_TYPE sha512\nENCRYPTION_MODE CTR\n\
+         FW_ACCESS_TIMEOUT 900\n\n"
+    );
+    let d = Fwknopd::start(&lab.gw, "c0", &conf);
+    let home = tempfile::tempdir().unwrap();
+    let client = GatewayLab::CLIENT4;
+    // spa writes the stanza (sending nothing: -T) ...
+    let o = Command::new(SPA)
+        .env("HOME", home.path())
+        .args(["-n", "gw", "--save-rc-stanza", "-D", GatewayLab::GW4, "-A", "tcp/10800", "-a", client])
+        .args([
+            "--key-base64-rijndael",
+            &k,
+            "--key-base64-hmac",
+            &h,
+            "--hmac-digest-type",
+            "sha512",
+            "-M",
+            "ctr",
+        ])
+        .args(["-T", "--no-save-args"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "spa --save-rc-stanza: {}", String::from_utf8_lossy(&o.stderr));
+    // ... and the real fwknop client knocks with it alone.
+    let o = lab
+        .client
+        .cmd("fwknop")
+        .env("HOME", home.path())
+        .args(["-n", "gw", "--no-save-args"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "fwknop -n gw: {out}");
+    assert!(!out.contains("permissions"), "spa wrote the rc file 0600: {out}");
+    let r = wait_rule(&lab, &d, "filter", "FWKNOP_INPUT", &[&format!("-s {client}/32"), "--dport 10800 "]);
+    assert!(r.contains("-j ACCEPT"), "{r}");
 }
