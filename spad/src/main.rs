@@ -36,8 +36,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Validate the configuration and exit (non-zero with the errors).
-    Check,
+    /// Validate the configuration and what the daemon would hit with it; exit 0 (ok), 1
+    /// (errors) or 2 (warnings only).
+    #[command(long_about = "Validate the configuration and what the running daemon would hit with it: the \
+                  files (errors name file, line and key), the capture interfaces, listen addresses \
+                  given twice or not on this host, placeholder and short keys, the privileges \
+                  (CAP_NET_ADMIN for the firewall, CAP_NET_RAW for capture), and the backend's own \
+                  preflight: its programs and kernel interfaces (nft and nfnetlink, \
+                  iptables-restore and ipset, firewalld on the bus, pfctl, ipfw, the scripts), and \
+                  other firewall tables or chains whose drop would swallow its grants, with what to \
+                  do. Each finding is one `error:` or `warning:` line on stderr; the summary goes \
+                  to stdout.\n\nExit status: 0 nothing found; 1 at least one error (spad would \
+                  refuse to start or not work); 2 warnings only (it would run, probably not as \
+                  meant). A command-line error also exits with 2.")]
+    Check {
+        /// Exit 0, not 2, when there are only warnings (for systemd's ExecStartPre= and scripts
+        /// that must stop on errors only).
+        #[arg(long)]
+        warnings_ok: bool,
+    },
     /// List the backends this build contains.
     Backends,
     /// List the active grants.
@@ -99,10 +116,14 @@ fn print(text: &[u8]) -> anyhow::Result<()> {
 }
 
 fn main() {
-    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         None => spad::run(&cli.config, cli.test),
-        Some(Cmd::Check) => spad::check(&cli.config),
+        Some(Cmd::Check { warnings_ok }) => match spad::check::run(&cli.config, warnings_ok) {
+            Ok(status) => std::process::exit(status),
+            Err(e) => Err(e),
+        },
         Some(Cmd::Backends) => spad::backends(),
         Some(Cmd::List { json, firewall, all_gateways }) => {
             spad::list(&cli.config, json, firewall, all_gateways)
