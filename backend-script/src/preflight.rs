@@ -16,7 +16,7 @@ pub fn preflight(ctx: &Context<'_>) -> Vec<Finding> {
     for (key, cmd) in [("open", Some(&b.open)), ("close", Some(&b.close)), ("check", b.check.as_ref())] {
         let Some(cmd) = cmd else { continue };
         if let Err(why) = find_program(&cmd.program, path) {
-            out.push(Finding::error(Some(key), format!("{key}: the program cannot be run: {why}")));
+            out.push(Finding::error(Some(key), format!("the program cannot be run: {why}")));
         }
     }
     out
@@ -44,12 +44,12 @@ mod tests {
         assert_eq!(f[0].key, Some("open"));
         assert_eq!(
             f[0].message,
-            format!("open: the program cannot be run: {}: is not executable (mode 644)", script.display())
+            format!("the program cannot be run: {}: is not executable (mode 644)", script.display())
         );
         assert_eq!(f[1].key, Some("close"));
         assert!(
             f[1].message
-                .starts_with("close: the program cannot be run: fw-close-nowhere is not in /usr/local/sbin:"),
+                .starts_with("the program cannot be run: fw-close-nowhere is not in /usr/local/sbin:"),
             "{}",
             f[1].message
         );

@@ -59,7 +59,8 @@ pub struct Report {
 
 impl Report {
     fn push(&mut self, level: Level, e: &ConfigError) {
-        self.lines.push(Line { level, text: e.to_string() });
+        // Some messages (toml's) end with a newline; a finding is one line.
+        self.lines.push(Line { level, text: e.to_string().trim_end().to_owned() });
     }
 
     /// The exit status: [`ERRORS`] if any error, else [`WARNINGS`] if any warning, else [`OK`].
