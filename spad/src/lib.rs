@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod import_fwknop;
 pub mod linked_backends;
 pub mod logging;
 pub mod privs;

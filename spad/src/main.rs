@@ -81,6 +81,35 @@ enum Cmd {
         /// The grant's id, as `spad list` shows it.
         id: String,
     },
+    /// Write a spad.toml (and access.d/*.toml) equivalent to an fwknop server's configuration;
+    /// list every fwknop variable not carried over, and why.
+    #[command(
+        name = "import-fwknop",
+        long_about = "Write a spad.toml (and access.d/*.toml when access.conf includes other files) \
+                      equivalent to an fwknop server's configuration, so the clients that knock \
+                      fwknopd knock spad with the same keys and options. For this command, --config \
+                      names fwknopd.conf (default /etc/fwknop/fwknopd.conf, if it exists). Every \
+                      fwknop variable that is not carried over, or whose value spad refuses (short \
+                      keys, fwknop's __CHANGEME__ placeholders), is listed on stderr with its file, \
+                      line and the reason, and as a comment in the file written; a stanza spad cannot \
+                      run (GnuPG only) is written commented out. The files are created with mode \
+                      0600; existing files are never replaced without --force. Check the result with \
+                      `spad check`."
+    )]
+    ImportFwknop {
+        /// fwknop's access.conf (default: fwknopd.conf's ACCESS_FILE, else /etc/fwknop/access.conf).
+        #[arg(long)]
+        access: Option<PathBuf>,
+        /// The directory to write spad.toml and access.d/ into.
+        #[arg(long, default_value = spad::import_fwknop::DEFAULT_OUT)]
+        out: PathBuf,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
+        /// The backend to write (default: fwknopd.conf's FIREWALL_EXE, else iptables as fwknop's).
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// Remove everything the configured backend owns in the firewall, protections included.
     /// Stop spad first.
     Teardown,
@@ -118,6 +147,7 @@ fn print(text: &[u8]) -> anyhow::Result<()> {
 fn main() {
     let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let config_given = matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
     let result = match cli.command {
         None => spad::run(&cli.config, cli.test),
         Some(Cmd::Check { warnings_ok }) => match spad::check::run(&cli.config, warnings_ok) {
@@ -130,6 +160,13 @@ fn main() {
         }
         Some(Cmd::Revoke { gateway, id }) => spad::revoke(&cli.config, gateway.as_deref(), &id),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
+        Some(Cmd::ImportFwknop { access, out, force, backend }) => {
+            // Here --config names fwknopd.conf.
+            let default = std::path::Path::new(spad::import_fwknop::DEFAULT_CONFIG);
+            let fwknopd =
+                if config_given { Some(cli.config.as_path()) } else { default.exists().then_some(default) };
+            spad::import_fwknop::run(access.as_deref(), fwknopd, &out, force, backend.as_deref())
+        }
         Some(Cmd::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command(), "spad", &mut script);
