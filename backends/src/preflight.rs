@@ -119,6 +119,7 @@ pub enum Capability {
 
 impl Capability {
     /// Its bit in the capability sets.
+    #[cfg(any(target_os = "linux", test))]
     const fn bit(self) -> u32 {
         match self {
             Capability::NetAdmin => 12,
@@ -154,6 +155,7 @@ pub fn has_capability(cap: Capability) -> Result<bool, String> {
 }
 
 /// The `CapEff:` set of a `/proc/<pid>/status` text.
+#[cfg(any(target_os = "linux", test))]
 fn cap_eff(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
