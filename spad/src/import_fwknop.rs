@@ -439,7 +439,9 @@ fn read_daemon(path: Option<&Path>, backend: Option<&str>, unmapped: &mut Vec<Un
                 d.keep_grants_on_exit = !yes(val);
                 d.from.insert("FLUSH_IPT_AT_EXIT", v.at.clone());
             }
-            "FIREWALL_EXE" => firewall_exe = Some(v.clone()),
+            // FIREWALL_TYPE is not fwknopd's (it picks the firewall when it is built), but
+            // some setups write it; it names the firewall the same way.
+            "FIREWALL_EXE" | "FIREWALL_TYPE" => firewall_exe = Some(v.clone()),
             "PF_ANCHOR_NAME" => {
                 d.pf_anchor = Some(val.to_owned());
                 d.from.insert("PF_ANCHOR_NAME", v.at.clone());
@@ -471,16 +473,18 @@ fn read_daemon(path: Option<&Path>, backend: Option<&str>, unmapped: &mut Vec<Un
         (Some(b), _) => b.to_owned(),
         (None, Some(v)) => {
             let exe = Path::new(&v.value).file_name().and_then(|f| f.to_str()).unwrap_or_default();
-            let b = if exe.contains("firewall-cmd") {
+            let b = if exe.starts_with("firewall") {
                 "firewalld"
-            } else if exe.contains("ipfw") {
+            } else if exe.starts_with("ipfw") {
                 "ipfw"
-            } else if exe.contains("pfctl") {
+            } else if exe.starts_with("pf") {
                 "pf"
+            } else if exe.starts_with("nft") {
+                "nft"
             } else {
                 "iptables"
             };
-            d.from.insert("FIREWALL_EXE", v.at.clone());
+            d.from.insert("FIREWALL_EXE", format!("{}, {}", v.name, v.at));
             b.to_owned()
         }
         (None, None) => d.backend,
@@ -909,7 +913,12 @@ pub fn convert(access: Option<&Path>, config: Option<&Path>, backend: Option<&st
 
 /// `  # fwknop PCAP_INTF, file:line` when the value came from a variable.
 fn from(d: &Daemon, var: &str) -> String {
-    d.from.get(var).map(|at| format!("   # fwknop {var}, {at}")).unwrap_or_default()
+    match (var, d.from.get(var)) {
+        // Its entry names the variable that chose it.
+        ("FIREWALL_EXE", Some(at)) => format!("   # fwknop {at}"),
+        (_, Some(at)) => format!("   # fwknop {var}, {at}"),
+        (_, None) => String::new(),
+    }
 }
 
 fn stanza_text(out: &mut String, s: &RawStanza, c: &Converted) {
@@ -1055,6 +1064,28 @@ mod tests {
         std::fs::write(dir.path().join("e.conf"), "SOURCE ANY\n").unwrap();
         let e = convert(Some(&a), None, None).unwrap_err().to_string();
         assert!(e.ends_with("includes nest deeper than 3 levels (fwknopd refuses that too)"), "{e}");
+    }
+
+    #[test]
+    fn the_backend_follows_the_firewall_fwknopd_drove() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fwknopd.conf");
+        for (line, backend) in [
+            ("FIREWALL_EXE /usr/bin/firewall-cmd;", "firewalld"),
+            ("FIREWALL_EXE /sbin/iptables;", "iptables"),
+            ("FIREWALL_EXE /sbin/ipfw;", "ipfw"),
+            ("FIREWALL_EXE /sbin/pfctl;", "pf"),
+            ("FIREWALL_TYPE pf;", "pf"),
+            ("FIREWALL_TYPE iptables;", "iptables"),
+            ("# nothing", "iptables"),
+        ] {
+            std::fs::write(&p, format!("{line}\n")).unwrap();
+            let mut unmapped = Vec::new();
+            let d = read_daemon(Some(&p), None, &mut unmapped).unwrap();
+            assert_eq!(d.backend, backend, "{line}");
+            assert!(unmapped.is_empty(), "{unmapped:?}");
+            assert_eq!(read_daemon(Some(&p), Some("nft"), &mut unmapped).unwrap().backend, "nft");
+        }
     }
 
     #[test]
