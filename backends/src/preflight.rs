@@ -115,6 +115,8 @@ pub enum Capability {
     NetAdmin,
     /// `CAP_NET_RAW`: opening a packet socket (capture mode).
     NetRaw,
+    /// `CAP_NET_BIND_SERVICE`: binding a port below 1024 (socket mode).
+    NetBindService,
 }
 
 impl Capability {
@@ -122,6 +124,7 @@ impl Capability {
     #[cfg(any(target_os = "linux", test))]
     const fn bit(self) -> u32 {
         match self {
+            Capability::NetBindService => 10,
             Capability::NetAdmin => 12,
             Capability::NetRaw => 13,
         }
@@ -132,6 +135,7 @@ impl Capability {
         match self {
             Capability::NetAdmin => "CAP_NET_ADMIN",
             Capability::NetRaw => "CAP_NET_RAW",
+            Capability::NetBindService => "CAP_NET_BIND_SERVICE",
         }
     }
 }
@@ -217,6 +221,10 @@ mod tests {
         assert_eq!((eff >> Capability::NetAdmin.bit()) & 1, 1);
         assert_eq!((eff >> Capability::NetRaw.bit()) & 1, 1);
         assert_eq!((cap_eff("CapEff:\t0000000000001000\n").unwrap() >> Capability::NetRaw.bit()) & 1, 0);
+        assert_eq!(
+            (cap_eff("CapEff:\t0000000000000400\n").unwrap() >> Capability::NetBindService.bit()) & 1,
+            1
+        );
         assert_eq!(cap_eff("Name: x\n"), None);
     }
 

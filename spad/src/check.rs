@@ -3,7 +3,8 @@
 //! Loading the configuration finds what is wrong in the files (each error names file, line and
 //! key). This goes on to what only the system can tell: the capture interfaces exist, no
 //! listen address is given twice or shadowed by a wildcard, each address is one of this
-//! host's, capture mode has `CAP_NET_RAW`, and the backend's own preflight (its programs,
+//! host's, capture mode has `CAP_NET_RAW` (a port below 1024 `CAP_NET_BIND_SERVICE`), and the
+//! backend's own preflight (its programs,
 //! kernel interfaces, privileges, and other firewall tables whose drop would swallow its
 //! grants; see [`spa_backends::preflight`]). Every finding is one `error:` or `warning:` line
 //! with the file and line of the key it is about; the exit status is [`OK`], [`ERRORS`] or
@@ -224,6 +225,22 @@ fn listen(c: &Config, text: &str) -> Vec<(Level, ConfigError)> {
                     out.push((Level::Error, at(line(j), message)));
                     break;
                 }
+                if b.port() != 0
+                    && b.port() < unprivileged_port_start()
+                    && has_capability(Capability::NetBindService) == Ok(false)
+                {
+                    out.push((
+                        Level::Error,
+                        at(
+                            line(j),
+                            format!(
+                                "listen.addresses: {b}: binding a port below {} needs \
+                                 CAP_NET_BIND_SERVICE (or root elsewhere than Linux), which this process lacks",
+                                unprivileged_port_start()
+                            ),
+                        ),
+                    ));
+                }
                 if !b.ip().is_unspecified()
                     && let Err(e) = UdpSocket::bind(SocketAddr::new(b.ip(), 0))
                     && e.kind() == std::io::ErrorKind::AddrNotAvailable
@@ -280,6 +297,15 @@ fn listen(c: &Config, text: &str) -> Vec<(Level, ConfigError)> {
         }
     }
     out
+}
+
+/// The lowest port anyone may bind (Linux's `net.ipv4.ip_unprivileged_port_start`, which
+/// covers IPv6 too; 1024 elsewhere).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 fn line_of_or(line: Option<usize>) -> String {

@@ -41,7 +41,8 @@ enum Cmd {
     #[command(long_about = "Validate the configuration and what the running daemon would hit with it: the \
                   files (errors name file, line and key), the capture interfaces, listen addresses \
                   given twice or not on this host, placeholder and short keys, the privileges \
-                  (CAP_NET_ADMIN for the firewall, CAP_NET_RAW for capture), and the backend's own \
+                  (CAP_NET_ADMIN for the firewall, CAP_NET_RAW for capture, CAP_NET_BIND_SERVICE \
+                  for ports below 1024), and the backend's own \
                   preflight: its programs and kernel interfaces (nft and nfnetlink, \
                   iptables-restore and ipset, firewalld on the bus, pfctl, ipfw, the scripts), and \
                   other firewall tables or chains whose drop would swallow its grants, with what to \

@@ -144,6 +144,30 @@ fn capture_mode_needs_cap_net_raw() {
 }
 
 #[test]
+fn a_port_below_1024_needs_cap_net_bind_service() {
+    spa_e2e::require_root();
+    // A fresh namespace: net.ipv4.ip_unprivileged_port_start is 1024 there, whatever the host's.
+    let ns = Netns::new("ckb");
+    let dir = tempfile::tempdir().unwrap();
+    let p = config(dir.path(), "addresses = [\"127.0.0.1:999\"]", "backend = \"none\"", "");
+    let mut cmd = ns.cmd("setpriv");
+    cmd.args(["--bounding-set", "-net_bind_service", env!("CARGO_BIN_EXE_spad")]);
+    let (status, err, _) = check_with(cmd, &p);
+    assert_eq!(status, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: {}:{}: listen.addresses: 127.0.0.1:999: binding a port below 1024 needs CAP_NET_BIND_SERVICE \
+             (or root elsewhere than Linux), which this process lacks\n",
+            p.display(),
+            line(&p, "addresses")
+        )
+    );
+    let (status, err, _) = check_in(&ns, &p);
+    assert_eq!((status, err.as_str()), (Some(0), ""));
+}
+
+#[test]
 fn the_nft_backend_needs_cap_net_admin_and_its_program() {
     spa_e2e::require_root();
     let ns = Netns::new("ckn");
