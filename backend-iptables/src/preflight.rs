@@ -42,8 +42,10 @@ pub fn preflight(ctx: &Context<'_>) -> Vec<Finding> {
     }
     let mut backend = IptablesBackend::new(config.clone());
     let names = Names::new(&config.chain_prefix);
+    let mut uses_nft = true;
     match backend.variant_suffix() {
         Ok(suffix) => {
+            uses_nft = suffix == "nft";
             for family in Family::ALL {
                 let prog = format!("{}-{suffix}-save", family.program());
                 match backend.runner.run(&prog, &["-t", "filter"], "") {
@@ -67,7 +69,7 @@ pub fn preflight(ctx: &Context<'_>) -> Vec<Finding> {
             .map_err(|e| ruleset::describe_error(&e))
             .and_then(|j| ruleset::base_chains(&j))
         {
-            Ok(chains) => out.extend(nft_conflicts(&config, ctx.forwards, &chains)),
+            Ok(chains) => out.extend(nft_conflicts(&config, ctx.forwards, uses_nft, &chains)),
             Err(why) => out.push(Finding::warning(None, format!("cannot read the nftables ruleset: {why}"))),
         }
     }
@@ -137,11 +139,14 @@ pub fn filter_table(family: Family, save: &str, names: &Names, forwards: bool) -
     out
 }
 
-/// Base chains of nftables tables other than iptables' own that drop on our hooks.
-pub fn nft_conflicts(config: &Config, forwards: bool, chains: &[Chain]) -> Vec<Finding> {
+/// Base chains of nftables tables that drop on our hooks, other than the built-in chains of
+/// iptables-nft's own tables when we use iptables-nft (`uses_nft`): those hold our jump, and
+/// [`filter_table`] reads them.
+pub fn nft_conflicts(config: &Config, forwards: bool, uses_nft: bool, chains: &[Chain]) -> Vec<Finding> {
     let mut out = Vec::new();
     for c in chains {
-        let iptables_own = matches!(c.family.as_str(), "ip" | "ip6")
+        let iptables_own = uses_nft
+            && matches!(c.family.as_str(), "ip" | "ip6")
             && matches!(c.table.as_str(), "filter" | "nat" | "mangle" | "raw" | "security")
             && c.name.chars().all(|ch| ch.is_ascii_uppercase());
         let Some(drop) = c.drop_text() else { continue };
@@ -216,7 +221,7 @@ mod tests {
 ]}"#;
         let chains = ruleset::base_chains(json).unwrap();
         let config = Config::from_table(&"protect = [\"tcp/22\"]".parse().unwrap()).unwrap();
-        let f = nft_conflicts(&config, false, &chains);
+        let f = nft_conflicts(&config, false, true, &chains);
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             f[0].message.starts_with(
@@ -226,5 +231,7 @@ mod tests {
             "{}",
             f[0].message
         );
+        // With iptables-legacy, iptables-nft's chains are someone else's.
+        assert_eq!(nft_conflicts(&config, false, false, &chains).len(), 2);
     }
 }
