@@ -69,6 +69,7 @@ pub mod bus;
 pub mod config;
 pub mod listener;
 pub mod model;
+pub mod preflight;
 pub mod protect;
 #[cfg(feature = "testlab")]
 pub mod testlab;
@@ -86,6 +87,7 @@ inventory::submit! {
         name: "firewalld",
         description: "firewalld over D-Bus: runtime rich rules with firewalld's own timeouts, NAT, IPv6",
         create: spa_backends::create::<FirewalldBackend>,
+        preflight: Some(preflight::preflight),
     }
 }
 

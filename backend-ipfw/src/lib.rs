@@ -96,6 +96,7 @@ use spa_backends::{
 pub mod config;
 mod exec;
 pub mod model;
+pub mod preflight;
 pub mod render;
 
 pub use config::{Config, Forward};
@@ -108,6 +109,7 @@ inventory::submit! {
         name: "ipfw",
         description: "ipfw (FreeBSD): lookup tables with deadlines as values, an owned rule range and set, ipfw nat forwards",
         create: spa_backends::create::<IpfwBackend>,
+        preflight: Some(preflight::preflight),
     }
 }
 

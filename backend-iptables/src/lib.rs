@@ -148,6 +148,7 @@ pub mod check;
 pub mod config;
 mod exec;
 pub mod model;
+pub mod preflight;
 pub mod render;
 
 pub use config::{Config, Variant};
@@ -162,6 +163,7 @@ inventory::submit! {
         name: "iptables",
         description: "iptables/ip6tables + ipset (nft or legacy): own SPA_* chains, timed sets, tagged NAT rules",
         create: spa_backends::create::<IptablesBackend>,
+        preflight: Some(preflight::preflight),
     }
 }
 

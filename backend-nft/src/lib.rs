@@ -78,6 +78,7 @@ pub mod config;
 pub mod listing;
 pub mod model;
 pub mod netlink;
+pub mod preflight;
 pub mod render;
 pub mod session;
 
@@ -95,6 +96,7 @@ inventory::submit! {
         name: "nft",
         description: "nftables: one owned table, kernel-timed sets and maps, NAT, IPv6",
         create: spa_backends::create::<NftBackend>,
+        preflight: Some(preflight::preflight),
     }
 }
 

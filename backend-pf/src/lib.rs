@@ -94,6 +94,7 @@ use spa_backends::{
 pub mod config;
 mod exec;
 pub mod model;
+pub mod preflight;
 pub mod render;
 
 pub use config::{Config, Forward, Syntax};
@@ -107,6 +108,7 @@ inventory::submit! {
         name: "pf",
         description: "PF (FreeBSD, OpenBSD, macOS): one anchor, granted sources in tables, rdr/nat forwards",
         create: spa_backends::create::<PfBackend>,
+        preflight: Some(preflight::preflight),
     }
 }
 

@@ -40,6 +40,7 @@ use spa_backends::{
     ProtoPort, Snat,
 };
 
+pub mod preflight;
 mod template;
 mod unit;
 
@@ -60,6 +61,7 @@ inventory::submit! {
         name: "script",
         description: "runs admin-written open/close/check commands (argv placeholders, SPA_* env, JSON on stdin)",
         create: spa_backends::create::<ScriptBackend>,
+        preflight: Some(preflight::preflight),
     }
 }
 

@@ -27,6 +27,7 @@ mod ledger_tests;
 #[cfg(target_os = "linux")]
 pub mod nfgen;
 mod none;
+pub mod preflight;
 pub mod process;
 mod registry;
 #[cfg(any(test, feature = "testkit"))]

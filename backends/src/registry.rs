@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use crate::preflight::{Context, Finding, Preflight};
 use crate::{BackendError, Driver, NoneBackend};
 
 /// Builds a backend (wrapped in its gate) from its own TOML table (`[firewall.<name>]`).
 /// Backend crates use [`crate::create`]`::<TheirBackend>`.
 pub type Constructor = fn(&toml::Table) -> Result<Box<dyn Driver>, BackendError>;
 
-/// A backend's entry in the registry: a name and a constructor, const so `inventory` can
-/// collect it at link time.
+/// A backend's entry in the registry: a name, a constructor and an optional preflight, const
+/// so `inventory` can collect it at link time.
 #[derive(Debug)]
 pub struct BackendDescriptor {
     /// The name used in `[firewall] backend = "..."`.
@@ -19,6 +20,10 @@ pub struct BackendDescriptor {
     pub description: &'static str,
     /// Builds it from its table.
     pub create: Constructor,
+    /// Looks at the system for what the daemon would hit with this backend (its tools, kernel
+    /// interfaces, privileges, rules of others that would swallow its grants), for `spad
+    /// check` and once at start; `None`: nothing to check (see [`crate::preflight`]).
+    pub preflight: Option<Preflight>,
 }
 
 inventory::collect!(BackendDescriptor);
@@ -28,6 +33,7 @@ inventory::submit! {
         name: "none",
         description: "changes nothing (test mode, dry runs)",
         create: crate::create::<NoneBackend>,
+        preflight: None,
     }
 }
 
@@ -102,6 +108,12 @@ impl Registry {
         })?;
         (d.create)(table).map_err(|source| RegistryError::Create { name: name.to_owned(), source })
     }
+
+    /// What the preflight of backend `name` finds (nothing for a backend without one, or a
+    /// name this build does not contain: [`Registry::create`] reports that).
+    pub fn preflight(&self, name: &str, context: &Context<'_>) -> Vec<Finding> {
+        self.by_name.get(name).and_then(|d| d.preflight).map(|p| p(context)).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -112,10 +124,20 @@ mod tests {
         Err(BackendError::Unsupported("anything"))
     }
 
-    static A: BackendDescriptor = BackendDescriptor { name: "a", description: "", create: fail };
-    static A2: BackendDescriptor = BackendDescriptor { name: "a", description: "", create: fail };
-    static B: BackendDescriptor =
-        BackendDescriptor { name: "b", description: "", create: crate::create::<NoneBackend> };
+    fn complain(c: &Context<'_>) -> Vec<Finding> {
+        vec![Finding::warning(Some("x"), format!("{} keys, forwards: {}", c.table.len(), c.forwards))]
+    }
+
+    static A: BackendDescriptor =
+        BackendDescriptor { name: "a", description: "", create: fail, preflight: Some(complain) };
+    static A2: BackendDescriptor =
+        BackendDescriptor { name: "a", description: "", create: fail, preflight: None };
+    static B: BackendDescriptor = BackendDescriptor {
+        name: "b",
+        description: "",
+        create: crate::create::<NoneBackend>,
+        preflight: None,
+    };
 
     #[test]
     fn duplicate_names_are_refused() {
@@ -129,6 +151,16 @@ mod tests {
         assert_eq!(err, "unknown backend \"nft\"; this build contains: a, b");
         assert!(r.create("b", &toml::Table::new()).is_ok());
         assert!(matches!(r.create("a", &toml::Table::new()), Err(RegistryError::Create { .. })));
+    }
+
+    #[test]
+    fn a_preflight_runs_with_its_context_and_its_absence_finds_nothing() {
+        let r = Registry::from_descriptors([&A, &B]).unwrap();
+        let table: toml::Table = "y = 1".parse().unwrap();
+        let c = Context { table: &table, forwards: true };
+        assert_eq!(r.preflight("a", &c), vec![Finding::warning(Some("x"), "1 keys, forwards: true")]);
+        assert!(r.preflight("b", &c).is_empty());
+        assert!(r.preflight("nope", &c).is_empty());
     }
 
     #[test]

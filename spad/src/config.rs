@@ -782,6 +782,36 @@ fn check_replay_store(
     Ok(())
 }
 
+/// Key values the shipped examples hold until an admin puts real keys there: spad's own
+/// (`conf/spad.toml`, the packaged `/etc/spad/spad.toml`) and fwknop's `access.conf`.
+const PLACEHOLDERS: [&str; 2] = ["REPLACE_WITH_", "__CHANGEME__"];
+
+/// Refuses a stanza whose key is still an example's placeholder, naming it as such (the value
+/// would otherwise fail as "not valid base64", or pass as a passphrase, for the wrong reason).
+fn check_placeholders(raw: &AccessStanza, index: usize, origin: &StanzaOrigin) -> Result<(), ConfigError> {
+    let keys = [
+        ("key", &raw.key),
+        ("key_base64", &raw.key_base64),
+        ("hmac_key", &raw.hmac_key),
+        ("hmac_key_base64", &raw.hmac_key_base64),
+    ];
+    for (key, value) in keys {
+        if let Some(v) = value
+            && PLACEHOLDERS.iter().any(|p| v.expose().starts_with(p))
+        {
+            let name = raw.name.clone().unwrap_or_else(|| format!("stanza-{}", index + 1));
+            return Err(origin.at(
+                Some(key),
+                format!(
+                    "access stanza {name}: {key} is still the example's placeholder; put a key from \
+                     `spa keygen` there (and give it to the clients)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The daemon's rules for a compiled stanza's keys, stricter than the engine's: an HMAC key
 /// unless `allow_no_hmac`, and keys of at least [`MIN_KEY_LEN`] bytes. Returns the warnings.
 fn check_keys(
@@ -989,6 +1019,7 @@ impl Config {
         // Compile stanza by stanza so an error can point at the stanza's file and line.
         for (i, s) in stanzas.iter().enumerate() {
             let o = &origins[i];
+            check_placeholders(s, i, o)?;
             let compiled =
                 Stanza::compile(s, i, &settings).map_err(|e| o.at(invalid_key(&e), error_chain(&e)))?;
             if s.cmd_cycle_open.is_some() {
@@ -1219,11 +1250,13 @@ open_ports = ["tcp/22"]
         name: "plain",
         description: "",
         create: spa_backends::create::<Plain>,
+        preflight: None,
     };
     static NONE: spa_backends::BackendDescriptor = spa_backends::BackendDescriptor {
         name: "none",
         description: "",
         create: spa_backends::create::<spa_backends::NoneBackend>,
+        preflight: None,
     };
 
     #[test]
@@ -1495,6 +1528,29 @@ open_ports = ["tcp/22"]
         }
         assert!(url_has_password("redis://:pw@h") && url_has_password("redis+unix:///s?pass=p"));
         assert!(!url_has_password("redis://user@h") && !url_has_password("redis+unix:///s?db=1"));
+    }
+
+    #[test]
+    fn placeholder_keys_are_named_as_such_at_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = format!("key = \"{KEY}\"");
+        let hmac = format!("hmac_key = \"{HMAC_KEY}\"");
+        for (from, to, name, line) in [
+            (&key, "key_base64 = \"REPLACE_WITH_KEY_BASE64\"", "key_base64", 15),
+            (&hmac, "hmac_key_base64 = \"__CHANGEME__\"", "hmac_key_base64", 16),
+            // As text it would pass as a 36-byte passphrase.
+            (&key, "key = \"REPLACE_WITH_A_PASSPHRASE_OF_32_BYTES\"", "key", 15),
+        ] {
+            let p = write(dir.path(), "spad.toml", &GOOD.replace(from.as_str(), to));
+            assert_eq!(
+                load_err(&p),
+                format!(
+                    "{}:{line}: access stanza admins: {name} is still the example's placeholder; put a key \
+                     from `spa keygen` there (and give it to the clients)",
+                    p.display()
+                )
+            );
+        }
     }
 
     #[test]

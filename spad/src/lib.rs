@@ -6,7 +6,9 @@
 //! The library holds the daemon; `main.rs` is only the command line.
 
 pub mod audit;
+pub mod check;
 pub mod config;
+pub mod import_fwknop;
 pub mod linked_backends;
 pub mod logging;
 pub mod privs;
@@ -46,26 +48,6 @@ fn load(path: &Path) -> Result<Config> {
 
 fn registry() -> Result<Registry> {
     Registry::collect().context("backend registry")
-}
-
-/// `spad check`: validates the configuration and the backend table.
-pub fn check(path: &Path) -> Result<()> {
-    let c = load(path)?;
-    c.backend(&registry()?).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for w in &c.warnings {
-        eprintln!("warning: {w}");
-    }
-    println!(
-        "{}: ok ({} access stanzas, backend {}, {} mode)",
-        path.display(),
-        c.verifier.stanzas().len(),
-        c.firewall.backend,
-        match c.listen.mode {
-            Mode::Socket => "socket",
-            Mode::Capture => "capture",
-        }
-    );
-    Ok(())
 }
 
 /// `spad backends`: the backends this build contains.
@@ -331,7 +313,11 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         tracing::info!("test mode: decisions are logged, the firewall is not changed");
         spa_backends::create::<NoneBackend>(&toml::Table::new())?
     } else {
-        config.backend(&registry).map_err(|e| anyhow::anyhow!("{e}"))?
+        let driver = config.backend(&registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // What `spad check` would say about the backend (a host table whose drop swallows
+        // grants appears after installation, typically), once.
+        check::log_at_start(&config, &registry);
+        driver
     };
     let now = unix_now();
 

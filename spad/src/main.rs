@@ -36,8 +36,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Validate the configuration and exit (non-zero with the errors).
-    Check,
+    /// Validate the configuration and what the daemon would hit with it; exit 0 (ok), 1
+    /// (errors) or 2 (warnings only).
+    #[command(long_about = "Validate the configuration and what the running daemon would hit with it: the \
+                  files (errors name file, line and key), the capture interfaces, listen addresses \
+                  given twice or not on this host, placeholder and short keys, the privileges \
+                  (CAP_NET_ADMIN for the firewall, CAP_NET_RAW for capture, CAP_NET_BIND_SERVICE \
+                  for ports below 1024), and the backend's own \
+                  preflight: its programs and kernel interfaces (nft and nfnetlink, \
+                  iptables-restore and ipset, firewalld on the bus, pfctl, ipfw, the scripts), and \
+                  other firewall tables or chains whose drop would swallow its grants, with what to \
+                  do. Each finding is one `error:` or `warning:` line on stderr; the summary goes \
+                  to stdout.\n\nExit status: 0 nothing found; 1 at least one error (spad would \
+                  refuse to start or not work); 2 warnings only (it would run, probably not as \
+                  meant). A command-line error also exits with 2.")]
+    Check {
+        /// Exit 0, not 2, when there are only warnings (for systemd's ExecStartPre= and scripts
+        /// that must stop on errors only).
+        #[arg(long)]
+        warnings_ok: bool,
+    },
     /// List the backends this build contains.
     Backends,
     /// List the active grants.
@@ -63,6 +81,35 @@ enum Cmd {
         gateway: Option<String>,
         /// The grant's id, as `spad list` shows it.
         id: String,
+    },
+    /// Write a spad.toml (and access.d/*.toml) equivalent to an fwknop server's configuration;
+    /// list every fwknop variable not carried over, and why.
+    #[command(
+        name = "import-fwknop",
+        long_about = "Write a spad.toml (and access.d/*.toml when access.conf includes other files) \
+                      equivalent to an fwknop server's configuration, so the clients that knock \
+                      fwknopd knock spad with the same keys and options. For this command, --config \
+                      names fwknopd.conf (default /etc/fwknop/fwknopd.conf, if it exists). Every \
+                      fwknop variable that is not carried over, or whose value spad refuses (short \
+                      keys, fwknop's __CHANGEME__ placeholders), is listed on stderr with its file, \
+                      line and the reason, and as a comment in the file written; a stanza spad cannot \
+                      run (GnuPG only) is written commented out. The files are created with mode \
+                      0600; existing files are never replaced without --force. Check the result with \
+                      `spad check`."
+    )]
+    ImportFwknop {
+        /// fwknop's access.conf (default: fwknopd.conf's ACCESS_FILE, else /etc/fwknop/access.conf).
+        #[arg(long)]
+        access: Option<PathBuf>,
+        /// The directory to write spad.toml and access.d/ into.
+        #[arg(long, default_value = spad::import_fwknop::DEFAULT_OUT)]
+        out: PathBuf,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
+        /// The backend to write (default: fwknopd.conf's FIREWALL_EXE, else iptables as fwknop's).
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Remove everything the configured backend owns in the firewall, protections included.
     /// Stop spad first.
@@ -99,16 +146,28 @@ fn print(text: &[u8]) -> anyhow::Result<()> {
 }
 
 fn main() {
-    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let config_given = matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
     let result = match cli.command {
         None => spad::run(&cli.config, cli.test),
-        Some(Cmd::Check) => spad::check(&cli.config),
+        Some(Cmd::Check { warnings_ok }) => match spad::check::run(&cli.config, warnings_ok) {
+            Ok(status) => std::process::exit(status),
+            Err(e) => Err(e),
+        },
         Some(Cmd::Backends) => spad::backends(),
         Some(Cmd::List { json, firewall, all_gateways }) => {
             spad::list(&cli.config, json, firewall, all_gateways)
         }
         Some(Cmd::Revoke { gateway, id }) => spad::revoke(&cli.config, gateway.as_deref(), &id),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
+        Some(Cmd::ImportFwknop { access, out, force, backend }) => {
+            // Here --config names fwknopd.conf.
+            let default = std::path::Path::new(spad::import_fwknop::DEFAULT_CONFIG);
+            let fwknopd =
+                if config_given { Some(cli.config.as_path()) } else { default.exists().then_some(default) };
+            spad::import_fwknop::run(access.as_deref(), fwknopd, &out, force, backend.as_deref())
+        }
         Some(Cmd::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command(), "spad", &mut script);

@@ -137,6 +137,14 @@ fn spad_8(cmd: clap::Command) -> Result<String> {
         "0 on success; 1 with one message on stderr (a configuration error names the file, \
          the line and the key); 2 for a command-line error.",
     ));
+    r.control("PP", []);
+    r.text(inline(
+        "`spad check`: 0 when it found nothing; 1 when it found at least one error (spad would \
+         refuse to start, or would not work); 2 when it found warnings only (spad would run, \
+         probably not as meant), or for a command-line error. With `--warnings-ok`, warnings \
+         alone exit with 0. Each finding is one `error:` or `warning:` line on stderr, naming \
+         the file, the line and the key.",
+    ));
 
     r.control("SH", ["SEE ALSO"]);
     r.text([

@@ -44,15 +44,15 @@ fn config(dir: &Path, from: &str, to: &str) -> PathBuf {
     p
 }
 
-/// `spad check` fails with exit status 1 and one line that starts with `file:line: ` and then
-/// `message` (which names the key).
+/// `spad check` fails with exit status 1 and one line that starts with `error: file:line: ` and
+/// then `message` (which names the key).
 fn refused(from: &str, to: &str, line: usize, message: &str) {
     let dir = tempfile::tempdir().unwrap();
     let p = config(dir.path(), from, to);
     let out = check(&p);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{to}: {err}");
-    assert!(err.starts_with(&format!("spad: {}:{line}: {message}", p.display())), "{to}: {err}");
+    assert!(err.starts_with(&format!("error: {}:{line}: {message}", p.display())), "{to}: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(out.stdout.is_empty());
 }
@@ -174,7 +174,7 @@ fn check_refuses_a_stanza_without_hmac_key_unless_allow_no_hmac() {
     let dir = tempfile::tempdir().unwrap();
     let p = config(dir.path(), &format!("hmac_key = \"{HMAC_KEY}\"\n"), "allow_no_hmac = true\n");
     let out = check(&p);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "warnings only: {}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with(&format!("warning: {}:12: access stanza a: allow_no_hmac: ", p.display())),
@@ -187,7 +187,7 @@ fn check_warns_about_keys_under_32_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let p = config(dir.path(), &format!("key = \"{KEY}\""), "key = \"twenty-byte-key-1234\"");
     let out = check(&p);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "warnings only: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         format!(
@@ -207,7 +207,7 @@ fn check_refuses_key_files_open_to_group_or_others_whatever_the_umask() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         format!(
-            "spad: {p}: holds keys but its mode 644 lets group or others read or write it; run chmod 600 {p}\n",
+            "error: {p}: holds keys but its mode 644 lets group or others read or write it; run chmod 600 {p}\n",
             p = p.display()
         )
     );
@@ -229,7 +229,7 @@ fn check_refuses_key_files_open_to_group_or_others_whatever_the_umask() {
     let out = check(&p);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("spad: {}: holds keys but its mode 640", a.display())), "{err}");
+    assert!(err.starts_with(&format!("error: {}: holds keys but its mode 640", a.display())), "{err}");
     std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = check(&p);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -250,7 +250,8 @@ fn check_refuses_the_shipped_example_until_its_keys_are_replaced() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         format!(
-            "spad: {}:{line}: access stanza admins: invalid key_base64: key is not valid base64\n",
+            "error: {}:{line}: access stanza admins: key_base64 is still the example's placeholder; put a key \
+             from `spa keygen` there (and give it to the clients)\n",
             p.display()
         )
     );

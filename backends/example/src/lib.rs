@@ -37,6 +37,7 @@ inventory::submit! {
         name: "example-file",
         description: "example: grants as lines of a file",
         create: spa_backends::create::<FileBackend>,
+        preflight: None,
     }
 }
 
