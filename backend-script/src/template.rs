@@ -189,7 +189,7 @@ impl Template {
 
     /// True when the element contains placeholder `var`.
     pub(crate) fn uses(&self, var: Var) -> bool {
-        self.pieces.iter().any(|p| *p == Piece::Var(var))
+        self.pieces.contains(&Piece::Var(var))
     }
 
     /// The element with every placeholder replaced by `value(var)`.

@@ -197,9 +197,9 @@ fn run(job: &Job, audit: &Mutex<Audit>) {
             }
             match process::run(inv) {
                 Ok(outcome) => outcome.status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
-                Err(spa_backends::BackendError::Command { failure: CommandFailure::Timeout { .. }, .. }) => {
-                    "timeout".to_owned()
-                }
+                Err(spa_backends::BackendError::Command {
+                    failure: CommandFailure::Timeout { .. }, ..
+                }) => "timeout".to_owned(),
                 Err(e) => error_chain(&e),
             }
         }

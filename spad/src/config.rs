@@ -1722,19 +1722,32 @@ open_ports = ["tcp/22"]
         let tcp = c.unwrap().listen.tcp;
         assert!(tcp.enable && tcp.http);
         assert_eq!(
-            (tcp.addresses[0].port(), tcp.max_connections, tcp.max_connections_per_source, tcp.read_timeout_ms),
+            (
+                tcp.addresses[0].port(),
+                tcp.max_connections,
+                tcp.max_connections_per_source,
+                tcp.read_timeout_ms
+            ),
             (8080, 8, 2, 500)
         );
 
         for (extra, key, needle) in [
-            ("enable = true\nmax_connections = 0", "max_connections", "listen.tcp.max_connections: 0 is out of range"),
+            (
+                "enable = true\nmax_connections = 0",
+                "max_connections",
+                "listen.tcp.max_connections: 0 is out of range",
+            ),
             ("enable = true\nmax_connections = 513", "max_connections", "513 is out of range; use 1 to 512"),
             (
                 "enable = true\nmax_connections = 4\nmax_connections_per_source = 5",
                 "max_connections_per_source",
                 "listen.tcp.max_connections_per_source: 5 is out of range",
             ),
-            ("enable = true\nread_timeout_ms = 10", "read_timeout_ms", "listen.tcp.read_timeout_ms: 10 is out"),
+            (
+                "enable = true\nread_timeout_ms = 10",
+                "read_timeout_ms",
+                "listen.tcp.read_timeout_ms: 10 is out",
+            ),
             ("http = true", "http", "listen.tcp.http: needs enable = true"),
             ("enable = true\naddresses = []", "addresses = []", "listen.tcp.addresses: is empty"),
             ("enable = true\nport = 80", "port", "unknown field `port`"),
@@ -1749,7 +1762,9 @@ open_ports = ["tcp/22"]
 
     #[test]
     fn command_users_and_groups_must_exist() {
-        let with = |extra: &str| BASE.replace("open_ports = [\"tcp/22\"]\n", &format!("enable_cmd_exec = true\n{extra}"));
+        let with = |extra: &str| {
+            BASE.replace("open_ports = [\"tcp/22\"]\n", &format!("enable_cmd_exec = true\n{extra}"))
+        };
         let (c, ..) = load(&with("cmd_exec_user = \"nobody\"\ncmd_exec_group = \"root\"\n"));
         let c = c.unwrap();
         let exec = c.verifier.stanzas()[0].cmd_exec.clone().unwrap();

@@ -64,7 +64,8 @@ fn the_nat_example_forwards_the_client_only_until_the_grant_ends() {
     // The admin's part: the table, and the internal service hidden behind the gateway.
     let init = lab.gw.cmd(SCRIPT).arg("--init").output().unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    lab.gw.sh(&format!("nft add element inet spa_nat guarded4 '{{ {} . tcp . 8080 }}'", GatewayLab::INTERNAL4));
+    lab.gw
+        .sh(&format!("nft add element inet spa_nat guarded4 '{{ {} . tcp . 8080 }}'", GatewayLab::INTERNAL4));
     let d = Daemon::start(&lab.gw, dir.path(), &config(dir.path()));
 
     let short = Duration::from_secs(1);

@@ -133,7 +133,9 @@ fn fwknop_and_spa_knock_over_tcp_and_http_and_the_port_opens() {
     }
     // The grants know where the knocks came in: the gateway's address on the client side,
     // through its interface c0 (over IPv4 and IPv6).
-    for (port, addr) in [("tcp/22", GatewayLab::GW4), ("tcp/2201", GatewayLab::GW4), ("tcp/2202", GatewayLab::GW6)] {
+    for (port, addr) in
+        [("tcp/22", GatewayLab::GW4), ("tcp/2201", GatewayLab::GW4), ("tcp/2202", GatewayLab::GW6)]
+    {
         let g = listed(&d, port);
         assert_eq!(g["ingress"], serde_json::json!({"addr": addr, "interface": "c0"}), "{g}");
     }

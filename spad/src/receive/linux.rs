@@ -213,8 +213,11 @@ fn pktinfo(h: &libc::msghdr) -> Option<(IpAddr, u32)> {
 /// [`tcp_ifindex`].
 pub(super) fn want_tcp_ifindex(socket: &Socket, ipv6: bool) -> io::Result<()> {
     let on: libc::c_int = 1;
-    let (level, opt) =
-        if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) } else { (libc::IPPROTO_IP, libc::IP_PKTINFO) };
+    let (level, opt) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
     // SAFETY: valid fd, option value points to a c_int of the stated size.
     let r = unsafe {
         libc::setsockopt(
@@ -241,11 +244,16 @@ pub(super) fn tcp_ifindex(stream: &std::net::TcpStream, ipv6: bool) -> u32 {
     let mut control = Control([0; CONTROL]);
     let control = &mut control.0;
     let mut len = CONTROL as libc::socklen_t;
-    let (level, opt) =
-        if ipv6 { (libc::IPPROTO_IPV6, IPV6_2292PKTOPTIONS) } else { (libc::IPPROTO_IP, libc::IP_PKTOPTIONS) };
+    let (level, opt) = if ipv6 {
+        (libc::IPPROTO_IPV6, IPV6_2292PKTOPTIONS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTOPTIONS)
+    };
     // SAFETY: valid fd; the kernel writes at most `len` bytes of control messages into
     // `control` and stores how many in `len`.
-    let r = unsafe { libc::getsockopt(stream.as_raw_fd(), level, opt, control.as_mut_ptr().cast(), &raw mut len) };
+    let r = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), level, opt, control.as_mut_ptr().cast(), &raw mut len)
+    };
     if r != 0 {
         return 0;
     }

@@ -256,10 +256,15 @@ impl TcpReceiver {
         // Accept.
         if !resting {
             self.rest_until = None;
-            for l in 0..listening {
-                if fds[l].revents != 0 {
-                    self.accept_from(l, now, deliver);
-                }
+            let ready: Vec<usize> = fds
+                .iter()
+                .take(listening)
+                .enumerate()
+                .filter(|(_, f)| f.revents != 0)
+                .map(|(l, _)| l)
+                .collect();
+            for l in ready {
+                self.accept_from(l, now, deliver);
             }
         }
         self.report(now);
@@ -291,7 +296,8 @@ impl TcpReceiver {
             if self.conns.len() >= self.limits.max_connections {
                 // Make room: the oldest goes (what it sent so far, if anything, is read first
                 // and taken as its packet).
-                if let Some(oldest) = self.conns.iter().enumerate().min_by_key(|(_, c)| c.accepted).map(|(i, _)| i)
+                if let Some(oldest) =
+                    self.conns.iter().enumerate().min_by_key(|(_, c)| c.accepted).map(|(i, _)| i)
                 {
                     let mut c = self.remove(oldest);
                     if read_some(&mut c, self.limits.http) != Progress::Empty && !c.buf.is_empty() {
