@@ -713,7 +713,10 @@ fn units_are_per_ingress_when_the_commands_name_it() {
     assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "22"), ("open", "443")]));
     b.revoke(1, NOW + 10).unwrap();
     let last = lab.calls().pop().unwrap();
-    assert_eq!((last.argv.as_slice(), last.env("SPA_PORT")), (&["close".to_owned(), "eth1".to_owned()][..], "22"));
+    assert_eq!(
+        (last.argv.as_slice(), last.env("SPA_PORT")),
+        (&["close".to_owned(), "eth1".to_owned()][..], "22")
+    );
     assert_eq!(
         b.gate.expected(NOW + 10).into_iter().map(|(e, ..)| e).collect::<Vec<_>>(),
         ["192.0.2.7 tcp/22 via eth2 198.51.100.1", "192.0.2.7 tcp/443 via eth2 198.51.100.1"]

@@ -199,7 +199,8 @@ mod tests {
         g.access = Access::All;
         assert!(serde_json::to_string(&g).unwrap().contains(r#""access":"all""#));
         // The ingress is written when known, and read back.
-        g.ingress = Some(Arc::new(Ingress { addr: "198.51.100.1".parse().unwrap(), interface: Some("eth0".into()) }));
+        g.ingress =
+            Some(Arc::new(Ingress { addr: "198.51.100.1".parse().unwrap(), interface: Some("eth0".into()) }));
         let json = serde_json::to_string(&g).unwrap();
         assert!(json.ends_with(r#""ingress":{"addr":"198.51.100.1","interface":"eth0"}}"#), "{json}");
         assert_eq!(serde_json::from_str::<Grant>(&json).unwrap(), g);

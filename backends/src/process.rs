@@ -512,7 +512,10 @@ mod tests {
         let slow = sh_for(&format!("sleep 60 & echo $! > {pid_file}; wait"), Duration::from_millis(500))
             .run_as(65534, 65534);
         let err = run(slow).unwrap_err();
-        assert!(matches!(err, BackendError::Command { failure: CommandFailure::Timeout { .. }, .. }), "{err}");
+        assert!(
+            matches!(err, BackendError::Command { failure: CommandFailure::Timeout { .. }, .. }),
+            "{err}"
+        );
         let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         assert!(gone_within(pid, LIMIT), "the background child of another user survived");
         let _ = std::fs::remove_dir_all(dir);

@@ -763,7 +763,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.cmd_exec, Some(CmdExec { user: "nobody".into(), group: Some("nogroup".into()) }));
-        assert_eq!(compile("source = \"any\"\nkey = \"k\"\nenable_cmd_exec = true", ok).unwrap().cmd_exec, None);
+        assert_eq!(
+            compile("source = \"any\"\nkey = \"k\"\nenable_cmd_exec = true", ok).unwrap().cmd_exec,
+            None
+        );
     }
 
     #[test]
