@@ -250,7 +250,7 @@ impl TcpReceiver {
         for (i, state) in done.into_iter().rev() {
             let c = self.remove(i);
             if state == Progress::Complete {
-                finish(c, deliver);
+                finish(c, self.limits.http, deliver);
             }
         }
         // Accept.
@@ -301,7 +301,7 @@ impl TcpReceiver {
                 {
                     let mut c = self.remove(oldest);
                     if read_some(&mut c, self.limits.http) != Progress::Empty && !c.buf.is_empty() {
-                        finish(c, deliver);
+                        finish(c, self.limits.http, deliver);
                     } else {
                         self.counts.evicted += 1;
                     }
@@ -330,7 +330,7 @@ impl TcpReceiver {
                     *self.per_source.entry(key).or_default() += 1;
                     self.conns.push(c);
                 }
-                Progress::Complete => finish(c, deliver),
+                Progress::Complete => finish(c, self.limits.http, deliver),
                 Progress::Empty => {}
             }
         }
@@ -398,13 +398,14 @@ fn read_some(c: &mut Conn, http: bool) -> Progress {
     }
 }
 
-/// Closes the connection without a word and hands its packet on.
-fn finish(c: Conn, deliver: &mut dyn FnMut(&Meta, &[u8])) {
+/// Closes the connection without a word and hands its packet on (with `http`, the packet in
+/// an HTTP knock; otherwise, or when it is not one, the bytes as they came).
+fn finish(c: Conn, http: bool, deliver: &mut dyn FnMut(&Meta, &[u8])) {
     let Conn { stream, peer, local, ifindex, buf, .. } = c;
     drop(stream);
     let truncated = buf.len() > MAX_REQUEST;
     let bytes = &buf[..buf.len().min(MAX_REQUEST)];
-    let (packet, truncated) = match http_packet(bytes) {
+    let (packet, truncated) = match http_packet(bytes).filter(|_| http) {
         // The request line was cut: what its path held is not the whole packet.
         Some(p) if truncated => (p, true),
         Some(p) => (p, false),
@@ -520,6 +521,16 @@ mod tests {
         let _ = s.write_all(&vec![b'A'; MAX_REQUEST * 3]);
         let (m, p) = r.rx.recv_timeout(PATIENCE).unwrap();
         assert!(m.truncated && p.len() == MAX_REQUEST, "{} {}", m.truncated, p.len());
+    }
+
+    #[test]
+    fn without_http_a_request_is_taken_as_it_came() {
+        let r = start(Limits { http: false, ..LIMITS });
+        let mut s = connect_from([127, 0, 0, 1], r.addr);
+        s.write_all(b"GET /a-b HTTP/1.1\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let (_, p) = r.rx.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(p, b"GET /a-b HTTP/1.1\r\n");
     }
 
     #[test]
