@@ -519,6 +519,7 @@ mod tests {
             deadline: 1_700_000_030,
             stanza: "s".into(),
             username: "u".into(),
+            ingress: None,
         }
     }
 

@@ -34,6 +34,7 @@ fn grant(i: u32, deadline: u64) -> Grant {
         deadline,
         stanza: "bench".into(),
         username: "bench".into(),
+        ingress: None,
     }
 }
 

@@ -282,6 +282,7 @@ mod tests {
             deadline: 1030,
             stanza: "s".into(),
             username: "u".into(),
+            ingress: None,
         }
     }
 

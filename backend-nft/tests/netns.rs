@@ -88,6 +88,7 @@ fn grant(id: u64, source: &str, ports: &[&str], nat: Option<Nat>, secs: u64) -> 
         deadline: t + secs,
         stanza: "test".into(),
         username: "u".into(),
+        ingress: None,
     }
 }
 

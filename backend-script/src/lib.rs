@@ -171,6 +171,8 @@ pub struct ScriptBackend {
     reopen_on_extend: bool,
     /// The fixed part of every command's environment (PATH, `env`, `pass_env`).
     base_env: Vec<(String, String)>,
+    /// A command's argv names the ingress: units are then opened per ingress (see [`Unit`]).
+    by_ingress: bool,
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -304,14 +306,23 @@ impl Backend for ScriptBackend {
             }
             base.insert(name.clone(), value.clone());
         }
+        let open = Cmd::parse("open", &cfg.open)?;
+        let close = Cmd::parse("close", &cfg.close)?;
+        let check = cfg.check.as_deref().map(|c| Cmd::parse("check", c)).transpose()?;
+        let by_ingress = [Some(&open), Some(&close), check.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|c| &c.args)
+            .any(|t| t.uses(Var::IngressAddr) || t.uses(Var::IngressIf));
         Ok(Self {
-            open: Cmd::parse("open", &cfg.open)?,
-            close: Cmd::parse("close", &cfg.close)?,
-            check: cfg.check.as_deref().map(|c| Cmd::parse("check", c)).transpose()?,
+            open,
+            close,
+            check,
             per: cfg.per,
             limit: Duration::from_millis(cfg.timeout_ms),
             reopen_on_extend: cfg.reopen_on_extend,
             base_env: base.into_iter().collect(),
+            by_ingress,
         })
     }
 
@@ -333,7 +344,13 @@ impl Backend for ScriptBackend {
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Unit>, BackendError> {
-        Ok(Unit::of(grant, self.per))
+        let mut units = Unit::of(grant, self.per);
+        if self.by_ingress {
+            for u in &mut units {
+                u.ingress.clone_from(&grant.ingress);
+            }
+        }
+        Ok(units)
     }
 
     /// For each live unit: left alone when `check` says it is present, opened otherwise (or
@@ -422,6 +439,8 @@ impl Context<'_> {
             Var::Family => family(g.source).into(),
             Var::PacketSource => g.packet_source.to_string(),
             Var::Destination => g.destination.map(|d| d.to_string()).unwrap_or_default(),
+            Var::IngressAddr => g.ingress.as_ref().map(|i| i.addr.to_string()).unwrap_or_default(),
+            Var::IngressIf => g.ingress.as_ref().and_then(|i| i.interface.clone()).unwrap_or_default(),
             Var::Proto => self.port.map(|p| p.proto.name().to_owned()).unwrap_or_default(),
             Var::ProtoNum => self.port.map(|p| p.proto.number().to_string()).unwrap_or_default(),
             Var::Port => self.port.map(|p| p.port.to_string()).unwrap_or_default(),

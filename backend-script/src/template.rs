@@ -16,6 +16,8 @@ pub(crate) enum Var {
     Family,
     PacketSource,
     Destination,
+    IngressAddr,
+    IngressIf,
     Proto,
     ProtoNum,
     Port,
@@ -33,7 +35,7 @@ pub(crate) enum Var {
 
 impl Var {
     /// Every variable, in the order the documentation lists them.
-    pub(crate) const ALL: [Var; 20] = [
+    pub(crate) const ALL: [Var; 22] = [
         Var::Action,
         Var::Per,
         Var::Id,
@@ -41,6 +43,8 @@ impl Var {
         Var::Family,
         Var::PacketSource,
         Var::Destination,
+        Var::IngressAddr,
+        Var::IngressIf,
         Var::Proto,
         Var::ProtoNum,
         Var::Port,
@@ -66,6 +70,8 @@ impl Var {
             Var::Family => "family",
             Var::PacketSource => "packet_source",
             Var::Destination => "destination",
+            Var::IngressAddr => "ingress_addr",
+            Var::IngressIf => "ingress_if",
             Var::Proto => "proto",
             Var::ProtoNum => "proto_num",
             Var::Port => "port",
@@ -181,6 +187,11 @@ impl Template {
         self.pieces.iter().any(|p| matches!(p, Piece::Var(_)))
     }
 
+    /// True when the element contains placeholder `var`.
+    pub(crate) fn uses(&self, var: Var) -> bool {
+        self.pieces.contains(&Piece::Var(var))
+    }
+
     /// The element with every placeholder replaced by `value(var)`.
     pub(crate) fn render(&self, value: impl Fn(Var) -> String) -> String {
         let mut out = String::new();
@@ -236,6 +247,9 @@ mod tests {
         }
         assert_eq!(Var::ProtoNum.env_name(), "SPA_PROTO_NUM");
         assert_eq!(Var::PacketSource.env_name(), "SPA_PACKET_SOURCE");
+        assert_eq!(Var::IngressIf.env_name(), "SPA_INGRESS_IF");
+        assert!(Template::parse("iif={ingress_if}").unwrap().uses(Var::IngressIf));
+        assert!(!Template::parse("{ingress_addr}").unwrap().uses(Var::IngressIf));
     }
 
     #[test]

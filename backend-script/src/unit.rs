@@ -8,8 +8,9 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use spa_backends::{Access, Entry, Grant, Nat, ProtoPort, Snat};
+use spa_backends::{Access, Entry, Grant, Ingress, Nat, ProtoPort, Snat};
 
 use crate::Per;
 
@@ -65,6 +66,10 @@ pub struct Unit {
     pub scope: Scope,
     /// The address translation, if any.
     pub nat: Option<Nat>,
+    /// Where the knock arrived, when the commands' argv names it (`{ingress_addr}`,
+    /// `{ingress_if}`): what they open then depends on it, so two grants that differ only in
+    /// their ingress need two units. `None` otherwise, so that they share one.
+    pub ingress: Option<Arc<Ingress>>,
 }
 
 impl Unit {
@@ -76,6 +81,7 @@ impl Unit {
             destination: grant.destination,
             scope,
             nat: grant.nat.as_deref().cloned(),
+            ingress: None,
         };
         match (&grant.access, per) {
             (Access::All, _) => vec![unit(Scope::All)],
@@ -113,11 +119,12 @@ impl PartialOrd for Unit {
 
 impl Ord for Unit {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.source, self.destination, &self.scope, self.nat_key()).cmp(&(
+        (self.source, self.destination, &self.scope, self.nat_key(), &self.ingress).cmp(&(
             other.source,
             other.destination,
             &other.scope,
             other.nat_key(),
+            &other.ingress,
         ))
     }
 }
@@ -160,6 +167,11 @@ impl fmt::Display for Unit {
                 snat(f, s)
             }
             Some(Nat::Redirect { port }) => write!(f, " redirect {port}"),
+        }?;
+        match self.ingress.as_deref() {
+            None => Ok(()),
+            Some(Ingress { addr, interface: Some(i) }) => write!(f, " via {i} {addr}"),
+            Some(Ingress { addr, interface: None }) => write!(f, " via {addr}"),
         }
     }
 }

@@ -79,6 +79,7 @@ fn grant(id: u64, source: &str, secs: u64) -> Grant {
         deadline: NOW + secs,
         stanza: "lab".into(),
         username: "alice".into(),
+        ingress: None,
     }
 }
 

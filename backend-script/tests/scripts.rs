@@ -247,6 +247,7 @@ fn grant(id: u64, ports: &str) -> Grant {
         deadline: NOW + 600,
         stanza: "laptop".into(),
         username: "alice".into(),
+        ingress: None,
     }
 }
 
@@ -665,6 +666,68 @@ fn grants_sharing_a_port_share_its_unit() {
     assert_eq!(last.env("SPA_ID"), GrantId(1).to_string());
     assert_eq!(last.env("SPA_TIMEOUT"), "0");
     assert!(b.gate.ledger().is_empty());
+}
+
+/// A grant whose knock arrived at `addr` on `interface`.
+fn via(mut g: Grant, addr: &str, interface: Option<&str>) -> Grant {
+    g.ingress = Some(std::sync::Arc::new(spa_backends::Ingress {
+        addr: addr.parse().unwrap(),
+        interface: interface.map(str::to_owned),
+    }));
+    g
+}
+
+#[test]
+fn the_ingress_reaches_the_script_three_ways() {
+    let lab = Lab::new();
+    let mut b = lab.gate(&["{ingress_addr}", "iif={ingress_if}"], "");
+    let g = via(grant(1, "tcp/22"), "203.0.113.1", Some("eth1"));
+    b.grant(&g).unwrap();
+    let c = lab.calls().pop().unwrap();
+    assert_eq!(c.argv, ["open", "203.0.113.1", "iif=eth1"]);
+    assert_eq!((c.env("SPA_INGRESS_ADDR"), c.env("SPA_INGRESS_IF")), ("203.0.113.1", "eth1"));
+    assert_eq!(c.stdin["grant"]["ingress"], serde_json::json!({"addr": "203.0.113.1", "interface": "eth1"}));
+    // Unknown parts are empty, as every value that does not apply.
+    let g = via(grant(2, "tcp/23"), "2001:db8::1", None);
+    b.grant(&g).unwrap();
+    let c = lab.calls().pop().unwrap();
+    assert_eq!(c.argv, ["open", "2001:db8::1", "iif="]);
+    assert_eq!(c.env("SPA_INGRESS_IF"), "");
+    assert_eq!(c.stdin["grant"]["ingress"]["interface"], serde_json::Value::Null);
+}
+
+/// When the argv names the ingress, what is opened depends on it: two grants of a client that
+/// came in through two interfaces are two openings, each closed with its own values. When it
+/// does not, they share one (as in `grants_sharing_a_port_share_its_unit`).
+#[test]
+fn units_are_per_ingress_when_the_commands_name_it() {
+    let first = via(grant(1, "tcp/22"), "203.0.113.1", Some("eth1"));
+    let mut second = via(grant(2, "tcp/22,tcp/443"), "198.51.100.1", Some("eth2"));
+    second.deadline += 300;
+
+    let lab = Lab::new();
+    let mut b = lab.gate_with_check(&["{ingress_if}"], "");
+    b.grant(&first).unwrap();
+    b.grant(&second).unwrap();
+    // The second tcp/22 is a unit of its own: opened, not checked and taken over.
+    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("open", "22"), ("open", "443")]));
+    b.revoke(1, NOW + 10).unwrap();
+    let last = lab.calls().pop().unwrap();
+    assert_eq!(
+        (last.argv.as_slice(), last.env("SPA_PORT")),
+        (&["close".to_owned(), "eth1".to_owned()][..], "22")
+    );
+    assert_eq!(
+        b.gate.expected(NOW + 10).into_iter().map(|(e, ..)| e).collect::<Vec<_>>(),
+        ["192.0.2.7 tcp/22 via eth2 198.51.100.1", "192.0.2.7 tcp/443 via eth2 198.51.100.1"]
+    );
+
+    // Without the placeholder in argv the same two grants share tcp/22.
+    let lab = Lab::new();
+    let mut b = lab.gate_with_check(&["{source}"], "");
+    b.grant(&first).unwrap();
+    b.grant(&second).unwrap();
+    assert_eq!(lab.actions(), pairs(&[("open", "22"), ("check", "22"), ("open", "443")]));
 }
 
 #[test]

@@ -79,11 +79,24 @@ pub enum Nat {
     },
 }
 
+/// Where a knock arrived: the local address it was sent to and the interface it came in on,
+/// for backends (scripts) that open only there, e.g. a DNAT on that interface and address.
+/// A gateway has few of them, so grants share one copy (`Arc`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Ingress {
+    /// The packet's destination address (a local address of this host).
+    pub addr: IpAddr,
+    /// The interface's name, when the receiver knows it (UDP sockets and capture do; a TCP
+    /// knock on a system without the means to ask does not).
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
 /// One authorised opening of the firewall: who, what, where, until when.
 ///
 /// The ledger keeps one per live grant (100,000 on a busy gateway), so it is compact: the
-/// stanza, the username and the port list are shared (`Arc`) between grants that have the
-/// same, and NAT, which few grants have, is boxed.
+/// stanza, the username, the port list and the ingress are shared (`Arc`) between grants that
+/// have the same, and NAT, which few grants have, is boxed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// Stable identity.
@@ -106,6 +119,10 @@ pub struct Grant {
     pub stanza: Arc<str>,
     /// The username in the packet.
     pub username: Arc<str>,
+    /// Where the knock arrived (not part of what is granted: a re-knock through another
+    /// interface extends the grant). `None` in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Arc<Ingress>>,
 }
 
 impl Grant {
@@ -148,6 +165,7 @@ mod tests {
             deadline: 130,
             stanza: "s".into(),
             username: "u".into(),
+            ingress: None,
         }
     }
 
@@ -181,5 +199,17 @@ mod tests {
         assert_eq!(serde_json::from_str::<Grant>(&json).unwrap(), g);
         g.access = Access::All;
         assert!(serde_json::to_string(&g).unwrap().contains(r#""access":"all""#));
+        // The ingress is written when known, and read back.
+        g.ingress =
+            Some(Arc::new(Ingress { addr: "198.51.100.1".parse().unwrap(), interface: Some("eth0".into()) }));
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.ends_with(r#""ingress":{"addr":"198.51.100.1","interface":"eth0"}}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Grant>(&json).unwrap(), g);
+    }
+
+    /// Grants are many (100,000 on a busy gateway): the ingress costs one pointer each.
+    #[test]
+    fn the_ingress_costs_a_pointer() {
+        assert_eq!(std::mem::size_of::<Option<Arc<Ingress>>>(), std::mem::size_of::<usize>());
     }
 }

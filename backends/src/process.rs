@@ -78,6 +78,7 @@ pub struct Invocation {
     stdin: Vec<u8>,
     stdout: Option<usize>,
     limit: Duration,
+    identity: Option<(u32, u32)>,
 }
 
 impl Invocation {
@@ -94,6 +95,7 @@ impl Invocation {
             stdin: Vec::new(),
             stdout: None,
             limit,
+            identity: None,
         }
     }
 
@@ -137,6 +139,15 @@ impl Invocation {
     /// Keeps stdout, up to `max` bytes; more fails the run (see [`STDOUT_MAX`]).
     pub fn capture_stdout_max(mut self, max: usize) -> Self {
         self.stdout = Some(max);
+        self
+    }
+
+    /// Runs the program as user `uid` with group `gid` and no supplementary groups (the child
+    /// calls `setgid`, `setgroups` and `setuid` before it executes the program; the daemon
+    /// needs `CAP_SETUID` and `CAP_SETGID` for that, and `CAP_KILL` to kill it at the limit).
+    /// By default it runs as the daemon.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.identity = Some((uid, gid));
         self
     }
 
@@ -226,14 +237,20 @@ enum Event {
 /// keeps it open does not hold us up. With stdout captured, `run` waits (within the limit) for
 /// stdout to close, since the output is not complete before.
 pub fn run(inv: Invocation) -> Result<Outcome, BackendError> {
-    let Invocation { label, prefix, program, args, env, stdin, stdout: capture, limit } = inv;
+    let Invocation { label, prefix, program, args, env, stdin, stdout: capture, limit, identity } = inv;
     let argv: Vec<&str> = prefix
         .iter()
         .map(String::as_str)
         .chain([program.as_str()])
         .chain(args.iter().map(String::as_str))
         .collect();
-    let mut child = command(&argv, &env)
+    let mut cmd = command(&argv, &env);
+    if let Some((uid, gid)) = identity {
+        // std sets the group, clears the supplementary groups (when it sets a user and no
+        // explicit groups), then sets the user, in the child before exec.
+        cmd.gid(gid).uid(uid);
+    }
+    let mut child = cmd
         .stdin(if stdin.is_empty() { Stdio::null() } else { Stdio::piped() })
         .stdout(if capture.is_some() { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
@@ -476,6 +493,40 @@ mod tests {
         let all = text(Invocation::new("/usr/bin/env", LIMIT).env(inherit));
         assert!(all.lines().any(|l| l == "LC_ALL=C"), "{all}");
         assert!(all.lines().any(|l| l.starts_with("PATH=")), "{all}");
+    }
+
+    /// Root runs a program as another user: its ids are those asked for, it has no
+    /// supplementary groups left, and at the limit it dies with its group like any other.
+    /// Without the privilege the run fails to start instead of running as the daemon.
+    #[test]
+    fn a_program_runs_as_the_user_and_group_asked_for() {
+        let ids = sh("id -u; id -g; id -G").run_as(65534, 65533);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(matches!(run(ids), Err(BackendError::Command { failure: CommandFailure::Spawn(_), .. })));
+            return;
+        }
+        assert_eq!(text(ids), "65534\n65533\n65533\n");
+        let dir = tempfile_dir();
+        let pid_file = format!("{dir}/pid");
+        let slow = sh_for(&format!("sleep 60 & echo $! > {pid_file}; wait"), Duration::from_millis(500))
+            .run_as(65534, 65534);
+        let err = run(slow).unwrap_err();
+        assert!(
+            matches!(err, BackendError::Command { failure: CommandFailure::Timeout { .. }, .. }),
+            "{err}"
+        );
+        let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        assert!(gone_within(pid, LIMIT), "the background child of another user survived");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A directory every user may write to (the child runs as nobody), removed by the caller.
+    fn tempfile_dir() -> String {
+        let dir = std::env::temp_dir().join(format!("spa-process-run-as-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        dir.to_string_lossy().into_owned()
     }
 
     #[test]

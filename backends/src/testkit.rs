@@ -31,6 +31,7 @@ pub fn grant(id: u64) -> GrantBuilder {
         deadline: 1030,
         stanza: "test".into(),
         username: "tester".into(),
+        ingress: None,
     })
 }
 
@@ -100,6 +101,14 @@ impl GrantBuilder {
     /// Ending at `deadline`.
     pub fn until(mut self, deadline: u64) -> Self {
         self.0.deadline = deadline;
+        self
+    }
+
+    /// Where the knock arrived: the local address and, if known, the interface.
+    pub fn ingress(mut self, addr: &str, interface: Option<&str>) -> Self {
+        let addr = addr.parse().expect("an address");
+        self.0.ingress =
+            Some(std::sync::Arc::new(crate::Ingress { addr, interface: interface.map(str::to_owned) }));
         self
     }
 

@@ -100,6 +100,13 @@ pub struct AccessStanza {
     /// Accept command messages (type 0).
     #[serde(default)]
     pub enable_cmd_exec: bool,
+    /// Run command messages as this user (fwknop `CMD_EXEC_USER`) rather than as the daemon;
+    /// its group too unless `cmd_exec_group` is set. A name the daemon resolves.
+    #[serde(default)]
+    pub cmd_exec_user: Option<String>,
+    /// Run command messages with this group (fwknop `CMD_EXEC_GROUP`); needs `cmd_exec_user`.
+    #[serde(default)]
+    pub cmd_exec_group: Option<String>,
     /// Run this instead of changing the firewall when access is granted.
     #[serde(default)]
     pub cmd_cycle_open: Option<CommandLine>,
@@ -469,6 +476,18 @@ pub struct Stanza {
     pub(crate) enable_cmd_exec: bool,
     /// The cmd-cycle settings, carried for the daemon.
     pub cmd_cycle: Option<CmdCycle>,
+    /// Whom command messages run as, carried for the daemon (which resolves the names).
+    pub cmd_exec: Option<CmdExec>,
+}
+
+/// fwknop's `CMD_EXEC_USER`/`CMD_EXEC_GROUP`: the identity a stanza's command messages run
+/// with, by name (the daemon looks the names up; this crate does no I/O).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CmdExec {
+    /// The user (`cmd_exec_user`).
+    pub user: String,
+    /// The group (`cmd_exec_group`); the user's own group when `None`.
+    pub group: Option<String>,
 }
 
 /// The lengths in bytes of a stanza's keys, after base64 decoding (never the keys
@@ -549,6 +568,19 @@ impl Stanza {
         if raw.cmd_cycle_close.is_some() && raw.cmd_cycle_open.is_none() {
             return Err(Error::Requires { key: "cmd_cycle_close", needs: "cmd_cycle_open" });
         }
+        if raw.cmd_exec_user.is_some() && !raw.enable_cmd_exec {
+            return Err(Error::Requires { key: "cmd_exec_user", needs: "enable_cmd_exec" });
+        }
+        if raw.cmd_exec_group.is_some() && raw.cmd_exec_user.is_none() {
+            return Err(Error::Requires { key: "cmd_exec_group", needs: "cmd_exec_user" });
+        }
+        let cmd_exec = match &raw.cmd_exec_user {
+            Some(user) if user.is_empty() || raw.cmd_exec_group.as_ref().is_some_and(String::is_empty) => {
+                return Err(Error::Requires { key: "cmd_exec_user/cmd_exec_group", needs: "a name" });
+            }
+            Some(user) => Some(CmdExec { user: user.clone(), group: raw.cmd_exec_group.clone() }),
+            None => None,
+        };
         let fw_access_timeout = raw.fw_access_timeout.map_or(DEFAULT_FW_ACCESS_TIMEOUT, |s| s.0);
         let max_fw_timeout = raw.max_fw_timeout.map_or(DEFAULT_MAX_FW_TIMEOUT, |s| s.0);
         if fw_access_timeout == 0 {
@@ -580,6 +612,7 @@ impl Stanza {
             forward_all: raw.forward_all,
             enable_cmd_exec: raw.enable_cmd_exec,
             cmd_cycle,
+            cmd_exec,
         })
     }
 
@@ -714,6 +747,25 @@ mod tests {
         assert_eq!(
             msg("source = \"any\"\nkey = \"k\"\nhmac_key = \"h\"\nallow_no_hmac = true", ok),
             "access stanza stanza-1: both allow_no_hmac and hmac_key are set"
+        );
+        assert_eq!(
+            msg("source = \"any\"\nkey = \"k\"\ncmd_exec_user = \"nobody\"", ok),
+            "access stanza stanza-1: cmd_exec_user requires enable_cmd_exec"
+        );
+        assert_eq!(
+            msg("source = \"any\"\nkey = \"k\"\nenable_cmd_exec = true\ncmd_exec_group = \"nogroup\"", ok),
+            "access stanza stanza-1: cmd_exec_group requires cmd_exec_user"
+        );
+        let s = compile(
+            "source = \"any\"\nkey = \"k\"\nenable_cmd_exec = true\ncmd_exec_user = \"nobody\"\n\
+             cmd_exec_group = \"nogroup\"",
+            ok,
+        )
+        .unwrap();
+        assert_eq!(s.cmd_exec, Some(CmdExec { user: "nobody".into(), group: Some("nogroup".into()) }));
+        assert_eq!(
+            compile("source = \"any\"\nkey = \"k\"\nenable_cmd_exec = true", ok).unwrap().cmd_exec,
+            None
         );
     }
 

@@ -60,6 +60,62 @@ pub struct Listen {
     /// Capture mode: the UDP destination port to capture.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// `[listen.tcp]`: knocks over TCP and HTTP, in either mode.
+    #[serde(default)]
+    pub tcp: TcpListen,
+}
+
+/// `[listen.tcp]`: fwknop's `ENABLE_TCP_SERVER` (`TCPSERV_PORT`) and `ENABLE_SPA_OVER_HTTP`,
+/// for clients whose UDP is blocked (`fwknop -P tcp`, `fwknop -P http`). Off by default: unlike
+/// a UDP knock (or capture), it is a listening port that answers handshakes. The bounds keep a
+/// flood of connections from holding memory or keeping knocks out (see `receive::tcp`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpListen {
+    /// Listen at all (fwknop `ENABLE_TCP_SERVER`).
+    #[serde(default)]
+    pub enable: bool,
+    /// Addresses and ports to listen on (fwknop `TCPSERV_PORT`, default 62201).
+    #[serde(default = "default_addresses")]
+    pub addresses: Vec<SocketAddr>,
+    /// Also read `GET /<packet>` requests (fwknop `ENABLE_SPA_OVER_HTTP`).
+    #[serde(default)]
+    pub http: bool,
+    /// Connections open at once, over all TCP addresses.
+    #[serde(default = "default_tcp_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one source (an IPv6 /64).
+    #[serde(default = "default_tcp_per_source")]
+    pub max_connections_per_source: usize,
+    /// How long a connection may take to deliver its packet, in milliseconds.
+    #[serde(default = "default_tcp_timeout")]
+    pub read_timeout_ms: u64,
+}
+
+fn default_tcp_connections() -> usize {
+    64
+}
+fn default_tcp_per_source() -> usize {
+    4
+}
+fn default_tcp_timeout() -> u64 {
+    2000
+}
+
+/// Largest `[listen.tcp] max_connections` (each holds a socket and up to 4 KiB).
+pub const MAX_TCP_CONNECTIONS: usize = 512;
+
+impl Default for TcpListen {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            addresses: default_addresses(),
+            http: false,
+            max_connections: default_tcp_connections(),
+            max_connections_per_source: default_tcp_per_source(),
+            read_timeout_ms: default_tcp_timeout(),
+        }
+    }
 }
 
 fn default_addresses() -> Vec<SocketAddr> {
@@ -80,6 +136,7 @@ impl Default for Listen {
             addresses: default_addresses(),
             interfaces: Vec::new(),
             port: DEFAULT_PORT,
+            tcp: TcpListen::default(),
         }
     }
 }
@@ -650,6 +707,54 @@ fn check_ranges(path: &Path, text: &str, raw: &RawMain, spans: &Spans) -> Result
     Ok(())
 }
 
+/// Where `[listen.tcp]` keys were written.
+#[derive(Deserialize, Default)]
+struct TcpSpans {
+    #[serde(default)]
+    listen: TcpSpansListen,
+}
+
+#[derive(Deserialize, Default)]
+struct TcpSpansListen {
+    #[serde(default)]
+    tcp: BTreeMap<String, toml::Spanned<toml::Value>>,
+}
+
+/// `[listen.tcp]` values that would lift its bounds or make it useless.
+fn check_tcp(path: &Path, text: &str, tcp: &TcpListen) -> Result<(), ConfigError> {
+    let spans: TcpSpans = toml::from_str(text).unwrap_or_default();
+    let err = |key: &str, message: String| ConfigError {
+        file: path.to_owned(),
+        line: spans.listen.tcp.get(key).map(|v| line_of(text, v.span().start)),
+        message: format!("listen.tcp.{key}: {message}"),
+    };
+    if !(1..=MAX_TCP_CONNECTIONS).contains(&tcp.max_connections) {
+        return Err(err(
+            "max_connections",
+            format!("{} is out of range; use 1 to {MAX_TCP_CONNECTIONS}", tcp.max_connections),
+        ));
+    }
+    if !(1..=tcp.max_connections).contains(&tcp.max_connections_per_source) {
+        return Err(err(
+            "max_connections_per_source",
+            format!("{} is out of range; use 1 to max_connections", tcp.max_connections_per_source),
+        ));
+    }
+    if !(100..=60_000).contains(&tcp.read_timeout_ms) {
+        return Err(err(
+            "read_timeout_ms",
+            format!("{} is out of range; use 100 to 60000 milliseconds", tcp.read_timeout_ms),
+        ));
+    }
+    if tcp.http && !tcp.enable {
+        return Err(err("http", "needs enable = true (HTTP knocks come in on the TCP addresses)".into()));
+    }
+    if tcp.enable && tcp.addresses.is_empty() {
+        return Err(err("addresses", "is empty; list at least one address, or set enable = false".into()));
+    }
+    Ok(())
+}
+
 /// Where `[replay.redis]` keys were written.
 #[derive(Deserialize, Default)]
 struct RedisSpans {
@@ -929,6 +1034,7 @@ impl Config {
         check_private(path, &source, raw.access.len() + usize::from(password))?;
         let spans = Spans::of(text);
         check_ranges(path, text, &raw, &spans)?;
+        check_tcp(path, text, &raw.listen.tcp)?;
         check_replay_store(path, text, &mut raw.replay, &spans)?;
         let mut warnings: Vec<String> = Vec::new();
         let firewall = parse_firewall(path, text, raw.firewall)?;
@@ -1031,6 +1137,15 @@ impl Config {
                 ));
             }
             warnings.extend(check_keys(s, &compiled, o)?);
+            if let Some(exec) = &compiled.cmd_exec {
+                crate::command::resolve(exec).map_err(|e| {
+                    let key = match e {
+                        crate::command::CommandError::UnknownGroup(_) => "cmd_exec_group",
+                        _ => "cmd_exec_user",
+                    };
+                    o.at(Some(key), format!("access stanza {}: {key}: {}", compiled.name(), error_chain(&e)))
+                })?;
+            }
             if s.force_nat.is_some() || s.forward_all {
                 let key = if s.force_nat.is_some() { "force_nat" } else { "forward_all" };
                 needs.push(Need {
@@ -1607,5 +1722,129 @@ open_ports = ["tcp/22"]
         let (r, _) = with(&hmac, &format!("{hmac}\nallow_no_hmac = true"));
         let e = r.unwrap_err().to_string();
         assert!(e.contains("both allow_no_hmac and hmac_key are set"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tcp_and_command_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[listen]
+mode = "socket"
+addresses = ["127.0.0.1:62201"]
+
+[firewall]
+backend = "none"
+
+[replay]
+state_dir = "/tmp/x"
+
+[[access]]
+name = "admins"
+source = "any"
+key = "spad-config-test-encryption-key!"
+hmac_key = "spad-config-test-hmac-key-0123456789abcdef"
+open_ports = ["tcp/22"]
+"#;
+
+    fn load(text: &str) -> (Result<Config, ConfigError>, PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("spad.toml");
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (Config::load(&p), p, dir)
+    }
+
+    fn line(text: &str, starts: &str) -> usize {
+        text.lines().position(|l| l.starts_with(starts)).unwrap() + 1
+    }
+
+    #[test]
+    fn tcp_knocks_are_off_unless_enabled_and_bounded() {
+        let (c, ..) = load(BASE);
+        let tcp = c.unwrap().listen.tcp;
+        assert_eq!(tcp, TcpListen::default());
+        assert!(!tcp.enable && !tcp.http);
+        assert_eq!(tcp.addresses, default_addresses());
+
+        let text = BASE.replacen(
+            "\n[firewall]",
+            "\n[listen.tcp]\nenable = true\naddresses = [\"127.0.0.1:8080\"]\nhttp = true\n\
+             max_connections = 8\nmax_connections_per_source = 2\nread_timeout_ms = 500\n\n[firewall]",
+            1,
+        );
+        let (c, ..) = load(&text);
+        let tcp = c.unwrap().listen.tcp;
+        assert!(tcp.enable && tcp.http);
+        assert_eq!(
+            (
+                tcp.addresses[0].port(),
+                tcp.max_connections,
+                tcp.max_connections_per_source,
+                tcp.read_timeout_ms
+            ),
+            (8080, 8, 2, 500)
+        );
+
+        for (extra, key, needle) in [
+            (
+                "enable = true\nmax_connections = 0",
+                "max_connections",
+                "listen.tcp.max_connections: 0 is out of range",
+            ),
+            ("enable = true\nmax_connections = 513", "max_connections", "513 is out of range; use 1 to 512"),
+            (
+                "enable = true\nmax_connections = 4\nmax_connections_per_source = 5",
+                "max_connections_per_source",
+                "listen.tcp.max_connections_per_source: 5 is out of range",
+            ),
+            (
+                "enable = true\nread_timeout_ms = 10",
+                "read_timeout_ms",
+                "listen.tcp.read_timeout_ms: 10 is out",
+            ),
+            ("http = true", "http", "listen.tcp.http: needs enable = true"),
+            ("enable = true\naddresses = []", "addresses = []", "listen.tcp.addresses: is empty"),
+            ("enable = true\nport = 80", "port", "unknown field `port`"),
+        ] {
+            let text = BASE.replacen("\n[firewall]", &format!("\n[listen.tcp]\n{extra}\n\n[firewall]"), 1);
+            let (r, p, _dir) = load(&text);
+            let e = r.unwrap_err().to_string();
+            let at = line(&text, key);
+            assert!(e.starts_with(&format!("{}:{at}: ", p.display())) && e.contains(needle), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn command_users_and_groups_must_exist() {
+        let with = |extra: &str| {
+            BASE.replace("open_ports = [\"tcp/22\"]\n", &format!("enable_cmd_exec = true\n{extra}"))
+        };
+        let (c, ..) = load(&with("cmd_exec_user = \"nobody\"\ncmd_exec_group = \"root\"\n"));
+        let c = c.unwrap();
+        let exec = c.verifier.stanzas()[0].cmd_exec.clone().unwrap();
+        assert_eq!((exec.user.as_str(), exec.group.as_deref()), ("nobody", Some("root")));
+
+        let text = with("cmd_exec_user = \"no-such-user-spad\"\n");
+        let (r, p, _dir) = load(&text);
+        let e = r.unwrap_err().to_string();
+        let at = line(&text, "cmd_exec_user");
+        assert_eq!(
+            e,
+            format!(
+                "{}:{at}: access stanza admins: cmd_exec_user: no user \"no-such-user-spad\"",
+                p.display()
+            )
+        );
+        let text = with("cmd_exec_user = \"nobody\"\ncmd_exec_group = \"no-such-group-spad\"\n");
+        let (r, _, _dir) = load(&text);
+        let e = r.unwrap_err().to_string();
+        let at = line(&text, "cmd_exec_group");
+        assert!(e.contains(&format!(":{at}: access stanza admins: cmd_exec_group: no group")), "{e}");
+        // Without enable_cmd_exec there is nothing to run as anyone.
+        let text = BASE.replace("open_ports", "cmd_exec_user = \"nobody\"\nopen_ports");
+        let (r, _, _dir) = load(&text);
+        assert!(r.unwrap_err().to_string().contains("cmd_exec_user requires enable_cmd_exec"));
     }
 }

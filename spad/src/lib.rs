@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod command;
 pub mod config;
 pub mod import_fwknop;
 pub mod linked_backends;
@@ -29,12 +30,14 @@ use crossbeam_channel::{Sender, TrySendError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use spa_backends::{Driver, NoneBackend, Registry, State};
 use spa_engine::stanza::canonical;
-use spa_engine::{PacketMeta, RejectReason, Verdict, Verifier};
+use spa_engine::{Action, PacketMeta, RejectReason, Verdict, Verifier};
 
 use crate::audit::Audit;
+use crate::command::{Commands, Job};
 use crate::config::{Config, Mode, error_chain};
 use crate::ratelimit::RateLimiter;
-use crate::receive::{Batch, CaptureReceiver, UdpReceiver};
+use crate::receive::tcp::{self, TcpReceiver};
+use crate::receive::{Batch, CaptureReceiver, Meta, UdpReceiver};
 use crate::shared_state::{ReplayShare, Replays};
 use crate::state::{GrantStore, PersistentReplay, StanzaLimits, StateError, StateLock};
 use crate::worker::{Msg, Worker, unix_now};
@@ -191,19 +194,27 @@ struct Shared {
     limiter: Mutex<RateLimiter>,
     audit: Arc<Mutex<Audit>>,
     worker: Sender<Msg>,
+    /// Runs command messages, off the worker.
+    commands: Commands,
 }
 
 impl Shared {
-    /// Verifies every datagram of a batch with its own bytes and source. Nothing is shed
-    /// before the HMAC: verifying junk costs under a microsecond, so a limit there would only
-    /// let an attacker who spoofs a client's address starve that client's knocks. Budgets
-    /// apply where work is expensive: per-source for authenticated requests (the backend
-    /// worker), per-source and global for reject lines (the audit trail), and a bounded queue
-    /// in front of the worker.
+    /// Verifies every datagram of a batch with its own bytes and source.
     fn handle_batch(&self, batch: &Batch) {
+        self.handle(batch.datagrams());
+    }
+
+    /// Verifies packets (datagrams, or what a TCP connection delivered) with their own bytes
+    /// and source: every receiver comes through here. Nothing is shed before the HMAC:
+    /// verifying junk costs under a microsecond, so a limit there would only let an attacker
+    /// who spoofs a client's address starve that client's knocks. Budgets apply where work is
+    /// expensive: per-source for authenticated requests (the backend worker, the command
+    /// pool), per-source and global for reject lines (the audit trail), and bounded queues in
+    /// front of the worker and the command pool.
+    fn handle<'a>(&self, packets: impl Iterator<Item = (&'a Meta, &'a [u8])>) {
         let verifier = self.verifier.read().unwrap_or_else(PoisonError::into_inner).clone();
         let now = unix_now();
-        for (meta, payload) in batch.datagrams() {
+        for (meta, payload) in packets {
             let src = canonical(meta.src);
             let reject = |reason: &'static str, detail: Option<&str>, stanza: Option<&str>| {
                 self.audit.lock().unwrap_or_else(PoisonError::into_inner).reject(src, reason, detail, stanza);
@@ -224,7 +235,22 @@ impl Shared {
                         continue;
                     }
                     let stanza = g.stanza.clone();
-                    match self.worker.try_send(Msg::Request(Box::new(g), std::time::Instant::now())) {
+                    if let Action::Command(command) = &g.action {
+                        let job = Job {
+                            packet_source: g.packet_source,
+                            allowed_source: g.allowed_source,
+                            run_as: verifier.stanzas().get(g.stanza_index).and_then(|s| s.cmd_exec.clone()),
+                            command: command.clone(),
+                            username: g.username.clone(),
+                            stanza: g.stanza.clone(),
+                        };
+                        if self.commands.submit(job).is_err() {
+                            reject("command_busy", None, Some(&stanza));
+                        }
+                        continue;
+                    }
+                    let request = Msg::Request(Box::new(g), std::time::Instant::now(), meta.ifindex);
+                    match self.worker.try_send(request) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => reject("backend_busy", None, Some(&stanza)),
                         Err(TrySendError::Disconnected(_)) => reject("shutting_down", None, Some(&stanza)),
@@ -366,7 +392,7 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         let receivers = match config.listen.mode {
             Mode::Socket => config.listen.addresses.len(),
             Mode::Capture => config.listen.interfaces.len(),
-        };
+        } + usize::from(config.listen.tcp.enable);
         shared_state::start(&config, receivers, audit.clone(), wtx.clone()).context("shared replay store")?
     };
     let mut worker = Worker::new(driver, store, interner, replay.clone(), audit.clone(), heartbeat.clone());
@@ -393,6 +419,7 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         )),
         audit: audit.clone(),
         worker: wtx.clone(),
+        commands: Commands::start(audit.clone()).context("starting the command threads")?,
     });
     start_receivers(&config, &shared)?;
 
@@ -552,6 +579,27 @@ fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
                 })?;
             }
         }
+    }
+    let t = &config.listen.tcp;
+    if t.enable {
+        let limits = tcp::Limits {
+            max_connections: t.max_connections,
+            max_per_source: t.max_connections_per_source,
+            read_timeout: Duration::from_millis(t.read_timeout_ms),
+            http: t.http,
+        };
+        let r = TcpReceiver::bind(&t.addresses, limits)
+            .with_context(|| format!("cannot listen on tcp {:?}", t.addresses))?;
+        for a in r.locals() {
+            tracing::info!("listening on tcp {a}{}", if t.http { " (also HTTP)" } else { "" });
+        }
+        let shared = shared.clone();
+        thread::Builder::new().name("tcp".into()).spawn(move || {
+            if let Err(e) = privs::drop_thread_capabilities() {
+                tracing::warn!("tcp receiver: cannot drop capabilities: {e}");
+            }
+            r.run(|meta, packet| shared.handle(std::iter::once((meta, packet))));
+        })?;
     }
     Ok(())
 }

@@ -12,10 +12,14 @@
 //!   filter device (`/dev/bpf`, which sees packets before pf and ipfw) with the same filter.
 //!
 //! Every receiver blocks until at least one datagram is there: no sleeps, no polling.
+//!
+//! Knocks over TCP and HTTP (fwknop's `ENABLE_TCP_SERVER`, `ENABLE_SPA_OVER_HTTP`) come in
+//! through [`tcp`], which hands each packet on with the same [`Meta`] as a datagram.
 
 use std::net::IpAddr;
 
 pub mod bpf;
+pub mod tcp;
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -49,6 +53,26 @@ pub struct Meta {
     pub range: (usize, usize),
     /// Bytes on the wire (the payload may have been cut at the buffer size).
     pub truncated: bool,
+    /// The interface it arrived on (its index; 0 when unknown).
+    pub ifindex: u32,
+}
+
+/// The name of interface `ifindex` (`if_indextoname`), for scripts told where a knock came
+/// in; `None` for 0 or an interface that is gone.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    if ifindex == 0 {
+        return None;
+    }
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, which is what if_indextoname writes at most
+    // (the name and its NUL).
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 #[inline]
@@ -92,7 +116,14 @@ pub fn parse_ip_udp(b: &[u8], port: u16) -> Option<Meta> {
     let wire_end = (udp_at + udp_len).min(ip_end);
     let end = wire_end.min(b.len());
     let start = udp_at + 8;
-    (start <= end).then_some(Meta { src, dst, buf: 0, range: (start, end), truncated: end < wire_end })
+    (start <= end).then_some(Meta {
+        src,
+        dst,
+        buf: 0,
+        range: (start, end),
+        truncated: end < wire_end,
+        ifindex: 0,
+    })
 }
 
 #[cfg(test)]
@@ -130,6 +161,17 @@ mod tests {
         let mut p = ipv4_udp(b"hello", 62201, 0);
         p[25] = 4; // UDP length shorter than its own header
         assert!(parse_ip_udp(&p, 62201).is_none());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn interface_indexes_have_names() {
+        // SAFETY: a NUL-terminated literal.
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert!(lo > 0);
+        assert_eq!(interface_name(lo).as_deref(), Some("lo"));
+        assert_eq!(interface_name(0), None);
+        assert_eq!(interface_name(u32::MAX), None);
     }
 
     #[test]

@@ -419,6 +419,7 @@ mod tests {
             deadline: 100,
             stanza: "s".into(),
             username: "u".into(),
+            ingress: None,
         }
     }
 

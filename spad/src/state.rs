@@ -427,13 +427,14 @@ fn record_lines(r: &Record) -> Vec<String> {
     v
 }
 
-/// One copy of each distinct stanza name, username and port list among the grants a daemon
-/// holds: 100,000 grants from a few stanzas and users then share a few strings instead of
+/// One copy of each distinct stanza name, username, port list and ingress among the grants a
+/// daemon holds: 100,000 grants from a few stanzas and users then share a few strings instead of
 /// carrying 300,000 small allocations. Copies no grant uses any more are dropped now and then.
 #[derive(Debug, Default)]
 pub struct Interner {
     names: std::collections::HashSet<std::sync::Arc<str>>,
     ports: std::collections::HashSet<std::sync::Arc<[spa_backends::ProtoPort]>>,
+    ingresses: std::collections::HashSet<std::sync::Arc<spa_backends::Ingress>>,
     added: usize,
 }
 
@@ -464,11 +465,23 @@ impl Interner {
         }
     }
 
+    /// The shared copy of an ingress.
+    pub fn ingress(&mut self, i: spa_backends::Ingress) -> std::sync::Arc<spa_backends::Ingress> {
+        if let Some(a) = self.ingresses.get(&i) {
+            return a.clone();
+        }
+        let a = std::sync::Arc::new(i);
+        self.ingresses.insert(a.clone());
+        self.added();
+        a
+    }
+
     /// `g` with its shared parts replaced by the shared copies.
     pub fn grant(&mut self, g: &mut Grant) {
         g.stanza = self.name(&g.stanza);
         g.username = self.name(&g.username);
         g.access = self.access(&g.access);
+        g.ingress = g.ingress.take().map(|i| self.ingress(std::sync::Arc::unwrap_or_clone(i)));
     }
 
     /// Every 4096 new copies, forget those only the interner still holds.
@@ -477,6 +490,7 @@ impl Interner {
         if self.added.is_multiple_of(4096) {
             self.names.retain(|a| std::sync::Arc::strong_count(a) > 1);
             self.ports.retain(|a| std::sync::Arc::strong_count(a) > 1);
+            self.ingresses.retain(|a| std::sync::Arc::strong_count(a) > 1);
         }
     }
 }
@@ -806,6 +820,7 @@ mod tests {
             deadline: 100,
             stanza: "s".into(),
             username: "u".into(),
+            ingress: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use spa_backends::{CommandFailure, Driver, EndKind, Event, Grant, GrantId, Nat, RefusedBecause, State};
+use spa_backends::{Driver, EndKind, Event, Grant, GrantId, Ingress, Nat, RefusedBecause, State};
 use spa_engine::{Action, GrantRequest, NatHost};
 
 use crate::audit::{Audit, rfc3339};
@@ -25,8 +25,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Work for the worker.
 pub enum Msg {
-    /// An accepted packet, and when it was accepted.
-    Request(Box<GrantRequest>, Instant),
+    /// An accepted packet, when it was accepted, and the index of the interface it arrived on
+    /// (0 when unknown).
+    Request(Box<GrantRequest>, Instant, u32),
     /// End a live grant now (asked through the shared store's revoke channel).
     Revoke {
         /// The grant.
@@ -222,9 +223,9 @@ impl Worker {
                 wait = wait.min(wd);
             }
             match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
-                Ok(Msg::Request(req, accepted)) => {
+                Ok(Msg::Request(req, accepted, ifindex)) => {
                     let queued = accepted.elapsed();
-                    self.handle(*req);
+                    self.handle(*req, ifindex);
                     tracing::debug!(
                         "request handled {} µs after acceptance ({} µs queued)",
                         accepted.elapsed().as_micros(),
@@ -295,11 +296,9 @@ impl Worker {
         }
     }
 
-    fn handle(&mut self, req: GrantRequest) {
+    fn handle(&mut self, req: GrantRequest, ifindex: u32) {
         let now = unix_now();
-        if let Action::Command(cmd) = &req.action {
-            return self.run_command(&req, cmd);
-        }
+        // Command messages run on their own threads (crate::command), never here.
         let Action::Open { access, nat } = req.action.clone() else { return };
         let nat = match nat {
             None => None,
@@ -337,6 +336,10 @@ impl Worker {
             deadline: now + u64::from(req.timeout),
             stanza: self.interner.name(&req.stanza),
             username: self.interner.name(&req.username),
+            ingress: Some(self.interner.ingress(Ingress {
+                addr: req.packet_destination,
+                interface: crate::receive::interface_name(ifindex),
+            })),
         };
         // A journal that lost a record is rewritten before anything new is recorded.
         if self.store.needs_rewrite() {
@@ -347,40 +350,6 @@ impl Worker {
         tracing::debug!("backend {} took {} µs", self.driver.name(), started.elapsed().as_micros());
         self.report(events);
         self.dirty = true;
-    }
-
-    /// Runs an accepted command message (`enable_cmd_exec`) as `/bin/sh -c CMD`, as fwknopd
-    /// does: in `/`, with an empty environment (fwknopd passes none; we set only `PATH`),
-    /// stdin and stdout on `/dev/null`, stderr read (bounded) and dropped, killed after 5 s
-    /// together with its whole process group (what it put in the background too). The event
-    /// `command` records how it ended: its exit code, `signal`, `timeout`, or why it could not
-    /// start.
-    fn run_command(&mut self, req: &GrantRequest, cmd: &str) {
-        use spa_backends::process::{self, DEFAULT_PATH, Environment, Invocation};
-        /// fwknopd's limit for a command; the worker (which changes the firewall) waits for it.
-        const LIMIT: Duration = Duration::from_secs(5);
-        let inv = Invocation::new("/bin/sh", LIMIT)
-            .args(["-c", cmd])
-            .env(Environment::Clear(vec![("PATH".into(), DEFAULT_PATH.into())]))
-            .label("command");
-        let status = match process::run(inv) {
-            Ok(outcome) => outcome.status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
-            Err(spa_backends::BackendError::Command { failure: CommandFailure::Timeout { .. }, .. }) => {
-                "timeout".to_owned()
-            }
-            Err(e) => error_chain(&e),
-        };
-        tracing::info!("command from {} ({}) ended: {status}", req.packet_source, req.stanza);
-        self.audit().daemon(
-            "command",
-            serde_json::json!({
-                "packet_source": req.packet_source.to_string(),
-                "allowed_source": req.allowed_source.to_string(),
-                "stanza": &*req.stanza,
-                "username": req.username,
-                "exit": status,
-            }),
-        );
     }
 
     /// Ends a live grant on request, auditing `revoke` with who asked. An id that names no

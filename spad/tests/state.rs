@@ -158,6 +158,7 @@ fn grant_record(id: u64, stanza: &str, deadline: u64, username: &str) -> String 
         deadline,
         stanza: stanza.into(),
         username: username.into(),
+        ingress: None,
     };
     json!({"op": "put", "grant": g}).to_string()
 }

@@ -5,7 +5,8 @@
 //! without blocking (`MSG_DONTWAIT`), up to [`BATCH`] datagrams (these systems have no
 //! `recvmmsg` in common; the batching keeps one wake-up per burst). Each datagram's
 //! destination address comes from `IP_RECVDSTADDR` (IPv4) or `IPV6_PKTINFO` (IPv6), so stanza
-//! `destination` rules work on wildcard binds.
+//! `destination` rules work on wildcard binds, and its arrival interface from `IP_RECVIF`
+//! (IPv4) or the same `IPV6_PKTINFO`.
 //!
 //! Capture mode opens `/dev/bpf` (or the first free `/dev/bpfN`: macOS has no cloning device),
 //! attaches it to the interface and loads the classic BPF program of [`super::bpf`] for the
@@ -195,8 +196,11 @@ fn sockaddr_ip(s: &libc::sockaddr_storage) -> Option<IpAddr> {
     }
 }
 
-/// The destination address from an `IP_RECVDSTADDR` or `IPV6_PKTINFO` control message.
-fn destination(h: &libc::msghdr) -> Option<IpAddr> {
+/// The destination address (from an `IP_RECVDSTADDR` or `IPV6_PKTINFO` control message) and
+/// the index of the arrival interface (from `IP_RECVIF`'s link-level address or the same
+/// `IPV6_PKTINFO`; 0 when absent).
+fn destination(h: &libc::msghdr) -> (Option<IpAddr>, u32) {
+    let (mut dst, mut ifindex) = (None, 0);
     // SAFETY: `h` was filled by recvmsg; the CMSG macros walk within msg_control/controllen,
     // and each payload is read unaligned with the type its level and type announce.
     unsafe {
@@ -205,16 +209,21 @@ fn destination(h: &libc::msghdr) -> Option<IpAddr> {
             let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
             if level == libc::IPPROTO_IP && ty == libc::IP_RECVDSTADDR {
                 let a: libc::in_addr = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.s_addr))));
+                dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.s_addr))));
+            }
+            if level == libc::IPPROTO_IP && ty == libc::IP_RECVIF {
+                let a: libc::sockaddr_dl = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                ifindex = u32::from(a.sdl_index);
             }
             if level == libc::IPPROTO_IPV6 && ty == libc::IPV6_PKTINFO {
                 let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                dst = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                ifindex = info.ipi6_ifindex;
             }
             c = libc::CMSG_NXTHDR(h, c);
         }
     }
-    None
+    (dst, ifindex)
 }
 
 fn set_int(socket: &Socket, level: c_int, opt: c_int, value: c_int) -> io::Result<()> {
@@ -257,6 +266,7 @@ impl UdpReceiver {
             set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
         } else {
             set_int(&socket, libc::IPPROTO_IP, libc::IP_RECVDSTADDR, 1)?;
+            set_int(&socket, libc::IPPROTO_IP, libc::IP_RECVIF, 1)?;
         }
         socket.bind(&addr.into())?;
         Ok(Self { socket, local: addr })
@@ -300,9 +310,10 @@ impl UdpReceiver {
                 }
             };
             let Some(src) = sockaddr_ip(&name) else { continue };
-            let dst = destination(&h).unwrap_or(self.local.ip());
+            let (dst, ifindex) = destination(&h);
+            let dst = dst.unwrap_or(self.local.ip());
             let truncated = h.msg_flags & libc::MSG_TRUNC != 0;
-            batch.metas.push(Meta { src, dst, buf: i, range: (0, n.min(BUF)), truncated });
+            batch.metas.push(Meta { src, dst, buf: i, range: (0, n.min(BUF)), truncated, ifindex });
         }
         Ok(())
     }
@@ -346,6 +357,7 @@ pub struct CaptureReceiver {
     fd: OwnedFd,
     port: u16,
     interface: String,
+    ifindex: u32,
     ifr: IfReq,
     insns: Vec<Insn>,
     link: Link,
@@ -419,7 +431,18 @@ impl CaptureReceiver {
         // Setting the filter also discards what the device buffered before it.
         let insns = bpf::udp_port_filter(link, port);
         set_filter(fd, &insns)?;
-        Ok(Self { fd: dev, port, interface: interface.to_owned(), ifr, insns, link, buflen: buflen as usize })
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        Ok(Self {
+            fd: dev,
+            port,
+            interface: interface.to_owned(),
+            ifindex,
+            ifr,
+            insns,
+            link,
+            buflen: buflen as usize,
+        })
     }
 
     /// The interface.
@@ -467,7 +490,7 @@ impl CaptureReceiver {
         let buf = &batch.capture[..n.min(batch.capture.len())];
         for record in bpf::records(buf, LAYOUT) {
             if let Some(meta) = bpf::datagram(buf, record, self.link, self.port) {
-                batch.metas.push(meta);
+                batch.metas.push(Meta { ifindex: self.ifindex, ..meta });
             }
         }
         Ok(())

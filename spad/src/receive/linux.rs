@@ -2,8 +2,8 @@
 //!
 //! Both read in batches with `recvmmsg` (up to [`BATCH`] datagrams per system call, blocking
 //! until at least one is there: no sleeps, no polling). Socket mode learns each datagram's
-//! destination address from `IP_PKTINFO`/`IPV6_PKTINFO`, so stanza `destination` rules work on
-//! wildcard binds. Capture mode attaches a classic BPF program that passes only UDP to the SPA
+//! destination address and arrival interface from `IP_PKTINFO`/`IPV6_PKTINFO`, so stanza
+//! `destination` rules work on wildcard binds and scripts learn where a knock came in. Capture mode attaches a classic BPF program that passes only UDP to the SPA
 //! port (IPv4 unfragmented, IPv6), so a flood of other traffic never reaches user space, and
 //! it works while the firewall drops that port, since AF_PACKET sees packets before netfilter.
 
@@ -177,16 +177,17 @@ impl UdpReceiver {
             let h = &batch.hdrs[i].msg_hdr;
             let len = batch.hdrs[i].msg_len as usize;
             let Some(src) = sockaddr_ip(&batch.names[i]) else { continue };
-            let dst = pktinfo_dst(h).unwrap_or(self.local.ip());
+            let (dst, ifindex) = pktinfo(h).unwrap_or((self.local.ip(), 0));
             let truncated = h.msg_flags & libc::MSG_TRUNC != 0;
-            batch.metas.push(Meta { src, dst, buf: i, range: (0, len.min(BUF)), truncated });
+            batch.metas.push(Meta { src, dst, buf: i, range: (0, len.min(BUF)), truncated, ifindex });
         }
         Ok(())
     }
 }
 
-/// The destination address from an `IP_PKTINFO`/`IPV6_PKTINFO` control message.
-fn pktinfo_dst(h: &libc::msghdr) -> Option<IpAddr> {
+/// The destination address and the index of the interface the datagram arrived on, from an
+/// `IP_PKTINFO`/`IPV6_PKTINFO` control message.
+fn pktinfo(h: &libc::msghdr) -> Option<(IpAddr, u32)> {
     // SAFETY: `h` was filled by recvmmsg; the CMSG macros walk within msg_control/controllen.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(h);
@@ -194,16 +195,74 @@ fn pktinfo_dst(h: &libc::msghdr) -> Option<IpAddr> {
             let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
             if level == libc::IPPROTO_IP && ty == libc::IP_PKTINFO {
                 let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
+                let ifindex = u32::try_from(info.ipi_ifindex).unwrap_or(0);
+                return Some((IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))), ifindex));
             }
             if level == libc::IPPROTO_IPV6 && ty == libc::IPV6_PKTINFO {
                 let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                return Some((IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)), info.ipi6_ifindex));
             }
             c = libc::CMSG_NXTHDR(h, c);
         }
     }
     None
+}
+
+/// Asks a TCP listener to keep, for each connection it accepts, the interface the connection
+/// arrived on (`IP_PKTINFO`/`IPV6_RECVPKTINFO`, inherited by accepted sockets), for
+/// [`tcp_ifindex`].
+pub(super) fn want_tcp_ifindex(socket: &Socket, ipv6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, opt) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: valid fd, option value points to a c_int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            opt,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `IPV6_2292PKTOPTIONS` (linux/in6.h): the options of the last packet a TCP socket received.
+const IPV6_2292PKTOPTIONS: libc::c_int = 6;
+
+/// The index of the interface an accepted TCP connection arrived on, from the kernel's
+/// `IP_PKTOPTIONS`/`IPV6_2292PKTOPTIONS` (Linux keeps it for sockets whose listener asked,
+/// see [`want_tcp_ifindex`]); 0 when it says nothing.
+pub(super) fn tcp_ifindex(stream: &std::net::TcpStream, ipv6: bool) -> u32 {
+    /// Control messages are read through `cmsghdr` pointers: the buffer is aligned for them.
+    #[repr(C, align(8))]
+    struct Control([u8; CONTROL]);
+    let mut control = Control([0; CONTROL]);
+    let control = &mut control.0;
+    let mut len = CONTROL as libc::socklen_t;
+    let (level, opt) = if ipv6 {
+        (libc::IPPROTO_IPV6, IPV6_2292PKTOPTIONS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTOPTIONS)
+    };
+    // SAFETY: valid fd; the kernel writes at most `len` bytes of control messages into
+    // `control` and stores how many in `len`.
+    let r = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), level, opt, control.as_mut_ptr().cast(), &raw mut len)
+    };
+    if r != 0 {
+        return 0;
+    }
+    // SAFETY: msghdr is a plain C struct; all-zero is valid. Only the control fields are
+    // used, and they describe the bytes the kernel wrote.
+    let mut h: libc::msghdr = unsafe { zeroed() };
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = (len as usize).min(CONTROL);
+    pktinfo(&h).map_or(0, |(_, ifindex)| ifindex)
 }
 
 /// Classic BPF: accept UDP to `port` over IPv4 (unfragmented: neither more-fragments nor an
@@ -245,6 +304,7 @@ pub struct CaptureReceiver {
     fd: OwnedFd,
     port: u16,
     interface: String,
+    ifindex: u32,
 }
 
 impl CaptureReceiver {
@@ -277,7 +337,7 @@ impl CaptureReceiver {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd: socket.into(), port, interface: interface.to_owned() })
+        Ok(Self { fd: socket.into(), port, interface: interface.to_owned(), ifindex })
     }
 
     /// The interface.
@@ -297,7 +357,7 @@ impl CaptureReceiver {
             }
             let len = (batch.hdrs[i].msg_len as usize).min(BUF);
             if let Some(meta) = parse_ip_udp(&batch.bufs[i][..len], self.port) {
-                batch.metas.push(Meta { buf: i, ..meta });
+                batch.metas.push(Meta { buf: i, ifindex: self.ifindex, ..meta });
             }
         }
         Ok(())
@@ -320,6 +380,7 @@ mod tests {
             buf,
             range: (0, 8),
             truncated: false,
+            ifindex: 0,
         };
         batch.metas = vec![meta([192, 0, 2, 1], 1), meta([192, 0, 2, 66], 3)];
         let pairs: Vec<(IpAddr, &[u8])> = batch.datagrams().map(|(m, p)| (m.src, p)).collect();
