@@ -450,6 +450,10 @@ fn failure(message: impl Into<String>) -> Value {
 }
 
 fn handle(mut stream: UnixStream, ctx: &Context) {
+    // The request is read whatever the answer: a reply to a request left unread would reach
+    // the client as a reset connection instead.
+    let _ = stream.set_read_timeout(Some(SERVER_IO));
+    let request = read_bounded(&mut stream, MAX_REQUEST, REQUEST_TIME);
     let reply = match peer(&stream) {
         Err(e) => failure(format!("cannot tell who is asking: {e}")),
         Ok(p) if p.uid != 0 && p.uid != euid() => {
@@ -460,18 +464,13 @@ fn handle(mut stream: UnixStream, ctx: &Context) {
             );
             failure("permission denied: the control socket serves root only")
         }
-        Ok(p) => {
-            let _ = stream.set_read_timeout(Some(SERVER_IO));
-            match read_bounded(&mut stream, MAX_REQUEST, REQUEST_TIME) {
-                None => {
-                    failure(format!("the request must be JSON of at most {MAX_REQUEST} bytes, sent at once"))
-                }
-                Some(bytes) => match Request::parse(&bytes) {
-                    None => failure("not a request: {\"command\": \"status\" | \"revoke\" | \"reload\"}"),
-                    Some(req) => answer(req, &p, ctx),
-                },
-            }
-        }
+        Ok(p) => match request {
+            None => failure(format!("the request must be JSON of at most {MAX_REQUEST} bytes, sent at once")),
+            Some(bytes) => match Request::parse(&bytes) {
+                None => failure("not a request: {\"command\": \"status\" | \"revoke\" | \"reload\"}"),
+                Some(req) => answer(req, &p, ctx),
+            },
+        },
     };
     let _ = stream.set_write_timeout(Some(SERVER_IO));
     let mut text = reply.to_string();

@@ -109,12 +109,12 @@ pub fn list(path: &Path, json: bool, firewall: bool, all_gateways: bool) -> Resu
             println!("{v}");
         } else {
             println!(
-                "{}  {:<39} {:<24} expires {} ({}s left)  stanza {}  user {}  {state}",
+                "{}  {:<39} {:<24} expires {} ({} left)  stanza {}  user {}  {state}",
                 g.id,
                 g.source,
                 g.access.to_string(),
                 audit::rfc3339(g.deadline, 0),
-                g.remaining(now),
+                control::duration_text(g.remaining(now)),
                 g.stanza,
                 g.username
             );
@@ -357,8 +357,24 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         config.replay.state_dir.clone()
     };
     let lock = StateLock::acquire(&state_dir)?;
-    // The metrics endpoint and the control socket are bound before the firewall is touched
-    // (a busy port stops spad cleanly), and served once everything runs. Test mode has
+    let registry = registry()?;
+    let mut driver: Box<dyn Driver> = if test {
+        tracing::info!("test mode: decisions are logged, the firewall is not changed");
+        spa_backends::create::<NoneBackend>(&toml::Table::new())?
+    } else {
+        config.backend(&registry).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let now = unix_now();
+
+    // Reconcile: the firewall holds exactly the recorded live grants of configured stanzas;
+    // what ended meanwhile, or whose close failed, is closed by the first ticks.
+    let mut interner = state::Interner::default();
+    let (mut store, loaded) =
+        GrantStore::open(&lock, &StanzaLimits::of(&config.verifier), now, &mut interner)?;
+    let audit = Arc::new(Mutex::new(open_audit(&config)?));
+    // The metrics endpoint and the control socket are bound once the configuration, the
+    // backend and the state have passed their checks, before the firewall is touched (a busy
+    // port stops spad cleanly), and served once everything runs. Test mode has
     // neither: they belong to the real spad beside it.
     let metrics_listener = match (test, config.metrics.listen) {
         (false, Some(addr)) => {
@@ -378,21 +394,6 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
             }
         }
     };
-    let registry = registry()?;
-    let mut driver: Box<dyn Driver> = if test {
-        tracing::info!("test mode: decisions are logged, the firewall is not changed");
-        spa_backends::create::<NoneBackend>(&toml::Table::new())?
-    } else {
-        config.backend(&registry).map_err(|e| anyhow::anyhow!("{e}"))?
-    };
-    let now = unix_now();
-
-    // Reconcile: the firewall holds exactly the recorded live grants of configured stanzas;
-    // what ended meanwhile, or whose close failed, is closed by the first ticks.
-    let mut interner = state::Interner::default();
-    let (mut store, loaded) =
-        GrantStore::open(&lock, &StanzaLimits::of(&config.verifier), now, &mut interner)?;
-    let audit = Arc::new(Mutex::new(open_audit(&config)?));
     let stats = audit.lock().unwrap_or_else(PoisonError::into_inner).stats();
     let backend_name = driver.name();
     let events = driver

@@ -193,6 +193,8 @@ pub struct Worker {
     publisher: Option<Publisher>,
     stats: Arc<Stats>,
     last_count: Instant,
+    /// Grants changed since the last count.
+    count_due: bool,
 }
 
 impl Worker {
@@ -221,15 +223,18 @@ impl Worker {
             publisher: None,
             stats,
             last_count: Instant::now(),
+            count_due: true,
         }
     }
 
-    /// Counts the live grants for `spad status` and the metrics: after changes (at most every
-    /// [`RECOUNT_EVERY`]) and once a second.
+    /// Counts the live grants for `spad status` and the metrics (a walk over the ledger): once
+    /// a second, and after changes, at most every [`RECOUNT_EVERY`] (a burst of grants is
+    /// counted once).
     fn recount(&mut self, force: bool) {
-        if !force && self.last_count.elapsed() < RECOUNT_EVERY {
+        if !force && (!self.count_due || self.last_count.elapsed() < RECOUNT_EVERY) {
             return;
         }
+        self.count_due = false;
         self.last_count = Instant::now();
         let now = unix_now();
         let live = self.driver.ledger().live().filter(|g| g.deadline > now).count();
@@ -261,7 +266,9 @@ impl Worker {
             let now = unix_now();
             let events = self.driver.tick(now, &mut self.store);
             self.dirty |= !events.is_empty();
+            self.count_due |= !events.is_empty();
             self.report(events);
+            self.recount(false);
             if self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
                 let events = self.driver.check(now, &mut self.store);
@@ -285,10 +292,14 @@ impl Worker {
             if let Some(wd) = watchdog {
                 wait = wait.min(wd);
             }
+            if self.count_due {
+                wait = wait.min(RECOUNT_EVERY.saturating_sub(self.last_count.elapsed()));
+            }
             match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok(Msg::Request(req, accepted)) => {
                     let queued = accepted.elapsed();
                     self.handle(*req);
+                    self.count_due = true;
                     tracing::debug!(
                         "request handled {} µs after acceptance ({} µs queued)",
                         accepted.elapsed().as_micros(),
@@ -297,6 +308,7 @@ impl Worker {
                 }
                 Ok(Msg::Revoke { id, by }) => {
                     self.revoke(id, &Requester::text(&by));
+                    self.count_due = true;
                 }
                 Ok(Msg::RevokeNow { target, by, reply }) => {
                     let done = self.revoke_now(target, &by);
@@ -311,9 +323,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            if self.dirty {
-                self.recount(false);
-            }
+            self.recount(false);
         }
     }
 
