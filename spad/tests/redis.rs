@@ -326,6 +326,12 @@ fn with_redis_down_reject_refuses_and_local_accepts_once_then_sharing_resumes() 
     lab.knock_a(&knock());
     a.wait_event("replay_store_down", |e| rejected(e, "replay_store_down"));
     assert_eq!(a.count(|e| is(e, "grant")), 0);
+    // `spad status` says so: the store is not connected, and the refusal is a store error.
+    let s = status(&a);
+    assert_eq!(s["shared_store"]["connected"], false, "{s:#}");
+    assert_eq!(s["shared_store"]["gateway"], "gw-a");
+    assert!(!s["shared_store"]["url"].as_str().unwrap().contains(PASSWORD), "{s:#}");
+    assert_eq!((&s["replay_store_errors"], &s["rejects"]["replay_store_down"]), (&1.into(), &1.into()));
     // local: accepted once, audited as degraded; the same packet again is a replay.
     let p = knock();
     lab.knock_b(&p);
@@ -341,6 +347,7 @@ fn with_redis_down_reject_refuses_and_local_accepts_once_then_sharing_resumes() 
     for d in [&a, &b] {
         d.wait_event("replay_store_reachable", |e| is(e, "replay_store_reachable"));
     }
+    assert_eq!(status(&a)["shared_store"]["connected"], true);
     let p = knock();
     lab.knock_a(&p);
     let after = a.wait_event("grant at gw-a", |e| is(e, "grant"));
@@ -349,6 +356,11 @@ fn with_redis_down_reject_refuses_and_local_accepts_once_then_sharing_resumes() 
     assert_eq!(b.count(|e| is(e, "grant")), 1);
     // The grant made while Redis was down is published once it is back.
     wait_listed(&a, &[("gw-a", &id(&after)), ("gw-b", &id(&during))]);
+}
+
+/// `spad status --json` of a gateway.
+fn status(d: &Daemon) -> Value {
+    serde_json::from_str(&ok(&d.spad(&["status", "--json"]))).unwrap()
 }
 
 #[test]
@@ -558,10 +570,15 @@ fn the_shipped_example_of_a_shared_store_passes_check() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/spad.toml");
     let text = std::fs::read_to_string(&shipped).unwrap();
     // Uncomment its [replay.redis] settings (not the TLS files: the example's url is redis://).
+    // Only in [replay]: other tables document keys of the same names (`timeout_ms`).
     let mut lines = Vec::new();
+    let mut in_replay = false;
     for line in text.lines() {
-        let setting =
-            ["# store = ", "# [replay.redis]", "# url = ", "# prefix = ", "# gateway = ", "# timeout_ms"]
+        if line.starts_with('[') {
+            in_replay = line == "[replay]";
+        }
+        let setting = in_replay
+            && ["# store = ", "# [replay.redis]", "# url = ", "# prefix = ", "# gateway = ", "# timeout_ms"]
                 .iter()
                 .chain(&["# connect_timeout_ms", "# on_store_down"])
                 .any(|p| line.starts_with(p));
@@ -573,7 +590,7 @@ fn the_shipped_example_of_a_shared_store_passes_check() {
         .replace("REPLACE_WITH_KEY_BASE64", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY")
         .replace("REPLACE_WITH_HMAC_KEY_BASE64", &"QUJD".repeat(16))
         .replace("backend = \"nft\"", "backend = \"none\"")
-        .replace("[firewall.nft]\ntable = \"spa\"\n", "")
+        .replace("[firewall.nft]\ntable = \"spa\" ", "# table = \"spa\" ")
         .replace("protect = [\"tcp/22\"]", "");
     assert_eq!(text.matches("\nurl = ").count(), 1, "{text}");
     let dir = tempfile::tempdir().unwrap();
