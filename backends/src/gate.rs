@@ -42,6 +42,45 @@ impl Journal for NoJournal {
     fn del(&mut self, _: GrantId) {}
 }
 
+/// A kind of call into a [`Backend`], for the daemon's latency metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// [`Backend::apply`]: a grant's, an extension's or an end's changes.
+    Apply,
+    /// [`Backend::check`]: the tamper check (once a second, and after a failed change).
+    Check,
+    /// [`Backend::prepare`]: setting up (at start, and rebuilding after a tamper).
+    Prepare,
+}
+
+/// Told how long each backend call took, so the daemon can export latencies without the
+/// backends knowing about metrics. Called on the worker thread right after the call.
+pub trait CallObserver: Send + Sync {
+    /// One call of kind `call` took `took`.
+    fn observed(&self, call: Call, took: std::time::Duration);
+}
+
+/// The observer of a gate, if any.
+#[derive(Clone, Default)]
+struct Timer(Option<std::sync::Arc<dyn CallObserver>>);
+
+impl std::fmt::Debug for Timer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Timer(observed)" } else { "Timer(none)" })
+    }
+}
+
+impl Timer {
+    /// Runs `f`, telling the observer how long it took.
+    fn time<T>(&self, call: Call, f: impl FnOnce() -> T) -> T {
+        let Some(o) = &self.0 else { return f() };
+        let started = std::time::Instant::now();
+        let out = f();
+        o.observed(call, started.elapsed());
+        out
+    }
+}
+
 /// The daemon's view of a backend: object-safe, so the registry can hand out any backend.
 pub trait Driver: Send {
     /// The backend's registered name.
@@ -81,6 +120,10 @@ pub trait Driver: Send {
     fn observe(&mut self, now: u64) -> Result<Vec<Observed>, BackendError>;
     /// Removes everything the backend owns, protections included.
     fn teardown(&mut self) -> Result<(), BackendError>;
+    /// From now on, tells `observer` how long each apply, check and prepare took.
+    fn observe_calls(&mut self, observer: std::sync::Arc<dyn CallObserver>) {
+        let _ = observer;
+    }
 }
 
 /// Plans applied per [`Driver::tick`] at most, so a mass expiry cannot keep the worker
@@ -92,12 +135,13 @@ const TICK_BUDGET: usize = 4096;
 pub struct Gate<B: Backend> {
     backend: B,
     ledger: Ledger,
+    timer: Timer,
 }
 
 impl<B: Backend> Gate<B> {
     /// Wraps a backend with an empty ledger.
     pub fn new(backend: B) -> Self {
-        Self { backend, ledger: Ledger::new() }
+        Self { backend, ledger: Ledger::new(), timer: Timer::default() }
     }
 
     /// The backend (for tests and tools).
@@ -130,6 +174,7 @@ impl<B: Backend> Gate<B> {
     /// Carries out planned changes made for `subject`.
     fn apply(
         backend: &mut B,
+        timer: &Timer,
         ledger: &Ledger,
         subject: &Grant,
         changes: &[Planned<B::Entry>],
@@ -148,7 +193,7 @@ impl<B: Backend> Gate<B> {
                 Planned::Remove { old } => Change::Remove { old: Self::resolve(ledger, subject, old)? },
             });
         }
-        backend.apply(&resolved, now)
+        timer.time(Call::Apply, || backend.apply(&resolved, now))
     }
 
     /// Sets the backend up with every live grant's entries.
@@ -163,14 +208,16 @@ impl<B: Backend> Gate<B> {
                 Some(Held { entry: &t.entry, holder, until: t.until })
             })
             .collect();
-        self.backend.prepare(&held, now)?;
+        let backend = &mut self.backend;
+        self.timer.time(Call::Prepare, || backend.prepare(&held, now))?;
         Ok(live)
     }
 
     /// After a failed change: if the backend's setup was damaged, rebuilds it (returning the
     /// events); `None` when it is intact, so the failure was the change's own.
     fn heal(&mut self, now: u64, journal: &mut dyn Journal) -> Option<Vec<Event>> {
-        match self.backend.check(now) {
+        let backend = &mut self.backend;
+        match self.timer.time(Call::Check, || backend.check(now)) {
             Ok(Health::Intact) => None,
             Ok(Health::Damaged(detail)) => Some(self.repair(detail, now, journal)),
             // Cannot even look: treat as damaged, a rebuild is the safe answer.
@@ -225,14 +272,22 @@ impl<B: Backend> Gate<B> {
             });
             return events;
         }
-        let mut result = Self::apply(&mut self.backend, &self.ledger, plan.grant(), plan.changes(), now);
+        let mut result =
+            Self::apply(&mut self.backend, &self.timer, &self.ledger, plan.grant(), plan.changes(), now);
         if result.is_err()
             && let Some(healed) = self.heal(now, journal)
         {
             let repaired = healed.iter().any(|e| matches!(e, Event::Repaired { .. }));
             events.extend(healed);
             if repaired {
-                result = Self::apply(&mut self.backend, &self.ledger, plan.grant(), plan.changes(), now);
+                result = Self::apply(
+                    &mut self.backend,
+                    &self.timer,
+                    &self.ledger,
+                    plan.grant(),
+                    plan.changes(),
+                    now,
+                );
             }
         }
         let map = |g: &Grant| self.backend.entries(g);
@@ -254,8 +309,14 @@ impl<B: Backend> Gate<B> {
                 if kind == PlanKind::New && !self.backend.capabilities().atomic_apply {
                     // Part of it may be in the firewall: undo, or keep it closing.
                     let cleanup = Ledger::plan_cleanup(&plan);
-                    let undone =
-                        Self::apply(&mut self.backend, &self.ledger, cleanup.grant(), cleanup.changes(), now);
+                    let undone = Self::apply(
+                        &mut self.backend,
+                        &self.timer,
+                        &self.ledger,
+                        cleanup.grant(),
+                        cleanup.changes(),
+                        now,
+                    );
                     let grant = plan.grant().clone();
                     let refused = self.ledger.fail(plan, now, error);
                     events.push(refused);
@@ -272,8 +333,14 @@ impl<B: Backend> Gate<B> {
                     // that fails too, keep the later deadline on record, so the ledger never
                     // thinks an entry ends sooner than the firewall does.
                     let cleanup = Ledger::plan_cleanup(&plan);
-                    let undone =
-                        Self::apply(&mut self.backend, &self.ledger, cleanup.grant(), cleanup.changes(), now);
+                    let undone = Self::apply(
+                        &mut self.backend,
+                        &self.timer,
+                        &self.ledger,
+                        cleanup.grant(),
+                        cleanup.changes(),
+                        now,
+                    );
                     let refused = Event::Refused {
                         grant: plan.grant().clone(),
                         extension: true,
@@ -419,6 +486,10 @@ impl<B: Backend> Driver for Gate<B> {
 
     fn teardown(&mut self) -> Result<(), BackendError> {
         self.backend.teardown()
+    }
+
+    fn observe_calls(&mut self, observer: std::sync::Arc<dyn CallObserver>) {
+        self.timer = Timer(Some(observer));
     }
 }
 

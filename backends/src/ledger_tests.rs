@@ -394,3 +394,27 @@ proptest! {
         prop_assert!(j.grants.is_empty() && j.closing.is_empty());
     }
 }
+
+#[test]
+fn an_observer_is_told_each_apply_check_and_prepare() {
+    use std::sync::{Arc, Mutex};
+
+    use crate::{Call, CallObserver};
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Call>>);
+    impl CallObserver for Seen {
+        fn observed(&self, call: Call, _: std::time::Duration) {
+            self.0.lock().unwrap().push(call);
+        }
+    }
+    let seen = Arc::new(Seen::default());
+    let mut gt = Gate::new(FakeBackend::default());
+    let mut j = MemoryJournal::default();
+    gt.observe_calls(seen.clone());
+    gt.start(Vec::new(), 0, &mut j).unwrap();
+    gt.grant(g(1, "tcp/1", 100), 0, &mut j);
+    gt.check(1, &mut j);
+    gt.revoke(GrantId(1), 2, &mut j);
+    assert_eq!(*seen.0.lock().unwrap(), [Call::Prepare, Call::Apply, Call::Check, Call::Apply]);
+}

@@ -35,7 +35,7 @@ pub mod testkit;
 
 pub use backend::{Backend, Capabilities, Change, Entry, Health, Held, Observed};
 pub use error::{BackendError, CommandFailure, error_chain};
-pub use gate::{Driver, Gate, Journal, NoJournal, create};
+pub use gate::{Call, CallObserver, Driver, Gate, Journal, NoJournal, create};
 pub use ledger::{Closing, EndKind, Event, Ledger, Record, Refusal, RefusedBecause, State};
 pub use none::NoneBackend;
 pub use registry::{BackendDescriptor, Constructor, Registry, RegistryError};

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use spa_backends::{Access, Grant, Nat};
 
 use crate::ratelimit::RateLimiter;
+use crate::stats::Stats;
 
 /// Formats Unix time (seconds and milliseconds) as RFC 3339 UTC.
 pub fn rfc3339(secs: u64, millis: u32) -> String {
@@ -84,6 +85,45 @@ pub struct Audit {
     log_counts: BTreeMap<&'static str, u64>,
     log_suppressed: u64,
     log_window_start: Instant,
+    /// Counts what is written here (and what is left out), for `spad status` and metrics.
+    stats: std::sync::Arc<Stats>,
+}
+
+/// Who asked for something done on request (a revoke, a reload), as the audit trail records
+/// it: a text for the `by` field, and what the kernel said about the asker where it was asked
+/// over the control socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// Free text: `root (uid 0, pid 4242)`, or what a shared store's revoke message said
+    /// (short printable ASCII, checked before it gets here).
+    pub by: String,
+    /// The asker's user id (control socket: from the kernel).
+    pub uid: Option<u32>,
+    /// That user's name, if the system has one for it.
+    pub user: Option<String>,
+    /// The asker's process id, where the system tells it.
+    pub pid: Option<u32>,
+}
+
+impl Requester {
+    /// A request that carries only a text (the shared store's revoke channel).
+    pub fn text(by: &str) -> Self {
+        Self { by: by.to_owned(), ..Self::default() }
+    }
+
+    /// Adds `by`, `uid`, `user` and `pid` (those known) to an audit line.
+    pub fn annotate(&self, v: &mut Value) {
+        v["by"] = json!(self.by);
+        if let Some(uid) = self.uid {
+            v["uid"] = json!(uid);
+        }
+        if let Some(user) = &self.user {
+            v["user"] = json!(user);
+        }
+        if let Some(pid) = self.pid {
+            v["pid"] = json!(pid);
+        }
+    }
 }
 
 impl Audit {
@@ -100,7 +140,13 @@ impl Audit {
             log_counts: BTreeMap::new(),
             log_suppressed: 0,
             log_window_start: Instant::now(),
+            stats: std::sync::Arc::default(),
         }
+    }
+
+    /// The counters this audit trail feeds.
+    pub fn stats(&self) -> std::sync::Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Writes to the file at `path` (appending; created 0600 with its directory), or to
@@ -177,10 +223,12 @@ impl Audit {
         stanza: Option<&str>,
     ) {
         self.tick();
+        self.stats.reject(reason);
         *self.log_counts.entry(reason).or_default() += 1;
         if self.written_in_window >= self.max_rejects || !self.per_source.allow(source) {
             *self.suppressed.entry(reason).or_default() += 1;
             self.log_suppressed += 1;
+            self.stats.audit_suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         self.written_in_window += 1;
@@ -216,17 +264,25 @@ impl Audit {
     /// `attempts` counts earlier attempts to end it that failed.
     pub fn grant(&mut self, event: &'static str, g: &Grant, attempts: u32) {
         self.tick();
+        self.stats.grant_event(event);
         let v = grant_json(event, g, attempts);
         self.write(v);
     }
 
-    /// A grant revoked on request, with who asked (`by`, text the requester chose: checked
-    /// to be short printable ASCII before it gets here).
-    pub fn revoked(&mut self, g: &Grant, attempts: u32, by: &str) {
+    /// A grant revoked on request, with who asked.
+    pub fn revoked(&mut self, g: &Grant, attempts: u32, by: &Requester) {
         self.tick();
+        self.stats.grant_event("revoke");
         let mut v = grant_json("revoke", g, attempts);
-        v["by"] = json!(by);
+        by.annotate(&mut v);
         self.write(v);
+    }
+
+    /// A daemon-level event done on request (`reload` over the control socket), with who
+    /// asked.
+    pub fn daemon_by(&mut self, event: &'static str, mut detail: Value, by: &Requester) {
+        by.annotate(&mut detail);
+        self.daemon(event, detail);
     }
 
     /// An authenticated packet let through on this gateway's replay cache alone, because the

@@ -518,6 +518,10 @@ pub struct Config {
     pub nat: NatSettings,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[control]`: the control socket of `spad status`, `revoke` and `reload`.
+    pub control: crate::control::Control,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: crate::metrics::Metrics,
     /// The compiled access policy.
     pub verifier: Verifier,
     /// Warnings to log (short keys, stanzas without an HMAC), each naming file and line.
@@ -583,6 +587,10 @@ struct RawMain {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
+    control: crate::control::Control,
+    #[serde(default)]
+    metrics: crate::metrics::Metrics,
+    #[serde(default)]
     access: Vec<toml::Spanned<AccessStanza>>,
 }
 
@@ -618,6 +626,8 @@ struct Spans {
     replay: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
     limits: BTreeMap<String, toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    control: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
     access: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
 }
@@ -1038,6 +1048,10 @@ impl Config {
         check_replay_store(path, text, &mut raw.replay, &spans)?;
         let mut warnings: Vec<String> = Vec::new();
         let firewall = parse_firewall(path, text, raw.firewall)?;
+        if let Some(problem) = raw.control.problem() {
+            let line = spans.control.get("socket").map(|v| line_of(text, v.span().start));
+            return Err(ConfigError { file: path.to_owned(), line, message: problem });
+        }
         if raw.listen.mode == Mode::Socket && raw.listen.addresses.is_empty() {
             return Err(ConfigError {
                 file: path.to_owned(),
@@ -1174,6 +1188,8 @@ impl Config {
             log: raw.log,
             nat: raw.nat,
             limits: raw.limits,
+            control: raw.control,
+            metrics: raw.metrics,
             verifier,
             warnings,
             needs,

@@ -9,14 +9,17 @@ pub mod audit;
 pub mod check;
 pub mod command;
 pub mod config;
+pub mod control;
 pub mod import_fwknop;
 pub mod linked_backends;
 pub mod logging;
+pub mod metrics;
 pub mod privs;
 pub mod ratelimit;
 pub mod receive;
 pub mod shared_state;
 pub mod state;
+pub mod stats;
 pub mod worker;
 
 use std::path::Path;
@@ -46,7 +49,8 @@ use crate::worker::{Msg, Worker, unix_now};
 const WORKER_QUEUE: usize = 4096;
 
 fn load(path: &Path) -> Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    // The error keeps its type: `spad reload` reports its file and line apart.
+    Config::load(path).map_err(anyhow::Error::new)
 }
 
 fn registry() -> Result<Registry> {
@@ -90,12 +94,12 @@ pub fn list(path: &Path, json: bool, firewall: bool, all_gateways: bool) -> Resu
             println!("{v}");
         } else {
             println!(
-                "{}  {:<39} {:<24} expires {} ({}s left)  stanza {}  user {}  {state}",
+                "{}  {:<39} {:<24} expires {} ({} left)  stanza {}  user {}  {state}",
                 g.id,
                 g.source,
                 g.access.to_string(),
                 audit::rfc3339(g.deadline, 0),
-                g.remaining(now),
+                control::duration_text(g.remaining(now)),
                 g.stanza,
                 g.username
             );
@@ -178,11 +182,33 @@ pub fn teardown(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `spad revoke [--gateway NAME] ID`: revokes a grant of this or another gateway through the
-/// shared store's revoke channel.
-pub fn revoke(path: &Path, gateway: Option<&str>, id: &str) -> Result<()> {
-    let c = load(path)?;
-    Ok(shared_state::send_revoke(&c, gateway, id)?)
+/// `spad revoke --gateway NAME ID`: revokes a grant of any gateway through the shared store's
+/// revoke channel. `spad revoke ID|ADDRESS`: revokes this gateway's grant (or every grant of
+/// an address) at once, over the control socket (`socket`, else the configuration's).
+pub fn revoke(path: &Path, gateway: Option<&str>, target: &str, socket: Option<&Path>) -> Result<()> {
+    if gateway.is_some() {
+        let c = load(path)?;
+        return Ok(shared_state::send_revoke(&c, gateway, target)?);
+    }
+    control::revoke_here(&control_socket(path, socket)?, target)
+}
+
+/// The control socket a command talks to: `--socket`, else the configuration's.
+fn control_socket(path: &Path, socket: Option<&Path>) -> Result<std::path::PathBuf> {
+    match socket {
+        Some(s) => Ok(s.to_owned()),
+        None => control::socket_of(path),
+    }
+}
+
+/// `spad status`: how the running daemon is doing, over the control socket.
+pub fn status(path: &Path, socket: Option<&Path>, json: bool) -> Result<()> {
+    control::print_status(&control_socket(path, socket)?, json)
+}
+
+/// `spad reload`: SIGHUP's reload, over the control socket, reporting how it went.
+pub fn reload_running(path: &Path, socket: Option<&Path>) -> Result<()> {
+    control::reload(&control_socket(path, socket)?)
 }
 
 /// What the receiver threads share.
@@ -196,6 +222,7 @@ struct Shared {
     worker: Sender<Msg>,
     /// Runs command messages, off the worker.
     commands: Commands,
+    stats: Arc<stats::Stats>,
 }
 
 impl Shared {
@@ -225,7 +252,11 @@ impl Shared {
             }
             let pm = PacketMeta { source: src, destination: canonical(meta.dst) };
             let mut replays = Replays::new(&self.replay, self.share.as_deref());
-            match verifier.verify(payload, pm, now, &mut replays) {
+            let verdict = verifier.verify(payload, pm, now, &mut replays);
+            if replays.errors() > 0 {
+                self.stats.replay_store_errors.fetch_add(replays.errors(), Ordering::Relaxed);
+            }
+            match verdict {
                 Verdict::Accept(g) => {
                     if replays.degraded() {
                         self.audit.lock().unwrap_or_else(PoisonError::into_inner).degraded(src, &g.stanza);
@@ -353,6 +384,30 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     let (mut store, loaded) =
         GrantStore::open(&lock, &StanzaLimits::of(&config.verifier), now, &mut interner)?;
     let audit = Arc::new(Mutex::new(open_audit(&config)?));
+    // The metrics endpoint and the control socket are bound once the configuration, the
+    // backend and the state have passed their checks, before the firewall is touched (a busy
+    // port stops spad cleanly), and served once everything runs. Test mode has
+    // neither: they belong to the real spad beside it.
+    let metrics_listener = match (test, config.metrics.listen) {
+        (false, Some(addr)) => {
+            Some(metrics::bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?)
+        }
+        _ => None,
+    };
+    let mut control_server = if test || !config.control.enabled {
+        None
+    } else {
+        match control::Server::bind(&config.control.socket) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                // How admins look, not what protects anything: spad runs on without it.
+                tracing::error!("{}; spad status, revoke and reload cannot reach this spad", error_chain(&e));
+                None
+            }
+        }
+    };
+    let stats = audit.lock().unwrap_or_else(PoisonError::into_inner).stats();
+    let backend_name = driver.name();
     let events = driver
         .start(loaded.records, now, &mut store)
         .with_context(|| format!("preparing the {} backend", driver.name()))?;
@@ -420,8 +475,38 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         audit: audit.clone(),
         worker: wtx.clone(),
         commands: Commands::start(audit.clone()).context("starting the command threads")?,
+        stats: stats.clone(),
     });
     start_receivers(&config, &shared)?;
+
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let facts = metrics::Facts { backend: backend_name, share: shared.share.clone() };
+            metrics::serve(listener, stats.clone(), facts).context("starting the metrics endpoint")?;
+            tracing::info!("metrics on http://{addr}/metrics");
+            Some(addr)
+        }
+        None => None,
+    };
+    // Kept for the whole run: the main loop waits on its other end.
+    let (ctl_tx, ctl_rx) = crossbeam_channel::bounded::<control::MainCall>(4);
+    if let Some(server) = control_server.as_mut() {
+        let ctx = control::Context {
+            stats: stats.clone(),
+            worker: wtx.clone(),
+            main: ctl_tx.clone(),
+            backend: backend_name,
+            mode: match config.listen.mode {
+                Mode::Socket => "socket",
+                Mode::Capture => "capture",
+            },
+            share: shared.share.clone(),
+            metrics: metrics_addr,
+        };
+        server.serve(ctx)?;
+        tracing::info!("control socket {}", server.path().display());
+    }
 
     let (stx, srx) = crossbeam_channel::unbounded();
     let mut signals =
@@ -441,15 +526,30 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
     // then, not at the next packet; the watchdog is pinged at half its interval.
     let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
     loop {
-        match srx.recv_timeout(tick) {
-            Ok(SIGHUP) => {
-                reopen_audit(&audit);
-                current = reload(current, path, &shared);
+        let mut call = None;
+        let signal = crossbeam_channel::select! {
+            recv(srx) -> s => Some(s.unwrap_or(SIGTERM)),
+            recv(ctl_rx) -> c => {
+                call = c.ok();
+                None
             }
-            Ok(SIGUSR1) => reopen_audit(&audit),
-            Ok(_) => break,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            default(tick) => None,
+        };
+        match signal {
+            Some(SIGHUP) => {
+                reopen_audit(&audit);
+                current = reload(current, path, &shared, None).0;
+            }
+            Some(SIGUSR1) => reopen_audit(&audit),
+            Some(_) => break,
+            None => {}
+        }
+        // `spad reload`: what SIGHUP does, with the result sent back.
+        if let Some(control::MainCall::Reload { by, reply }) = call {
+            reopen_audit(&audit);
+            let (next, answer) = reload(current, path, &shared, Some(&by));
+            current = next;
+            let _ = reply.send(answer);
         }
         audit.lock().unwrap_or_else(PoisonError::into_inner).tick();
         // Ping the watchdog only while the worker is alive and not stuck.
@@ -472,22 +572,30 @@ pub fn run(path: &Path, test: bool) -> Result<()> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .daemon("stop", serde_json::json!({"kept_grants": keep}));
+    drop(control_server);
+    drop(ctl_tx);
     drop(lock);
     Ok(())
 }
 
-/// SIGHUP: a new configuration replaces the access policy; live grants stay. A broken one is
-/// reported and the old one keeps running.
-fn reload(current: Config, path: &Path, shared: &Shared) -> Config {
+/// SIGHUP and `spad reload` (`by` says who asked): a new configuration replaces the access
+/// policy; live grants stay. A broken one is reported and the old one keeps running. Returns
+/// the configuration now in force and the control socket's reply.
+fn reload(
+    current: Config,
+    path: &Path,
+    shared: &Shared,
+    by: Option<&audit::Requester>,
+) -> (Config, serde_json::Value) {
     notify(&[sd_notify::NotifyState::Reloading]);
     // The running backend stays: the new stanzas must not need what it cannot do.
     let result = load(path).and_then(|new| {
         let probe = Config { firewall: current.firewall.clone(), ..new.clone() };
-        probe.backend(&registry()?).map_err(|e| anyhow::anyhow!("{e}"))?;
+        probe.backend(&registry()?).map_err(anyhow::Error::new)?;
         Ok(new)
     });
     let mut audit = shared.audit.lock().unwrap_or_else(PoisonError::into_inner);
-    let next = match result {
+    let (next, answer) = match result {
         Ok(new) => {
             let mut restart_needed = Vec::new();
             if new.listen != current.listen {
@@ -498,6 +606,12 @@ fn reload(current: Config, path: &Path, shared: &Shared) -> Config {
             }
             if new.replay != current.replay {
                 restart_needed.push("replay");
+            }
+            if new.control != current.control {
+                restart_needed.push("control");
+            }
+            if new.metrics != current.metrics {
+                restart_needed.push("metrics");
             }
             if !restart_needed.is_empty() {
                 tracing::warn!(
@@ -514,31 +628,58 @@ fn reload(current: Config, path: &Path, shared: &Shared) -> Config {
                     RateLimiter::new(4096, new.limits.per_source_rate, new.limits.per_source_burst);
             }
             audit.set_max_rejects(new.log.max_rejects_per_second);
-            tracing::info!("configuration reloaded ({} access stanzas)", new.verifier.stanzas().len());
-            audit.daemon(
-                "reload",
-                serde_json::json!({"stanzas": new.verifier.stanzas().len(), "restart_needed": restart_needed}),
-            );
-            // Keep the running listen/firewall/replay settings; take the rest.
-            Config { listen: current.listen, firewall: current.firewall, replay: current.replay, ..new }
+            let stanzas = new.verifier.stanzas().len();
+            tracing::info!("configuration reloaded ({stanzas} access stanzas)");
+            let detail = serde_json::json!({"stanzas": stanzas, "restart_needed": restart_needed});
+            match by {
+                Some(by) => audit.daemon_by("reload", detail, by),
+                None => audit.daemon("reload", detail),
+            }
+            let answer = serde_json::json!({
+                "ok": true,
+                "stanzas": stanzas,
+                "restart_needed": restart_needed,
+                "warnings": new.warnings,
+            });
+            // Keep the running listen/firewall/replay/control/metrics settings; take the rest.
+            let next = Config {
+                listen: current.listen,
+                firewall: current.firewall,
+                replay: current.replay,
+                control: current.control,
+                metrics: current.metrics,
+                ..new
+            };
+            (next, answer)
         }
         Err(e) => {
             let msg = error_chain(e.as_ref());
             tracing::error!("reload failed, keeping the running configuration: {msg}");
-            audit.daemon("reload_failed", serde_json::json!({"error": msg}));
-            current
+            let detail = serde_json::json!({"error": msg});
+            match by {
+                Some(by) => audit.daemon_by("reload_failed", detail, by),
+                None => audit.daemon("reload_failed", detail),
+            }
+            let mut answer = serde_json::json!({"ok": false, "error": msg});
+            if let Some(c) = e.downcast_ref::<config::ConfigError>() {
+                answer["file"] = serde_json::json!(c.file.display().to_string());
+                answer["line"] = serde_json::json!(c.line);
+                answer["message"] = serde_json::json!(c.message);
+            }
+            (current, answer)
         }
     };
     drop(audit);
     notify(&[sd_notify::NotifyState::Ready]);
-    next
+    (next, answer)
 }
 
 fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
     match config.listen.mode {
         Mode::Socket => {
             for addr in &config.listen.addresses {
-                let r = UdpReceiver::bind(*addr).with_context(|| format!("cannot bind {addr}"))?;
+                let r = Arc::new(UdpReceiver::bind(*addr).with_context(|| format!("cannot bind {addr}"))?);
+                shared.stats.add_receiver(format!("udp {addr}"), r.clone());
                 tracing::info!("listening on udp {}", r.local());
                 let shared = shared.clone();
                 thread::Builder::new().name(format!("udp {addr}")).spawn(move || {
@@ -558,8 +699,11 @@ fn start_receivers(config: &Config, shared: &Arc<Shared>) -> Result<()> {
         }
         Mode::Capture => {
             for ifname in &config.listen.interfaces {
-                let r = CaptureReceiver::open(ifname, config.listen.port)
-                    .with_context(|| format!("cannot capture on {ifname}"))?;
+                let r = Arc::new(
+                    CaptureReceiver::open(ifname, config.listen.port)
+                        .with_context(|| format!("cannot capture on {ifname}"))?,
+                );
+                shared.stats.add_receiver(format!("capture {ifname}"), r.clone());
                 tracing::info!("capturing udp port {} on {}", config.listen.port, r.interface());
                 let shared = shared.clone();
                 thread::Builder::new().name(format!("capture {ifname}")).spawn(move || {

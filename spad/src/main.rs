@@ -73,14 +73,41 @@ enum Cmd {
         #[arg(long, conflicts_with = "firewall")]
         all_gateways: bool,
     },
-    /// Revoke a grant of this or another gateway now, through the revoke channel of the
-    /// shared store (`[replay] store = "redis"`); waits until the grant is unpublished.
+    /// How the running spad is doing: uptime, backend, live grants, counters of grants and of
+    /// rejects by reason, the last tamper repair and backend error, packets the kernel
+    /// dropped, the shared store. Asked over the control socket (root only).
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: `[control] socket` of the configuration).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Close a grant now: by its id, or every live grant of an address (opened for it, or
+    /// knocked from it). Done at once by the running spad over the control socket, audited as
+    /// `revoke` with who asked (uid, user, pid); exits 1 when nothing matched. With
+    /// `--gateway`, the grant of any gateway sharing this one's Redis is revoked through the
+    /// shared store's revoke channel instead (waits until the grant is unpublished).
     Revoke {
-        /// The gateway whose grant it is (default: this one's `[replay.redis] gateway`).
+        /// The gateway whose grant it is, through Redis (`[replay] store = "redis"`).
         #[arg(long)]
         gateway: Option<String>,
-        /// The grant's id, as `spad list` shows it.
-        id: String,
+        /// The control socket (default: `[control] socket` of the configuration).
+        #[arg(long, value_name = "PATH", conflicts_with = "gateway")]
+        socket: Option<PathBuf>,
+        /// The grant's id as `spad list` and the audit log show it, or (without `--gateway`)
+        /// an address.
+        #[arg(value_name = "ID|ADDRESS")]
+        target: String,
+    },
+    /// Reload the configuration of the running spad, as SIGHUP does, and report the result:
+    /// what changed, or the error with its file and line (exit 1; the running configuration
+    /// and the live grants stay).
+    Reload {
+        /// The control socket (default: `[control] socket` of the configuration).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
     /// Write a spad.toml (and access.d/*.toml) equivalent to an fwknop server's configuration;
     /// list every fwknop variable not carried over, and why.
@@ -159,7 +186,11 @@ fn main() {
         Some(Cmd::List { json, firewall, all_gateways }) => {
             spad::list(&cli.config, json, firewall, all_gateways)
         }
-        Some(Cmd::Revoke { gateway, id }) => spad::revoke(&cli.config, gateway.as_deref(), &id),
+        Some(Cmd::Status { json, socket }) => spad::status(&cli.config, socket.as_deref(), json),
+        Some(Cmd::Revoke { gateway, socket, target }) => {
+            spad::revoke(&cli.config, gateway.as_deref(), &target, socket.as_deref())
+        }
+        Some(Cmd::Reload { socket }) => spad::reload_running(&cli.config, socket.as_deref()),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
         Some(Cmd::ImportFwknop { access, out, force, backend }) => {
             // Here --config names fwknopd.conf.

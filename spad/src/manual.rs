@@ -86,7 +86,7 @@ fn spad_8(cmd: clap::Command) -> Result<String> {
         "Reopen the audit file, then reload the configuration: new access stanzas, limits and log \
          settings take effect, live grants stay; changes to [listen], [firewall] and [replay] wait \
          for a restart (a warning says so). A configuration that does not load is reported and \
-         the running one is kept.",
+         the running one is kept. `spad reload` does the same and reports the result.",
     );
     entry(&mut r, "SIGUSR1", "Reopen the audit file (after logrotate moved it); nothing else changes.");
     entry(
@@ -130,6 +130,11 @@ fn spad_8(cmd: clap::Command) -> Result<String> {
         &mut r,
         "/var/log/spad/audit.jsonl",
         "The audit trail: one JSON object per line and decision, with RFC 3339 UTC times.",
+    );
+    entry(
+        &mut r,
+        "/run/spad/control.sock",
+        "The control socket of `spad status`, `spad revoke` and `spad reload` (mode 0600, root          only; `[control]` in spad.toml(5)).",
     );
 
     r.control("SH", ["EXIT STATUS"]);
@@ -329,6 +334,8 @@ mod tests {
             ("[log]".into(), accepted(&unknown_key::<Log>())),
             ("[nat]".into(), accepted(&unknown_key::<NatSettings>())),
             ("[limits]".into(), accepted(&unknown_key::<Limits>())),
+            ("[control]".into(), accepted(&unknown_key::<spad::control::Control>())),
+            ("[metrics]".into(), accepted(&unknown_key::<spad::metrics::Metrics>())),
             ("[[access]]".into(), accepted(&unknown_key::<AccessStanza>())),
             // Read by hand in config.rs, not by serde.
             ("[firewall]".into(), vec!["backend".into(), "keep_grants_on_exit".into()]),
@@ -345,10 +352,14 @@ mod tests {
 
         let (_, pieces) = pieces(EXAMPLE);
         let mut documented: Vec<(String, String)> = Vec::new();
+        let mut headers: Vec<String> = Vec::new();
         let mut table = String::new();
         for p in &pieces {
             match p {
-                Piece::Table { header, .. } => table.clone_from(header),
+                Piece::Table { header, .. } => {
+                    table.clone_from(header);
+                    headers.push(header.clone());
+                }
                 Piece::Key { key, text, .. } => {
                     assert!(!text.is_empty(), "{table} {key}: no description in conf/spad.toml");
                     documented.push((table.clone(), key.clone()));

@@ -233,12 +233,19 @@ pub struct Replays<'a> {
     local: &'a Mutex<PersistentReplay>,
     shared: Option<&'a ReplayShare>,
     degraded: bool,
+    errors: u64,
 }
 
 impl<'a> Replays<'a> {
     /// The local cache, and the shared store if one is configured.
     pub fn new(local: &'a Mutex<PersistentReplay>, shared: Option<&'a ReplayShare>) -> Self {
-        Self { local, shared, degraded: false }
+        Self { local, shared, degraded: false, errors: 0 }
+    }
+
+    /// How many times a store failed (the journal could not be written, the shared store did
+    /// not answer) since this was made.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     /// Whether a packet was let through on the local cache alone because the shared store
@@ -258,13 +265,20 @@ impl ReplayStore for Replays<'_> {
     /// Redis is down stays remembered locally, like one whose journal line failed.
     fn insert(&mut self, key: ReplayKey, now: u64) -> Insert {
         let here = self.local.lock().unwrap_or_else(PoisonError::into_inner).insert(key, now);
+        if here == Insert::Unwritable {
+            self.errors += 1;
+        }
         let (Insert::New, Some(shared)) = (here, self.shared) else { return here };
         match shared.claim(&key) {
             Claim::New => Insert::New,
             Claim::Seen => Insert::Seen,
             Claim::Down => match shared.policy() {
-                OnStoreDown::Reject => Insert::Unavailable,
+                OnStoreDown::Reject => {
+                    self.errors += 1;
+                    Insert::Unavailable
+                }
                 OnStoreDown::Local => {
+                    self.errors += 1;
                     self.degraded = true;
                     Insert::New
                 }
@@ -340,6 +354,14 @@ mod absent {
         }
         /// See the Redis build.
         pub fn policy(&self) -> OnStoreDown {
+            match *self {}
+        }
+        /// See the Redis build.
+        pub fn connected(&self) -> bool {
+            match *self {}
+        }
+        /// See the Redis build.
+        pub fn status(&self) -> serde_json::Value {
             match *self {}
         }
     }

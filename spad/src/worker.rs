@@ -15,10 +15,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use spa_backends::{Driver, EndKind, Event, Grant, GrantId, Ingress, Nat, RefusedBecause, State};
 use spa_engine::{Action, GrantRequest, NatHost};
 
-use crate::audit::{Audit, rfc3339};
+use crate::audit::{Audit, Requester, rfc3339};
 use crate::config::error_chain;
 use crate::shared_state::Publisher;
 use crate::state::{GrantStore, Interner, PersistentReplay};
+use crate::stats::Stats;
 
 /// How often the worker asks the backend whether its setup was tampered with.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -35,6 +36,15 @@ pub enum Msg {
         /// Who asked, for the audit trail.
         by: String,
     },
+    /// End live grants now, asked over the control socket; the reply lists what ended.
+    RevokeNow {
+        /// Which grants.
+        target: RevokeTarget,
+        /// Who asked, for the audit trail.
+        by: Requester,
+        /// What was revoked (empty: nothing matched).
+        reply: Sender<Vec<Revoked>>,
+    },
     /// Stop: revoke everything (unless `keep`), then confirm.
     Shutdown {
         /// Keep grants in the firewall.
@@ -43,6 +53,28 @@ pub enum Msg {
         done: Sender<()>,
     },
 }
+
+/// Which live grants a revoke asked over the control socket ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// The grant with this id.
+    Id(GrantId),
+    /// Every live grant for this address: opened for it, or asked for from it.
+    Address(IpAddr),
+}
+
+/// A grant a revoke ended, or tried to.
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    /// The grant.
+    pub grant: Grant,
+    /// `None` when it is closed; else why closing failed (it stays recorded as closing and
+    /// is retried).
+    pub error: Option<String>,
+}
+
+/// How often the count of live grants is refreshed at most, besides once a second.
+const RECOUNT_EVERY: Duration = Duration::from_millis(100);
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
@@ -68,6 +100,7 @@ fn new_id() -> GrantId {
 /// Writes what the driver reports to the log and the audit trail.
 pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
     let audit = || audit.lock().unwrap_or_else(PoisonError::into_inner);
+    let stats = audit().stats();
     for e in events {
         match e {
             Event::Granted(g) => {
@@ -103,6 +136,7 @@ pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
                     grant.source,
                     error_chain(&cause)
                 );
+                stats.backend_error(&format!("{action} {} refused: {}", grant.id, error_chain(&cause)));
                 audit().error(action, &grant, &text);
             }
             Event::Ended { grant, why, attempts } => {
@@ -118,18 +152,28 @@ pub fn report(audit: &Mutex<Audit>, events: Vec<Event>) {
                     closing.retry_at.saturating_sub(unix_now()),
                     error_chain(&error)
                 );
+                stats.backend_error(&format!(
+                    "{} {} failed: {}",
+                    closing.why.event(),
+                    grant.id,
+                    error_chain(&error)
+                ));
                 audit().closing(&grant, &closing, &error_chain(&error));
             }
             Event::Tampered { detail } => {
                 tracing::warn!("the firewall was changed under us: {detail}; rebuilding");
+                stats.tampered(&detail);
                 audit().daemon("tamper", serde_json::json!({ "what": detail }));
             }
             Event::Repaired { live } => {
                 tracing::warn!("protection rebuilt with {live} live grants");
+                stats.repaired(true);
                 audit().daemon("repaired", serde_json::json!({ "live_grants": live }));
             }
             Event::RepairFailed { error } => {
                 tracing::error!("rebuilding the protection failed: {}", error_chain(&error));
+                stats.repaired(false);
+                stats.backend_error(&format!("rebuilding the protection failed: {}", error_chain(&error)));
                 audit().daemon("repair_failed", serde_json::json!({ "error": error_chain(&error) }));
             }
         }
@@ -148,6 +192,10 @@ pub struct Worker {
     dirty: bool,
     heartbeat: Arc<AtomicU64>,
     publisher: Option<Publisher>,
+    stats: Arc<Stats>,
+    last_count: Instant,
+    /// Grants changed since the last count.
+    count_due: bool,
 }
 
 impl Worker {
@@ -160,6 +208,9 @@ impl Worker {
         audit: Arc<Mutex<Audit>>,
         heartbeat: Arc<AtomicU64>,
     ) -> Self {
+        let stats = audit.lock().unwrap_or_else(PoisonError::into_inner).stats();
+        let mut driver = driver;
+        driver.observe_calls(stats.clone());
         Self {
             driver,
             store,
@@ -171,7 +222,24 @@ impl Worker {
             dirty: true,
             heartbeat,
             publisher: None,
+            stats,
+            last_count: Instant::now(),
+            count_due: true,
         }
+    }
+
+    /// Counts the live grants for `spad status` and the metrics (a walk over the ledger): once
+    /// a second, and after changes, at most every [`RECOUNT_EVERY`] (a burst of grants is
+    /// counted once).
+    fn recount(&mut self, force: bool) {
+        if !force && (!self.count_due || self.last_count.elapsed() < RECOUNT_EVERY) {
+            return;
+        }
+        self.count_due = false;
+        self.last_count = Instant::now();
+        let now = unix_now();
+        let live = self.driver.ledger().live().filter(|g| g.deadline > now).count();
+        self.stats.live_grants.store(live as u64, Ordering::Relaxed);
     }
 
     /// Also publishes the grants to the shared store (`[replay] store = "redis"`).
@@ -199,12 +267,15 @@ impl Worker {
             let now = unix_now();
             let events = self.driver.tick(now, &mut self.store);
             self.dirty |= !events.is_empty();
+            self.count_due |= !events.is_empty();
             self.report(events);
+            self.recount(false);
             if self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
                 let events = self.driver.check(now, &mut self.store);
                 self.dirty |= !events.is_empty();
                 self.report(events);
+                self.recount(true);
             }
             if let Some(p) = &self.publisher
                 && p.wants_snapshot()
@@ -222,17 +293,29 @@ impl Worker {
             if let Some(wd) = watchdog {
                 wait = wait.min(wd);
             }
+            if self.count_due {
+                wait = wait.min(RECOUNT_EVERY.saturating_sub(self.last_count.elapsed()));
+            }
             match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok(Msg::Request(req, accepted, ifindex)) => {
                     let queued = accepted.elapsed();
                     self.handle(*req, ifindex);
+                    self.count_due = true;
                     tracing::debug!(
                         "request handled {} µs after acceptance ({} µs queued)",
                         accepted.elapsed().as_micros(),
                         queued.as_micros()
                     );
                 }
-                Ok(Msg::Revoke { id, by }) => self.revoke(id, &by),
+                Ok(Msg::Revoke { id, by }) => {
+                    self.revoke(id, &Requester::text(&by));
+                    self.count_due = true;
+                }
+                Ok(Msg::RevokeNow { target, by, reply }) => {
+                    let done = self.revoke_now(target, &by);
+                    self.recount(true);
+                    let _ = reply.send(done);
+                }
                 Ok(Msg::Shutdown { keep, done }) => {
                     self.shutdown(keep);
                     let _ = done.send(());
@@ -241,6 +324,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.recount(false);
         }
     }
 
@@ -261,6 +345,7 @@ impl Worker {
         }
         if let Ok(mut r) = self.replay.lock() {
             if let Err(e) = r.sync() {
+                self.stats.replay_store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("{}", error_chain(&e));
             }
             retry |= r.needs_rewrite();
@@ -352,29 +437,70 @@ impl Worker {
         self.dirty = true;
     }
 
+    /// Ends live grants asked for over the control socket: one by id, or every one for an
+    /// address (opened for it, or asked for from it). Returns what was ended; an id or
+    /// address that matches no live grant is audited as `revoke_unknown`.
+    fn revoke_now(&mut self, target: RevokeTarget, by: &Requester) -> Vec<Revoked> {
+        let now = unix_now();
+        let ids: Vec<GrantId> = match target {
+            RevokeTarget::Id(id) => vec![id],
+            RevokeTarget::Address(a) => {
+                let a = spa_engine::stanza::canonical(a);
+                let mut ids: Vec<GrantId> = self
+                    .driver
+                    .ledger()
+                    .live()
+                    .filter(|g| g.deadline > now && (g.source == a || g.packet_source == a))
+                    .map(|g| g.id)
+                    .collect();
+                ids.sort_unstable();
+                if ids.is_empty() {
+                    tracing::warn!("revoke of {a} asked by {:?}: no live grant for that address", by.by);
+                    let mut detail = serde_json::json!({"address": a.to_string()});
+                    by.annotate(&mut detail);
+                    self.audit().daemon("revoke_unknown", detail);
+                }
+                ids
+            }
+        };
+        ids.into_iter().filter_map(|id| self.revoke(id, by)).collect()
+    }
+
     /// Ends a live grant on request, auditing `revoke` with who asked. An id that names no
     /// live grant is logged and audited as `revoke_unknown`; a close that fails is retried like
-    /// any other (audited as `error` with `"closing": true`).
-    fn revoke(&mut self, id: GrantId, by: &str) {
+    /// any other (audited as `error` with `"closing": true`). Returns what became of the
+    /// grant, if there was one.
+    fn revoke(&mut self, id: GrantId, by: &Requester) -> Option<Revoked> {
         if self.driver.ledger().get(id).is_none_or(|r| r.state != State::Live) {
-            tracing::warn!("revoke of {id} asked by {by:?}: no live grant has that id");
-            self.audit().daemon("revoke_unknown", serde_json::json!({"id": id.to_string(), "by": by}));
-            return;
+            tracing::warn!("revoke of {id} asked by {:?}: no live grant has that id", by.by);
+            let mut detail = serde_json::json!({"id": id.to_string()});
+            by.annotate(&mut detail);
+            self.audit().daemon("revoke_unknown", detail);
+            return None;
         }
         let events = self.driver.revoke(id, unix_now(), &mut self.store);
         self.dirty = true;
         if let Some(p) = &self.publisher {
             p.events(&events);
         }
+        let mut outcome = None;
         for e in events {
             match e {
                 Event::Ended { grant, why: EndKind::Revoke, attempts } if grant.id == id => {
-                    tracing::info!("revoke {id} for {} (asked by {by:?})", grant.source);
+                    tracing::info!("revoke {id} for {} (asked by {:?})", grant.source, by.by);
                     self.audit().revoked(&grant, attempts, by);
+                    outcome = Some(Revoked { grant, error: None });
+                }
+                Event::CloseFailed { grant, closing, error } if grant.id == id => {
+                    let text = error_chain(&error);
+                    let grant_copy = grant.clone();
+                    report(&self.audit, vec![Event::CloseFailed { grant, closing, error }]);
+                    outcome = Some(Revoked { grant: grant_copy, error: Some(text) });
                 }
                 other => report(&self.audit, vec![other]),
             }
         }
+        outcome
     }
 
     fn shutdown(&mut self, keep: bool) {

@@ -58,6 +58,7 @@ fw_access_timeout = {timeout}
 fn start(gw: &Netns, fw: &FirewalldLab, dir: &Path, text: &str) -> Daemon {
     let config = dir.join("spad.toml");
     write_private(&config, text);
+    support::own_control_socket(&config, dir);
     let mut child = gw
         .cmd(env!("CARGO_BIN_EXE_spad"))
         .args(["--config", config.to_str().unwrap()])

@@ -206,6 +206,7 @@ fn the_watchdog_is_fed_while_the_worker_runs_and_starves_when_it_hangs() {
     let text = config(dir.path(), &fw, 60);
     let conf = dir.path().join("spad.toml");
     write_private(&conf, &text);
+    support::own_control_socket(&conf, dir.path());
     let sock_path = dir.path().join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();

@@ -480,6 +480,9 @@ state_dir = "{dir}/state"
 audit = "{dir}/audit.jsonl"
 max_rejects_per_second = 1000
 
+[control]
+socket = "{dir}/control.sock"
+
 [[access]]
 name = "roaming"
 source = "any"

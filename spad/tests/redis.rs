@@ -326,6 +326,12 @@ fn with_redis_down_reject_refuses_and_local_accepts_once_then_sharing_resumes() 
     lab.knock_a(&knock());
     a.wait_event("replay_store_down", |e| rejected(e, "replay_store_down"));
     assert_eq!(a.count(|e| is(e, "grant")), 0);
+    // `spad status` says so: the store is not connected, and the refusal is a store error.
+    let s = status(&a);
+    assert_eq!(s["shared_store"]["connected"], false, "{s:#}");
+    assert_eq!(s["shared_store"]["gateway"], "gw-a");
+    assert!(!s["shared_store"]["url"].as_str().unwrap().contains(PASSWORD), "{s:#}");
+    assert_eq!((&s["replay_store_errors"], &s["rejects"]["replay_store_down"]), (&1.into(), &1.into()));
     // local: accepted once, audited as degraded; the same packet again is a replay.
     let p = knock();
     lab.knock_b(&p);
@@ -341,6 +347,7 @@ fn with_redis_down_reject_refuses_and_local_accepts_once_then_sharing_resumes() 
     for d in [&a, &b] {
         d.wait_event("replay_store_reachable", |e| is(e, "replay_store_reachable"));
     }
+    assert_eq!(status(&a)["shared_store"]["connected"], true);
     let p = knock();
     lab.knock_a(&p);
     let after = a.wait_event("grant at gw-a", |e| is(e, "grant"));
@@ -349,6 +356,11 @@ fn with_redis_down_reject_refuses_and_local_accepts_once_then_sharing_resumes() 
     assert_eq!(b.count(|e| is(e, "grant")), 1);
     // The grant made while Redis was down is published once it is back.
     wait_listed(&a, &[("gw-a", &id(&after)), ("gw-b", &id(&during))]);
+}
+
+/// `spad status --json` of a gateway.
+fn status(d: &Daemon) -> Value {
+    serde_json::from_str(&ok(&d.spad(&["status", "--json"]))).unwrap()
 }
 
 #[test]

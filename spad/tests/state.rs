@@ -68,6 +68,7 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("spad.toml");
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    support::own_control_socket(&path, dir);
     path
 }
 
@@ -353,7 +354,11 @@ fn state_others_own_or_can_write_is_refused() {
 fn what_spad_creates_is_private_whatever_the_umask() {
     let ns = Netns::new("st5");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config(dir.path(), LOOPBACK, "127.0.0.1"));
+    // The control socket in a runtime directory spad has to make.
+    let run = dir.path().join("run");
+    let text = config(dir.path(), LOOPBACK, "127.0.0.1");
+    let text = format!("{text}\n[control]\nsocket = \"{}\"\n", run.join("control.sock").display());
+    let config = write_config(dir.path(), &text);
     let mut child = ns
         .cmd("sh")
         .args([
@@ -377,6 +382,7 @@ fn what_spad_creates_is_private_whatever_the_umask() {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
     assert_eq!(std::fs::read_to_string(state.join("lock")).unwrap().trim(), child.id().to_string());
+    assert_eq!((mode(&run), mode(&run.join("control.sock"))), (0o700, 0o600));
     let _ = child.kill();
     let _ = child.wait();
 }

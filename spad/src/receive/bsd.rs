@@ -64,6 +64,14 @@ const BIOCSETF: c_ulong = ioc(IOC_IN, 103, size_of::<BpfProgram>());
 const BIOCGDLT: c_ulong = ioc(IOC_OUT, 106, size_of::<c_uint>());
 const BIOCSETIF: c_ulong = ioc(IOC_IN, 108, size_of::<IfReq>());
 const BIOCIMMEDIATE: c_ulong = ioc(IOC_IN, 112, size_of::<c_uint>());
+/// `struct bpf_stat`: packets received and dropped by the device since it was opened.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct BpfStat {
+    _recv: c_uint,
+    drop: c_uint,
+}
+const BIOCGSTATS: c_ulong = ioc(IOC_OUT, 111, size_of::<BpfStat>());
 /// FreeBSD `BIOCSDIRECTION` (its old name, and macOS's, is `BIOCSSEESENT`): 0 (`BPF_D_IN`,
 /// or "do not see sent") delivers incoming packets only.
 #[cfg(any(target_os = "freebsd", target_os = "macos"))]
@@ -79,6 +87,8 @@ const BPF_DIRECTION_OUT: c_uint = 1 << 1;
 const _: () = assert!(size_of::<IfReq>() == 32 && BIOCSETIF == libc::BIOCSETIF as c_ulong);
 const _: () = assert!(BIOCGBLEN == libc::BIOCGBLEN as c_ulong && BIOCSBLEN == libc::BIOCSBLEN as c_ulong);
 const _: () = assert!(BIOCIMMEDIATE == libc::BIOCIMMEDIATE as c_ulong);
+#[cfg(any(target_os = "freebsd", target_os = "macos"))]
+const _: () = assert!(BIOCGSTATS == libc::BIOCGSTATS as c_ulong);
 #[cfg(any(target_os = "freebsd", target_os = "macos"))]
 const _: () = assert!(BIOCGDLT == libc::BIOCGDLT as c_ulong);
 #[cfg(target_os = "freebsd")]
@@ -319,6 +329,14 @@ impl UdpReceiver {
     }
 }
 
+impl crate::stats::ReceiveDrops for UdpReceiver {
+    /// These systems keep no per-socket drop count that a program can read (FreeBSD's and
+    /// macOS's `netstat -s` counts "dropped due to full socket buffers" for all sockets).
+    fn drops(&self) -> Option<u64> {
+        None
+    }
+}
+
 // ----- capture ------------------------------------------------------------------------------
 
 /// Opens the first BPF device that is free: `/dev/bpf` (cloning, FreeBSD and OpenBSD), else
@@ -450,6 +468,14 @@ impl CaptureReceiver {
         &self.interface
     }
 
+    /// `BIOCGSTATS`: packets the device dropped (its buffer was full) since it was opened.
+    fn dropped(&self) -> io::Result<u64> {
+        let mut s = BpfStat::default();
+        // SAFETY: BIOCGSTATS writes a struct bpf_stat.
+        unsafe { ioctl(self.fd.as_raw_fd(), BIOCGSTATS, &mut s) }?;
+        Ok(u64::from(s.drop))
+    }
+
     fn reattach(&self) -> io::Result<()> {
         let fd = self.fd.as_raw_fd();
         let mut ifr = IfReq { name: self.ifr.name, _union: [0; 2] };
@@ -494,5 +520,11 @@ impl CaptureReceiver {
             }
         }
         Ok(())
+    }
+}
+
+impl crate::stats::ReceiveDrops for CaptureReceiver {
+    fn drops(&self) -> Option<u64> {
+        self.dropped().ok()
     }
 }

@@ -11,6 +11,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
@@ -185,6 +186,24 @@ impl UdpReceiver {
     }
 }
 
+/// Reads a socket option into a plain C value; `None` if the kernel refuses it.
+fn get_option<T: Copy>(fd: i32, level: libc::c_int, name: libc::c_int, mut value: T) -> Option<T> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a plain C value of `len` bytes that the kernel writes at most.
+    let r = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
+    (r == 0).then_some(value)
+}
+
+impl crate::stats::ReceiveDrops for UdpReceiver {
+    /// `SO_MEMINFO`'s drop counter: datagrams the kernel dropped since the socket was opened
+    /// because its receive buffer was full. Read on demand; nothing is done per packet.
+    fn drops(&self) -> Option<u64> {
+        const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+        let info = get_option(self.socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, [0u32; VARS])?;
+        Some(u64::from(info[VARS - 1]))
+    }
+}
+
 /// The destination address and the index of the interface the datagram arrived on, from an
 /// `IP_PKTINFO`/`IPV6_PKTINFO` control message.
 fn pktinfo(h: &libc::msghdr) -> Option<(IpAddr, u32)> {
@@ -305,6 +324,8 @@ pub struct CaptureReceiver {
     port: u16,
     interface: String,
     ifindex: u32,
+    /// Drops reported so far (`PACKET_STATISTICS` resets the kernel's count at each read).
+    drops: AtomicU64,
 }
 
 impl CaptureReceiver {
@@ -337,7 +358,13 @@ impl CaptureReceiver {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd: socket.into(), port, interface: interface.to_owned(), ifindex })
+        Ok(Self {
+            fd: socket.into(),
+            port,
+            interface: interface.to_owned(),
+            ifindex,
+            drops: AtomicU64::new(0),
+        })
     }
 
     /// The interface.
@@ -364,9 +391,39 @@ impl CaptureReceiver {
     }
 }
 
+impl crate::stats::ReceiveDrops for CaptureReceiver {
+    /// `PACKET_STATISTICS`: packets that passed the filter but found the socket's buffer full.
+    /// The kernel resets its count at each read, so the reads are summed here.
+    fn drops(&self) -> Option<u64> {
+        // SAFETY: tpacket_stats is a plain C struct; all-zero is valid.
+        let zero: libc::tpacket_stats = unsafe { zeroed() };
+        let s = get_option(self.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, zero)?;
+        Some(self.drops.fetch_add(u64::from(s.tp_drops), Ordering::Relaxed) + u64::from(s.tp_drops))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket nobody reads overflows, and the kernel's count of what it dropped shows.
+    #[test]
+    fn a_full_socket_reports_its_drops() {
+        use crate::stats::ReceiveDrops;
+        let r = UdpReceiver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = r.socket.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(r.drops(), Some(0));
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Far more than the receive buffer (at most net.core.rmem_max, doubled) holds.
+        let payload = [0u8; 1400];
+        let mut sent = 0u64;
+        while r.drops().unwrap() == 0 && sent < 200_000 {
+            s.send_to(&payload, to).unwrap();
+            sent += 1;
+        }
+        let drops = r.drops().unwrap();
+        assert!(drops > 0 && drops < sent, "{drops} of {sent}");
+    }
 
     #[test]
     fn each_datagram_is_read_from_its_own_buffer_when_frames_were_skipped() {

@@ -211,6 +211,24 @@ impl ReplayShare {
         self.policy
     }
 
+    /// Whether a ready connection is pooled (what the next packet would find).
+    pub fn connected(&self) -> bool {
+        self.pooled() > 0
+    }
+
+    /// The store as `spad status` shows it: where (the URL without its password), as which
+    /// gateway, and how many of the wanted connections are ready.
+    pub fn status(&self) -> serde_json::Value {
+        json!({
+            "url": self.connector.url,
+            "gateway": self.keys.gateway(),
+            "connected": self.connected(),
+            "connections": self.pooled(),
+            "wanted": self.wanted,
+            "on_store_down": policy_name(self.policy),
+        })
+    }
+
     /// Records `key` for every gateway unless one has it: `SET NX PX` on a pooled connection.
     /// Never connects, and waits for one answer at most the timeout; a connection that failed
     /// is dropped. When it failed at once because it was dead (as every pooled connection is

@@ -47,6 +47,7 @@ impl Daemon {
 
     /// Starts (or restarts) spad; the log then holds this run's lines only.
     pub fn spawn(&mut self, gw: &Netns) {
+        own_control_socket(&self.config, &self.dir);
         self.log.lock().unwrap().clear();
         let mut child = gw
             .cmd(env!("CARGO_BIN_EXE_spad"))
@@ -175,6 +176,19 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Gives a test's daemon a control socket in its own directory, unless its configuration names
+/// one: the default (`/run/spad/control.sock`) is the host's, and tests run side by side. The
+/// table is appended (the file keeps its mode).
+pub fn own_control_socket(config: &Path, dir: &Path) {
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    if text.contains("[control]") {
+        return;
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(config).unwrap();
+    let table = format!("\n[control]\nsocket = \"{}\"\n", dir.join("control.sock").display());
+    std::io::Write::write_all(&mut f, table.as_bytes()).unwrap();
 }
 
 /// `spad <args> --config <config>`, outside any namespace.
