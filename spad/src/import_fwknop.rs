@@ -225,6 +225,12 @@ struct Daemon {
     backend: String,
     keep_grants_on_exit: bool,
     pf_anchor: Option<String>,
+    /// `ENABLE_TCP_SERVER`: knocks over TCP too.
+    tcp: bool,
+    /// `ENABLE_SPA_OVER_HTTP`: knocks as HTTP requests too (over the TCP listener).
+    http: bool,
+    /// `TCPSERV_PORT`.
+    tcp_port: u16,
     access_file: Option<PathBuf>,
     access_folder: Option<PathBuf>,
     /// `(variable, line)` of what was mapped, for the comments.
@@ -245,6 +251,9 @@ impl Default for Daemon {
             backend: "iptables".into(),
             keep_grants_on_exit: false,
             pf_anchor: None,
+            tcp: false,
+            http: false,
+            tcp_port: crate::config::DEFAULT_PORT,
             access_file: None,
             access_folder: None,
             from: BTreeMap::new(),
@@ -308,8 +317,14 @@ const NO_EQUIVALENT: &[(&str, &str)] = &[
     ("IPFW_*", "spad's ipfw backend has its own rule range ([firewall.ipfw] rule_base, set)"),
     ("FLUSH_IPFW_AT_*", "spad's ipfw backend reconciles at start and keeps its rules in its own set"),
     ("PF_EXPIRE_INTERVAL", "spad's pf backend ends grants by its own clock"),
-    ("ALLOW_ANY_USER_AGENT", "needs the HTTP receiver"),
-    ("ENABLE_X_FORWARDED_FOR", "needs the HTTP receiver"),
+    (
+        "ALLOW_ANY_USER_AGENT",
+        "spad takes an HTTP knock whatever its User-Agent (the packet authenticates it, not the header)",
+    ),
+    (
+        "ENABLE_X_FORWARDED_FOR",
+        "spad takes a knock's source from the TCP connection only (a header is the sender's to choose)",
+    ),
 ];
 
 fn no_equivalent(name: &str) -> Option<&'static str> {
@@ -372,15 +387,20 @@ fn read_daemon(path: Option<&Path>, backend: Option<&str>, unmapped: &mut Vec<Un
                 nfq = true;
                 no(v, "spad captures with a packet socket (listen.mode = \"capture\"), not NFQUEUE".into());
             }
-            "ENABLE_TCP_SERVER" | "TCPSERV_PORT" | "TCP_SERVER_PORT" => {
-                if v.name != "ENABLE_TCP_SERVER" || yes(val) {
-                    no(v, "needs the TCP receiver".into());
-                }
+            "ENABLE_TCP_SERVER" => {
+                d.tcp = yes(val);
+                d.from.insert("ENABLE_TCP_SERVER", v.at.clone());
             }
-            "ENABLE_SPA_OVER_HTTP" => {
-                if yes(val) {
-                    no(v, "needs the HTTP receiver".into());
+            "TCPSERV_PORT" | "TCP_SERVER_PORT" => match val.parse::<u16>() {
+                Ok(p) if p != 0 => {
+                    d.tcp_port = p;
+                    d.from.insert("TCPSERV_PORT", v.at.clone());
                 }
+                _ => no(v, "is not a port number".into()),
+            },
+            "ENABLE_SPA_OVER_HTTP" => {
+                d.http = yes(val);
+                d.from.insert("ENABLE_SPA_OVER_HTTP", v.at.clone());
             }
             "ENABLE_SPA_PACKET_AGING" => {
                 if !yes(val) {
@@ -532,6 +552,8 @@ fn convert_stanza(s: &RawStanza, index: usize, d: &Daemon) -> Converted {
     let mut enc_key = false;
     let mut hmac_key = false;
     let mut cmd_exec = None;
+    // CMD_EXEC_USER / CMD_EXEC_GROUP (spad has them), and the sudo variables (it has not).
+    let mut exec_as = Vec::new();
     let mut cmd_user = Vec::new();
     let mut gpg = Vec::new();
     let mut snat_own = false;
@@ -622,8 +644,8 @@ fn convert_stanza(s: &RawStanza, index: usize, d: &Daemon) -> Converted {
                 }
             }
             "ENABLE_CMD_EXEC" => cmd_exec = Some(v),
-            "CMD_EXEC_USER" | "CMD_EXEC_GROUP" | "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER"
-            | "CMD_SUDO_EXEC_GROUP" => cmd_user.push(v),
+            "CMD_EXEC_USER" | "CMD_EXEC_GROUP" => exec_as.push(v),
+            "ENABLE_CMD_SUDO_EXEC" | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => cmd_user.push(v),
             "CMD_CYCLE_OPEN" | "CMD_CYCLE_CLOSE" | "CMD_CYCLE_TIMER" => no(
                 v,
                 "spad runs custom commands through the script backend ([firewall] backend = \"script\"), not per \
@@ -685,20 +707,43 @@ fn convert_stanza(s: &RawStanza, index: usize, d: &Daemon) -> Converted {
             _ => no(v, "is not an access.conf variable; fwknopd ignores unknown ones too".into()),
         }
     }
+    let exec_user = exec_as.iter().rev().find(|v| v.name == "CMD_EXEC_USER");
+    let exec_group = exec_as.iter().rev().find(|v| v.name == "CMD_EXEC_GROUP");
+    let mut commands_on = false;
     if let Some(v) = cmd_exec.filter(|v| yes(&v.value)) {
         if cmd_user.is_empty() {
             c.lines.push("enable_cmd_exec = true".into());
+            commands_on = true;
         } else {
             no(
                 v,
-                "left off: fwknop runs this stanza's commands as another user (or through sudo), and spad would \
-                 run them as root"
+                "left off: fwknop runs this stanza's commands through sudo, which spad does not do (it runs them \
+                 as root, or as cmd_exec_user)"
                     .into(),
             );
         }
     }
+    match (commands_on, exec_user) {
+        (true, Some(u)) => {
+            c.lines.push(format!("cmd_exec_user = {}", quote(&u.value)));
+            if let Some(g) = exec_group {
+                c.lines.push(format!("cmd_exec_group = {}", quote(&g.value)));
+            }
+        }
+        // spad takes a command group only with a command user: said, and commands run as root.
+        (true, None) => {
+            if let Some(g) = exec_group {
+                no(g, "spad takes cmd_exec_group only with cmd_exec_user; commands run as root".into());
+            }
+        }
+        (false, _) => {
+            for v in exec_as {
+                no(v, "command messages are off for this stanza".into());
+            }
+        }
+    }
     for v in cmd_user {
-        no(v, "spad has no per-stanza command user; command messages stay off for this stanza".into());
+        no(v, "spad runs no command through sudo; command messages stay off for this stanza".into());
     }
     for v in &gpg {
         no(v, "spad does not do GnuPG encryption (Rijndael keys only)".into());
@@ -826,6 +871,29 @@ pub fn convert(access: Option<&Path>, config: Option<&Path>, backend: Option<&st
             array(&[format!("0.0.0.0:{}", d.port)]),
             from(&d, "UDPSERV_PORT")
         );
+    }
+    if d.tcp || d.http {
+        let _ = writeln!(main, "\n[listen.tcp]");
+        if !d.tcp {
+            let _ = writeln!(
+                main,
+                "# fwknopd sniffed HTTP knocks with pcap; spad takes them on a TCP listener (exposed: see README)"
+            );
+        }
+        let _ = writeln!(
+            main,
+            "enable = true{}",
+            from(&d, if d.tcp { "ENABLE_TCP_SERVER" } else { "ENABLE_SPA_OVER_HTTP" })
+        );
+        let _ = writeln!(
+            main,
+            "addresses = {}{}",
+            array(&[format!("0.0.0.0:{}", d.tcp_port), format!("[::]:{}", d.tcp_port)]),
+            from(&d, "TCPSERV_PORT")
+        );
+        if d.http {
+            let _ = writeln!(main, "http = true{}", from(&d, "ENABLE_SPA_OVER_HTTP"));
+        }
     }
     let _ = writeln!(main, "\n[firewall]");
     let _ = writeln!(main, "backend = {}{}", quote(&d.backend), from(&d, "FIREWALL_EXE"));

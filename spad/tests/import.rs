@@ -209,7 +209,7 @@ fn a_hand_written_setup_with_includes_nat_and_gpg_is_carried_over_and_the_rest_l
         assert_eq!(mode(&out_dir.join(n)), 0o600, "{n}");
     }
     assert!(stdout.ends_with(&format!(
-        "3 access stanzas; 11 fwknop variables not carried over or needing attention (listed above and in the \
+        "3 access stanzas; 9 fwknop variables not carried over or needing attention (listed above and in the \
          file); check with: spad check --config {}\n",
         out_dir.join("spad.toml").display()
     )), "{stdout}");
@@ -221,8 +221,6 @@ fn a_hand_written_setup_with_includes_nat_and_gpg_is_carried_over_and_the_rest_l
     let g = gpg.display();
     let keys = dir.path().join("keys.inc");
     let expected = [
-        format!("ENABLE_TCP_SERVER ({c}:6): needs the TCP receiver"),
-        format!("ENABLE_SPA_OVER_HTTP ({c}:7): needs the HTTP receiver"),
         format!(
             "ENABLE_PCAP_PROMISC ({c}:8): spad captures what is addressed to this host (no promiscuous mode)"
         ),
@@ -253,6 +251,10 @@ fn a_hand_written_setup_with_includes_nat_and_gpg_is_carried_over_and_the_rest_l
         "keep_grants_on_exit = true   # fwknop FLUSH_IPT_AT_EXIT",
         "enable_forwarding = true   # fwknop ENABLE_IPT_FORWARDING",
         "protect = [\"tcp/22\", \"tcp/2022\", \"tcp/2222\"]",
+        "[listen.tcp]",
+        "enable = true   # fwknop ENABLE_TCP_SERVER",
+        "addresses = [\"0.0.0.0:62201\", \"[::]:62201\"]",
+        "http = true   # fwknop ENABLE_SPA_OVER_HTTP",
     ] {
         assert!(main.lines().any(|l| l.starts_with(want)), "{want} not in:\n{main}");
     }
@@ -330,12 +332,12 @@ fn without_includes_the_stanzas_stay_in_spad_toml_and_a_udp_server_becomes_socke
     ] {
         assert!(main.lines().any(|l| l.starts_with(want)), "{want} not in:\n{main}");
     }
-    // Commands would run as root in spad: they stay off, and that is said.
-    assert!(!main.contains("enable_cmd_exec"), "{main}");
+    // Commands run as fwknop ran them: as CMD_EXEC_USER.
+    for want in ["enable_cmd_exec = true", "cmd_exec_user = \"nobody\""] {
+        assert!(main.lines().any(|l| l.starts_with(want)), "{want} not in:\n{main}");
+    }
     let a = access.display();
     for want in [
-        format!("ENABLE_CMD_EXEC ({a}:3): left off: fwknop runs this stanza's commands as another user"),
-        format!("CMD_EXEC_USER ({a}:4): spad has no per-stanza command user"),
         format!("HMAC_KEY ({a}:5): is 5 bytes; spad requires at least 16 (spad check refuses it)"),
         format!("HMAC_KEY ({a}:7): the stanza has no HMAC key: written with allow_no_hmac = true"),
     ] {
@@ -424,13 +426,16 @@ fn real_fwknop_knocks_work_against_the_imported_configuration() {
         "open for the attacker"
     );
 
-    // Stanza 3 (base64 keys from %include_keys, HMAC-SHA512): its own port.
+    // Stanza 3 (base64 keys from %include_keys, HMAC-SHA512): its own port, knocked over TCP
+    // (ENABLE_TCP_SERVER became [listen.tcp]; the capture sees only UDP).
     let other = GatewayLab::addr(GatewayLab::GW4, 2022);
     assert!(!lab.client.tcp_connects(other, short), "tcp/2022 open before its knock");
     fwknop(
         &lab,
         dir.path(),
         &[
+            "-P",
+            "tcp",
             "-A",
             "tcp/2022",
             "--key-base64-rijndael",
@@ -447,7 +452,12 @@ fn real_fwknop_knocks_work_against_the_imported_configuration() {
     // Stanza 4: FORCE_NAT sends the knock's port to the internal host's ssh.
     let ext = GatewayLab::addr(GatewayLab::GW4, 2222);
     assert!(!lab.client.tcp_connects(ext, short), "forwarded before the NAT knock");
-    fwknop(&lab, dir.path(), &["-A", "tcp/2222", "--key-rijndael", KEY_C, "--key-hmac", HMAC_C]);
+    // Knocked as an HTTP request (ENABLE_SPA_OVER_HTTP became [listen.tcp] http).
+    fwknop(
+        &lab,
+        dir.path(),
+        &["-P", "http", "-A", "tcp/2222", "--key-rijndael", KEY_C, "--key-hmac", HMAC_C],
+    );
     d.wait_event("NAT grant", |e| is(e, "grant") && e["stanza"] == "fwknop-4");
     assert!(lab.client.wait_tcp(ext, Duration::from_secs(5)).is_some(), "NAT grant does not forward");
     let banner = lab.client.sh("nc -n -w 1 10.201.1.1 2222 </dev/null || true");
