@@ -233,3 +233,20 @@ fn the_specification_shows_vector_1_as_stored() {
         assert!(SPEC.contains(&line), "docs/modern-format.md lacks {line}");
     }
 }
+
+#[test]
+fn the_specification_s_stanza_example_compiles() {
+    let start = SPEC.find("```toml\n[[access]]").expect("a TOML example in section 7");
+    let text = &SPEC[start + "```toml\n".len()..];
+    let text = &text[..text.find("```").unwrap()];
+    #[derive(serde::Deserialize)]
+    struct File {
+        access: Vec<AccessStanza>,
+    }
+    let file: File = toml::from_str(text).unwrap();
+    let server = ServerSecretKey::from_bytes(&[1; 32]);
+    let v = Verifier::with_server_key(&file.access, Settings::default(), server).unwrap();
+    let mut names: Vec<String> = v.stanzas()[0].users().into_iter().map(|(_, n)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob-laptop"]);
+}
