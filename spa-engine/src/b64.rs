@@ -38,6 +38,12 @@ pub fn decode_into(text: impl AsRef<[u8]>, out: &mut Vec<u8>) -> bool {
     ENGINE.decode_vec(text, out).is_ok()
 }
 
+/// Decodes into `out` without allocating; the number of bytes written, or `None` for anything
+/// not canonical base64 or too long for `out`.
+pub fn decode_slice(text: impl AsRef<[u8]>, out: &mut [u8]) -> Option<usize> {
+    ENGINE.decode_slice(text, out).ok()
+}
+
 /// Length of the unpadded encoding of `n` bytes.
 pub const fn encoded_len(n: usize) -> usize {
     (n * 4).div_ceil(3)

@@ -1,14 +1,18 @@
 //! The sans-I/O core of the SPA system: fwknop's wire format (FKO protocol 3.0.0), its crypto,
-//! access policy, replay protection and verdicts.
+//! the modern public-key format ([`modern`], `docs/modern-format.md`), access policy, replay
+//! protection and verdicts.
 //!
 //! Nothing here touches a socket, a file, a thread or the clock: the caller passes the payload,
 //! the addresses, the time, the randomness and the replay store. That keeps the packet path
 //! testable in memory, fuzzable, and identical in the client, the daemon and the tests.
 //!
-//! - Client: build a [`message::SpaMessage`], then [`packet::seal`] it.
-//! - Server: compile [`stanza::AccessStanza`]s into a [`verify::Verifier`] and call
-//!   [`verify::Verifier::verify`] for each datagram.
-//! - Debugging: [`packet::open`] decodes one packet with one set of keys.
+//! - Client: build a [`message::SpaMessage`], then [`packet::seal`] it (fwknop format); or
+//!   build a [`modern::ModernRequest`] and [`modern::seal`] it with the user's key.
+//! - Server: compile [`stanza::AccessStanza`]s into a [`verify::Verifier`] (with
+//!   [`verify::Verifier::with_server_key`] when a stanza has `format = "modern"`) and call
+//!   [`verify::Verifier::verify`] for each datagram, whatever its format.
+//! - Debugging: [`packet::open`] decodes one packet with one set of keys; [`modern::open`]
+//!   one modern packet with the server's key.
 
 pub mod access;
 pub mod b64;
@@ -16,6 +20,7 @@ pub mod cipher;
 pub mod digest;
 pub mod keys;
 pub mod message;
+pub mod modern;
 pub mod packet;
 pub mod replay;
 pub mod stanza;
@@ -27,8 +32,11 @@ pub use cipher::EncryptionMode;
 pub use digest::DigestType;
 pub use keys::{EncryptionKey, HmacKey};
 pub use message::{MessageType, SpaMessage};
+pub use modern::{
+    ModernRequest, NatRequest, ServerPublicKey, ServerSecretKey, UserPublicKey, UserSigningKey,
+};
 pub use replay::{MemoryReplayStore, ReplayStore};
-pub use stanza::{AccessStanza, Settings};
+pub use stanza::{AccessStanza, Format, Settings, UserEntry};
 pub use verdict::{Access, Action, GrantRequest, Nat, RejectReason, Snat, Verdict};
 pub use verify::{PacketMeta, Verifier};
 
@@ -127,6 +135,41 @@ pub enum Error {
     /// No access stanza at all.
     #[error("no access stanzas")]
     NoStanzas,
+    /// A key whose text lacks its type prefix (a server key where a user key belongs, say).
+    #[error("expected a key starting with {prefix}")]
+    KeyPrefix {
+        /// The prefix expected (`ed25519:`, `x25519-secret:`, ...).
+        prefix: &'static str,
+    },
+    /// A key whose text is not 32 bytes of base64.
+    #[error("{what} is not 32 bytes of base64")]
+    KeyEncoding {
+        /// Which kind of key.
+        what: &'static str,
+    },
+    /// A public key that is not a usable curve point (not a point, or of small order).
+    #[error("{what} is not a usable curve point")]
+    WeakKey {
+        /// Which kind of key.
+        what: &'static str,
+    },
+    /// A key file that does not hold exactly one key.
+    #[error("invalid key file: {0}")]
+    KeyFile(&'static str),
+    /// A stanza key that the stanza's wire format does not use.
+    #[error("{key} does not apply to format = \"{format}\"")]
+    NotForFormat {
+        /// The stanza key.
+        key: &'static str,
+        /// The stanza's format.
+        format: &'static str,
+    },
+    /// The same user key twice in one stanza's `users`.
+    #[error("user key {key} is listed twice")]
+    DuplicateUser {
+        /// The key, as written (public).
+        key: String,
+    },
     /// An error in one stanza.
     #[error("access stanza {name}")]
     Stanza {

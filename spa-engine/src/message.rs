@@ -186,7 +186,8 @@ pub enum Request {
     Command(CommandMessage),
 }
 
-fn valid_username(u: &str) -> bool {
+/// fwknop's username rules: 1 to 48 bytes of printable ASCII without `"/\[]:;|=,+*?<>`.
+pub(crate) fn valid_username(u: &str) -> bool {
     !u.is_empty()
         && u.len() <= MAX_USERNAME_LEN
         && u.bytes().all(|b| (0x20..0x7f).contains(&b) && !USERNAME_FORBIDDEN.contains(&b))

@@ -4,6 +4,7 @@
 //! recognises every line. Values are typed and checked while deserializing, so a TOML error
 //! points at the exact key; rules that span several keys are checked by [`Stanza::compile`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -19,11 +20,87 @@ use crate::access::{ProtoPort, parse_port, parse_port_list};
 use crate::cipher::EncryptionMode;
 use crate::digest::{DigestType, HmacState};
 use crate::keys::{EncryptionKey, HmacKey, keys_equal};
+use crate::message::valid_username;
+use crate::modern::UserPublicKey;
 
 /// fwknop's default `FW_ACCESS_TIMEOUT`.
 pub const DEFAULT_FW_ACCESS_TIMEOUT: u32 = 30;
 /// fwknop's default `MAX_FW_TIMEOUT`.
 pub const DEFAULT_MAX_FW_TIMEOUT: u32 = 300;
+
+/// The wire format a stanza accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// fwknop's format (FKO 3.0.0): a shared Rijndael key and HMAC key.
+    #[default]
+    Fwknop,
+    /// The modern format: users' Ed25519 keys, packets sealed to the server's X25519 key
+    /// (`docs/modern-format.md`).
+    Modern,
+}
+
+impl Format {
+    /// The name written in `format = "..."`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Fwknop => "fwknop",
+            Format::Modern => "modern",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of a modern stanza's `users`: `"ed25519:<base64>"`, optionally followed by white
+/// space and a name for the audit trail (`"ed25519:<base64> alice"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserEntry {
+    /// The user's public key.
+    pub key: UserPublicKey,
+    /// The name, if given: one token, a valid username, not starting with `-`.
+    pub name: Option<String>,
+}
+
+impl UserEntry {
+    /// The grant's username for this user: the name, or the key's text without one.
+    pub fn identity(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.key.to_string())
+    }
+}
+
+impl FromStr for UserEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split_whitespace();
+        let key_text = parts.next().ok_or("empty users entry")?;
+        let key = key_text.parse::<UserPublicKey>().map_err(|e| format!("users entry {key_text:?}: {e}"))?;
+        let name = parts.next().map(str::to_owned);
+        if parts.next().is_some() {
+            return Err(format!("users entry {s:?}: expected \"ed25519:<base64> [NAME]\""));
+        }
+        if let Some(n) = &name
+            && (!valid_username(n) || n.starts_with('-'))
+        {
+            return Err(format!(
+                "users entry {key_text:?}: invalid name {n:?} (at most 48 printable characters, none of \
+                 \"/\\[]:;|=,+*?<>, not starting with -)"
+            ));
+        }
+        Ok(UserEntry { key, name })
+    }
+}
+
+impl<'de> Deserialize<'de> for UserEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
 
 /// One `[[access]]` table as written by the admin.
 #[derive(Clone, Debug, Deserialize)]
@@ -32,6 +109,13 @@ pub struct AccessStanza {
     /// A name for logs and the audit trail (default `stanza-N`).
     #[serde(default)]
     pub name: Option<String>,
+    /// The wire format this stanza accepts: `"fwknop"` (default) or `"modern"`.
+    #[serde(default)]
+    pub format: Format,
+    /// For `format = "modern"`: the users let in, `"ed25519:<base64> [NAME]"` each. Revoking a
+    /// user is removing their line.
+    #[serde(default)]
+    pub users: Option<Vec<UserEntry>>,
     /// Packet sources this stanza applies to (`any`, addresses, CIDRs).
     pub source: AddrList,
     /// Packet destinations this stanza applies to (default: any).
@@ -460,10 +544,7 @@ pub struct Stanza {
     pub(crate) destination: Option<AddrList>,
     pub(crate) open_ports: Option<Vec<ProtoPort>>,
     pub(crate) restrict_ports: Vec<ProtoPort>,
-    pub(crate) key: EncryptionKey,
-    pub(crate) mode: EncryptionMode,
-    pub(crate) hmac: Option<HmacState>,
-    pub(crate) hmac_key_len: Option<usize>,
+    pub(crate) auth: Auth,
     pub(crate) fw_access_timeout: u32,
     pub(crate) max_fw_timeout: u32,
     pub(crate) require_username: Option<String>,
@@ -488,6 +569,26 @@ pub struct CmdExec {
     pub user: String,
     /// The group (`cmd_exec_group`); the user's own group when `None`.
     pub group: Option<String>,
+}
+
+/// How a stanza authenticates packets: its format's keys. The fwknop variant is the larger by
+/// far (its HMAC state); it stays inline because it is the hot path and stanzas are few.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Auth {
+    /// fwknop: the Rijndael key and mode, and the keyed HMAC.
+    Fwknop { key: EncryptionKey, mode: EncryptionMode, hmac: Option<HmacState>, hmac_key_len: Option<usize> },
+    /// Modern: the users' public keys, by their bytes.
+    Modern { users: HashMap<[u8; 32], ModernUser> },
+}
+
+/// A listed user of a modern stanza.
+#[derive(Clone, Debug)]
+pub(crate) struct ModernUser {
+    pub(crate) key: UserPublicKey,
+    /// The key decompressed once, here, rather than for every packet.
+    pub(crate) verifier: crate::modern::UserVerifier,
+    pub(crate) identity: Arc<str>,
 }
 
 /// The lengths in bytes of a stanza's keys, after base64 decoding (never the keys
@@ -521,6 +622,49 @@ impl Stanza {
     }
 
     fn compile_inner(raw: &AccessStanza, name: Arc<str>, settings: &Settings) -> Result<Stanza, Error> {
+        let auth = match raw.format {
+            Format::Fwknop => Self::fwknop_auth(raw)?,
+            Format::Modern => Self::modern_auth(raw)?,
+        };
+        Self::compile_policy(raw, name, settings, auth)
+    }
+
+    /// The keys of a modern stanza: its users, and none of fwknop's keys.
+    fn modern_auth(raw: &AccessStanza) -> Result<Auth, Error> {
+        let not = |key| Err(Error::NotForFormat { key, format: "modern" });
+        for (set, key) in [
+            (raw.key.is_some(), "key"),
+            (raw.key_base64.is_some(), "key_base64"),
+            (raw.hmac_key.is_some(), "hmac_key"),
+            (raw.hmac_key_base64.is_some(), "hmac_key_base64"),
+            (raw.allow_no_hmac, "allow_no_hmac"),
+            (raw.hmac_digest_type.is_some(), "hmac_digest_type"),
+            (raw.encryption_mode != EncryptionMode::default(), "encryption_mode"),
+            (raw.enable_cmd_exec, "enable_cmd_exec"),
+        ] {
+            if set {
+                return not(key);
+            }
+        }
+        let entries = raw.users.as_deref().unwrap_or_default();
+        if entries.is_empty() {
+            return Err(Error::Requires { key: "format = \"modern\"", needs: "users" });
+        }
+        let mut users = HashMap::with_capacity(entries.len());
+        for e in entries {
+            let user = ModernUser { key: e.key, verifier: e.key.verifier(), identity: e.identity().into() };
+            if users.insert(e.key.to_bytes(), user).is_some() {
+                return Err(Error::DuplicateUser { key: e.key.to_string() });
+            }
+        }
+        Ok(Auth::Modern { users })
+    }
+
+    /// The keys of an fwknop stanza.
+    fn fwknop_auth(raw: &AccessStanza) -> Result<Auth, Error> {
+        if raw.users.is_some() {
+            return Err(Error::NotForFormat { key: "users", format: "fwknop" });
+        }
         let invalid = |key: &'static str| move |e: Error| Error::InvalidKey { key, source: Box::new(e) };
         let key = match (&raw.key, &raw.key_base64) {
             (Some(k), None) => EncryptionKey::new(k.expose().as_bytes().to_vec()).map_err(invalid("key"))?,
@@ -547,6 +691,16 @@ impl Stanza {
         }
         let hmac_key_len = hmac_key.as_ref().map(|h| h.as_bytes().len());
         let hmac = hmac_key.map(|h| HmacState::new(raw.hmac_digest_type.unwrap_or_default(), h.as_bytes()));
+        Ok(Auth::Fwknop { key, mode: raw.encryption_mode, hmac, hmac_key_len })
+    }
+
+    /// The rules both formats share, and the compiled stanza.
+    fn compile_policy(
+        raw: &AccessStanza,
+        name: Arc<str>,
+        settings: &Settings,
+        auth: Auth,
+    ) -> Result<Stanza, Error> {
         let snat = match (raw.force_snat, raw.force_masquerade) {
             (Some(ip), false) => Some(crate::verdict::Snat::To(ip)),
             (None, true) => Some(crate::verdict::Snat::Masquerade),
@@ -597,10 +751,7 @@ impl Stanza {
             destination: raw.destination.clone(),
             open_ports: raw.open_ports.clone().map(|p| p.0),
             restrict_ports: raw.restrict_ports.clone().map(|p| p.0).unwrap_or_default(),
-            key,
-            mode: raw.encryption_mode,
-            hmac,
-            hmac_key_len,
+            auth,
             fw_access_timeout,
             max_fw_timeout,
             require_username: raw.require_username.clone(),
@@ -634,9 +785,40 @@ impl Stanza {
         self.fw_access_timeout
     }
 
-    /// The lengths of the stanza's keys, for a daemon's key-strength rules.
+    /// The lengths of the stanza's keys, for a daemon's key-strength rules. A modern stanza
+    /// has no shared keys (`encryption: 0, hmac: None`): check [`Stanza::format`] first.
     pub fn key_lengths(&self) -> KeyLengths {
-        KeyLengths { encryption: self.key.as_bytes().len(), hmac: self.hmac_key_len }
+        match &self.auth {
+            Auth::Fwknop { key, hmac_key_len, .. } => {
+                KeyLengths { encryption: key.as_bytes().len(), hmac: *hmac_key_len }
+            }
+            Auth::Modern { .. } => KeyLengths { encryption: 0, hmac: None },
+        }
+    }
+
+    /// The wire format this stanza accepts.
+    pub fn format(&self) -> Format {
+        match self.auth {
+            Auth::Fwknop { .. } => Format::Fwknop,
+            Auth::Modern { .. } => Format::Modern,
+        }
+    }
+
+    /// A modern stanza's users: each public key and the username its grants carry (in no
+    /// particular order). Empty for an fwknop stanza.
+    pub fn users(&self) -> Vec<(UserPublicKey, Arc<str>)> {
+        match &self.auth {
+            Auth::Modern { users } => users.values().map(|u| (u.key, u.identity.clone())).collect(),
+            Auth::Fwknop { .. } => Vec::new(),
+        }
+    }
+
+    /// The listed user with these key bytes, if this is a modern stanza that lists them.
+    pub(crate) fn modern_user(&self, key: &[u8; 32]) -> Option<&ModernUser> {
+        match &self.auth {
+            Auth::Modern { users } => users.get(key),
+            Auth::Fwknop { .. } => None,
+        }
     }
 
     /// Whether this stanza applies to a packet between these addresses.
@@ -644,9 +826,14 @@ impl Stanza {
         self.source.contains(src) && self.destination.as_ref().is_none_or(|d| d.contains(dst))
     }
 
-    /// The keys this stanza opens packets with.
-    pub fn keys(&self) -> crate::packet::OpenKeys<'_> {
-        crate::packet::OpenKeys { key: &self.key, mode: self.mode, hmac: self.hmac.as_ref() }
+    /// The keys this stanza opens fwknop packets with; `None` for a modern stanza.
+    pub fn keys(&self) -> Option<crate::packet::OpenKeys<'_>> {
+        match &self.auth {
+            Auth::Fwknop { key, mode, hmac, .. } => {
+                Some(crate::packet::OpenKeys { key, mode: *mode, hmac: hmac.as_ref() })
+            }
+            Auth::Modern { .. } => None,
+        }
     }
 }
 

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use crate::access::{NatHost, ProtoPort};
 
 /// The verifier's answer for one datagram.
+///
+/// `Accept` is much larger than `Reject`; it is not boxed because the value is returned once
+/// per datagram (a move, not a copy of the larger variant) and a box would cost an allocation
+/// per accepted packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Verdict {
     /// The packet authenticated and a stanza allows what it asks for.
     Accept(GrantRequest),
@@ -49,6 +54,8 @@ pub enum Field {
     ClientTimeout,
     /// The inner digest's text.
     Digest,
+    /// The TCP source port of a modern packet.
+    SourcePort,
 }
 
 impl Field {
@@ -66,6 +73,7 @@ impl Field {
             Field::ServerAuth => "server_auth",
             Field::ClientTimeout => "client_timeout",
             Field::Digest => "digest",
+            Field::SourcePort => "source_port",
         }
     }
 }
@@ -147,6 +155,20 @@ pub enum RejectReason {
     /// be replayed against another gateway.
     #[error("shared replay store unavailable")]
     ReplayStoreDown,
+    /// A modern packet (`SPA<v>.`) of a version this verifier does not speak.
+    #[error("unsupported packet version")]
+    UnsupportedVersion,
+    /// A modern packet whose cheap MAC does not verify: junk, or sealed for another server's
+    /// key. Nothing else was computed.
+    #[error("mac mismatch")]
+    MacMismatch,
+    /// A modern packet, decrypted, whose signing key no matching stanza lists (never listed,
+    /// or revoked by removing its line).
+    #[error("unknown user")]
+    UnknownUser,
+    /// A modern packet naming a listed user whose signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
 }
 
 impl RejectReason {
@@ -174,11 +196,15 @@ impl RejectReason {
             RejectReason::CommandNotEnabled => "command_not_enabled",
             RejectReason::StateUnwritable => "state_unwritable",
             RejectReason::ReplayStoreDown => "replay_store_down",
+            RejectReason::UnsupportedVersion => "unsupported_version",
+            RejectReason::MacMismatch => "mac_mismatch",
+            RejectReason::UnknownUser => "unknown_user",
+            RejectReason::BadSignature => "bad_signature",
         }
     }
 
     /// Every reason code, for metrics that must exist before the first packet.
-    pub const ALL_CODES: [&'static str; 21] = [
+    pub const ALL_CODES: [&'static str; 25] = [
         "too_short",
         "too_long",
         "prefix_not_stripped",
@@ -200,6 +226,10 @@ impl RejectReason {
         "command_not_enabled",
         "state_unwritable",
         "replay_store_down",
+        "unsupported_version",
+        "mac_mismatch",
+        "unknown_user",
+        "bad_signature",
     ];
 
     /// How far a packet got before this reason: with several stanzas the furthest reason is
@@ -208,9 +238,15 @@ impl RejectReason {
     pub(crate) const fn stage(self) -> u8 {
         match self {
             RejectReason::StanzaExpired => 1,
-            RejectReason::HmacMismatch | RejectReason::GpgNotSupported => 2,
+            RejectReason::HmacMismatch
+            | RejectReason::GpgNotSupported
+            | RejectReason::UnsupportedVersion
+            | RejectReason::MacMismatch => 2,
             RejectReason::DecryptFailed => 3,
-            RejectReason::DigestMismatch | RejectReason::MalformedField(_) => 4,
+            RejectReason::DigestMismatch
+            | RejectReason::MalformedField(_)
+            | RejectReason::UnknownUser
+            | RejectReason::BadSignature => 4,
             _ => 5,
         }
     }
@@ -232,7 +268,8 @@ pub struct GrantRequest {
     /// The local address the access is restricted to: the packet's destination when the
     /// stanza has a `destination` list (so the firewall opens only that address), else none.
     pub destination: Option<IpAddr>,
-    /// The username in the packet.
+    /// Who: the username in an fwknop packet; for a modern packet the name the stanza gives
+    /// the signing key (`"ed25519:<base64> NAME"`), or the key's text when it has none.
     pub username: String,
     /// The packet's timestamp (Unix seconds).
     pub timestamp: u64,
@@ -240,6 +277,15 @@ pub struct GrantRequest {
     pub timeout: u32,
     /// What to do.
     pub action: Action,
+    /// The TCP source port the client will connect from (modern packets that name one): the
+    /// grant can be bound to exactly that connection. `None` grants the whole address.
+    pub source_port: Option<u16>,
+    /// The key that signed a modern packet (`None` for fwknop packets).
+    pub user_key: Option<crate::modern::UserPublicKey>,
+    /// The username a modern packet carries, if any: chosen by the key's holder and signed,
+    /// but informational (the identity is `username`). `None` for fwknop packets, whose
+    /// username is `username`.
+    pub client_username: Option<String>,
 }
 
 /// The thing granted.

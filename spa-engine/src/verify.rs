@@ -9,6 +9,13 @@
 //!    (so junk never fills the store), then policy: timestamp window, allow address, username,
 //!    message type, NAT permissions, ports. The first stanza that fully succeeds wins.
 //! 3. If none does, the reason of the stanza that got furthest is reported.
+//!
+//! Modern packets (`SPA1.`, [`crate::modern`]) take their own first steps, in the order
+//! `docs/modern-format.md` gives: version, length, base64, a matching modern stanza, the cheap
+//! MAC, the cleartext timestamp, the replay cache (no public-key operation so far); then one
+//! X25519 and the AEAD, the signer looked up in the matching stanzas' `users`, one signature
+//! check, the body, the replay record. Both formats then hand an [`Authenticated`] request to
+//! the same policy stage (allow address, username, timeout, ports, NAT), stanza by stanza.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,9 +24,10 @@ use crate::Error;
 use crate::access::{NatHost, ProtoPort, is_source_placeholder};
 use crate::b64;
 use crate::message::Request;
+use crate::modern::{self, Body, ServerPublicKey, ServerSecretKey, UserPublicKey};
 use crate::packet::{self, GPG_PREFIX, MAX_PACKET_LEN, MIN_PACKET_LEN, RIJNDAEL_PREFIX};
 use crate::replay::{Insert, ReplayStore, replay_key};
-use crate::stanza::{AccessStanza, Settings, Stanza, canonical};
+use crate::stanza::{AccessStanza, Format, Settings, Stanza, canonical};
 use crate::verdict::{Access, Action, Field, GrantRequest, Nat, RejectReason, Rejection, Verdict};
 
 /// The network-layer facts about one datagram.
@@ -31,25 +39,70 @@ pub struct PacketMeta {
     pub destination: IpAddr,
 }
 
-/// The compiled access policy: ordered stanzas plus global settings.
+/// The compiled access policy: ordered stanzas plus global settings, and the server's key
+/// for modern stanzas.
 #[derive(Clone, Debug)]
 pub struct Verifier {
     stanzas: Vec<Stanza>,
     settings: Settings,
+    modern: Option<Arc<modern::Server>>,
+}
+
+/// What a wire format hands the shared policy stage once it has authenticated a packet.
+struct Authenticated {
+    request: Request,
+    timestamp: u64,
+    client_timeout: Option<u32>,
+    username: String,
+    source_port: Option<u16>,
+    user_key: Option<UserPublicKey>,
+    client_username: Option<String>,
 }
 
 impl Verifier {
-    /// Compiles `stanzas` (in file order) under `settings`.
+    /// Compiles `stanzas` (in file order) under `settings`. Refuses stanzas with
+    /// `format = "modern"`, which need the server's key ([`Verifier::with_server_key`]).
     pub fn new(stanzas: &[AccessStanza], settings: Settings) -> Result<Self, Error> {
+        Self::build(stanzas, settings, None)
+    }
+
+    /// Like [`Verifier::new`], with the server's X25519 key, which opens modern packets.
+    pub fn with_server_key(
+        stanzas: &[AccessStanza],
+        settings: Settings,
+        key: ServerSecretKey,
+    ) -> Result<Self, Error> {
+        Self::build(stanzas, settings, Some(key))
+    }
+
+    fn build(
+        stanzas: &[AccessStanza],
+        settings: Settings,
+        key: Option<ServerSecretKey>,
+    ) -> Result<Self, Error> {
         if stanzas.is_empty() {
             return Err(Error::NoStanzas);
         }
-        let stanzas = stanzas
+        let stanzas: Vec<Stanza> = stanzas
             .iter()
             .enumerate()
             .map(|(i, s)| Stanza::compile(s, i, &settings))
             .collect::<Result<_, _>>()?;
-        Ok(Self { stanzas, settings })
+        if key.is_none()
+            && let Some(s) = stanzas.iter().find(|s| s.format() == Format::Modern)
+        {
+            return Err(Error::Stanza {
+                name: s.name().to_string(),
+                source: Box::new(Error::Requires { key: "format = \"modern\"", needs: "the server's key" }),
+            });
+        }
+        Ok(Self { stanzas, settings, modern: key.map(|k| Arc::new(modern::Server::new(k))) })
+    }
+
+    /// The server's public key, when the verifier has one: what clients of modern stanzas
+    /// need.
+    pub fn server_public_key(&self) -> Option<ServerPublicKey> {
+        self.modern.as_ref().map(|m| m.public_key())
     }
 
     /// The compiled stanzas, in order.
@@ -76,6 +129,9 @@ impl Verifier {
         now: u64,
         replay: &mut dyn ReplayStore,
     ) -> Verdict {
+        if modern::is_modern(payload) {
+            return self.verify_modern(payload, meta, now, replay);
+        }
         let reject = |reason| Verdict::Reject(Rejection { reason, stanza: None });
         if payload.len() < MIN_PACKET_LEN {
             return reject(RejectReason::TooShort);
@@ -93,7 +149,7 @@ impl Verifier {
             return reject(RejectReason::NotBase64);
         }
         let (src, dst) = (canonical(meta.source), canonical(meta.destination));
-        if !self.stanzas.iter().any(|s| s.matches(src, dst)) {
+        if !self.stanzas.iter().any(|s| s.keys().is_some() && s.matches(src, dst)) {
             return reject(RejectReason::NoStanzaForSource);
         }
         let key = replay_key(payload);
@@ -107,7 +163,8 @@ impl Verifier {
             if !stanza.matches(src, dst) {
                 continue;
             }
-            match self.try_stanza(stanza, index, payload, src, dst, now, &key, &mut recorded, replay) {
+            let Some(keys) = stanza.keys() else { continue };
+            match self.try_stanza(stanza, &keys, index, payload, src, dst, now, &key, &mut recorded, replay) {
                 Ok(grant) => return Verdict::Accept(grant),
                 Err(
                     reason @ (RejectReason::ReplayStoreFull
@@ -133,6 +190,7 @@ impl Verifier {
     fn try_stanza(
         &self,
         stanza: &Stanza,
+        keys: &packet::OpenKeys<'_>,
         index: usize,
         payload: &[u8],
         src: IpAddr,
@@ -145,7 +203,7 @@ impl Verifier {
         if stanza.expires.is_some_and(|e| now >= e) {
             return Err(RejectReason::StanzaExpired);
         }
-        let decoded = packet::open(payload, &stanza.keys())?;
+        let decoded = packet::open(payload, keys)?;
         // fwknop allows it and `spa decode` shows it, but a username like `-rf` or `--help`
         // would be read as an option by a command that gets `{username}` in its argv.
         if decoded.message.username.starts_with('-') {
@@ -160,11 +218,34 @@ impl Verifier {
                 Insert::Unavailable => return Err(RejectReason::ReplayStoreDown),
             }
         }
-        let msg = &decoded.message;
+        let msg = decoded.message;
         if msg.timestamp.abs_diff(now) > self.settings.max_packet_age {
             return Err(RejectReason::StaleTimestamp);
         }
         let request = msg.request()?;
+        let auth = Authenticated {
+            request,
+            timestamp: msg.timestamp,
+            client_timeout: msg.client_timeout,
+            username: msg.username,
+            source_port: None,
+            user_key: None,
+            client_username: None,
+        };
+        self.policy(stanza, index, auth, src, dst)
+    }
+
+    /// The policy stage both formats share: allow address, username, timeout, then what is
+    /// asked (ports, NAT, command) against what the stanza permits.
+    fn policy(
+        &self,
+        stanza: &Stanza,
+        index: usize,
+        auth: Authenticated,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> Result<GrantRequest, RejectReason> {
+        let request = auth.request;
         let allow = match &request {
             Request::Access(a) | Request::NatAccess(a, _) | Request::LocalNatAccess(a, _) => a.allow,
             Request::Command(c) => c.allow,
@@ -177,10 +258,10 @@ impl Verifier {
         } else {
             canonical(allow)
         };
-        if stanza.require_username.as_ref().is_some_and(|u| *u != msg.username) {
+        if stanza.require_username.as_ref().is_some_and(|u| *u != auth.username) {
             return Err(RejectReason::UsernameMismatch);
         }
-        let timeout = match msg.client_timeout {
+        let timeout = match auth.client_timeout {
             Some(t) if t > 0 => t.min(stanza.max_fw_timeout),
             _ => stanza.fw_access_timeout,
         };
@@ -228,11 +309,118 @@ impl Verifier {
             packet_source: src,
             packet_destination: dst,
             destination: stanza.destination.is_some().then_some(dst),
-            username: decoded.message.username,
-            timestamp: decoded.message.timestamp,
+            username: auth.username,
+            timestamp: auth.timestamp,
             timeout,
             action,
+            source_port: auth.source_port,
+            user_key: auth.user_key,
+            client_username: auth.client_username,
         })
+    }
+
+    /// The modern format's steps (see the module documentation), then the shared policy for
+    /// each matching stanza that lists the signer.
+    fn verify_modern(
+        &self,
+        payload: &[u8],
+        meta: PacketMeta,
+        now: u64,
+        replay: &mut dyn ReplayStore,
+    ) -> Verdict {
+        let reject = |reason| Verdict::Reject(Rejection { reason, stanza: None });
+        let packet = match modern::decode_text(payload) {
+            Ok(p) => p,
+            Err(reason) => return reject(reason),
+        };
+        let (src, dst) = (canonical(meta.source), canonical(meta.destination));
+        let modern_match = |s: &Stanza| s.format() == Format::Modern && s.matches(src, dst);
+        let Some(server) = self.modern.as_deref().filter(|_| self.stanzas.iter().any(modern_match)) else {
+            return reject(RejectReason::NoStanzaForSource);
+        };
+        if !server.mac_ok(&packet) {
+            return reject(RejectReason::MacMismatch);
+        }
+        let timestamp = packet.timestamp();
+        if timestamp.abs_diff(now) > self.settings.max_packet_age {
+            return reject(RejectReason::StaleTimestamp);
+        }
+        let key = replay_key(packet.bytes());
+        if replay.contains(&key, now) {
+            return reject(RejectReason::Replay);
+        }
+
+        let plain = match server.decrypt(&packet) {
+            Ok(p) => p,
+            Err(reason) => return reject(reason),
+        };
+        let signer = plain.user();
+        let candidates: Vec<(usize, &Stanza)> = self
+            .stanzas
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| modern_match(s) && s.modern_user(&signer).is_some())
+            .collect();
+        let Some(&(_, first)) = candidates.first() else {
+            return reject(RejectReason::UnknownUser);
+        };
+        let Some(user) = first.modern_user(&signer) else {
+            return reject(RejectReason::UnknownUser);
+        };
+        let user_key = user.key;
+        if !server.signature_ok(&packet, &plain, &user_key, &user.verifier) {
+            return reject(RejectReason::BadSignature);
+        }
+        let named = |reason, stanza: &Stanza| {
+            Verdict::Reject(Rejection { reason, stanza: Some(stanza.name.clone()) })
+        };
+        let body = match Body::decode(plain.body()) {
+            Ok(b) => b,
+            Err(reason) => return named(reason, first),
+        };
+        // As for fwknop packets: a name like `-rf` would be read as an option by a command
+        // that gets `{client_username}` in its argv.
+        if body.request.username.as_deref().is_some_and(|u| u.starts_with('-')) {
+            return named(RejectReason::MalformedField(Field::Username), first);
+        }
+        match replay.insert(key, now) {
+            Insert::New => {}
+            Insert::Seen => return named(RejectReason::Replay, first),
+            Insert::Full => return named(RejectReason::ReplayStoreFull, first),
+            Insert::Unwritable => return named(RejectReason::StateUnwritable, first),
+            Insert::Unavailable => return named(RejectReason::ReplayStoreDown, first),
+        }
+
+        let request = body.request.to_request();
+        let mut best: Option<(RejectReason, &Arc<str>)> = None;
+        for (index, stanza) in candidates {
+            let result = if stanza.expires.is_some_and(|e| now >= e) {
+                Err(RejectReason::StanzaExpired)
+            } else {
+                let identity =
+                    stanza.modern_user(&signer).map_or_else(String::new, |u| u.identity.to_string());
+                let auth = Authenticated {
+                    request: request.clone(),
+                    timestamp,
+                    client_timeout: body.request.client_timeout,
+                    username: identity,
+                    source_port: body.request.source_port,
+                    user_key: Some(user_key),
+                    client_username: body.request.username.clone(),
+                };
+                self.policy(stanza, index, auth, src, dst)
+            };
+            match result {
+                Ok(grant) => return Verdict::Accept(grant),
+                Err(reason) => {
+                    if best.is_none_or(|(b, _)| reason.stage() > b.stage()) {
+                        best = Some((reason, &stanza.name));
+                    }
+                }
+            }
+        }
+        let (reason, name) = best.map_or((RejectReason::UnknownUser, None), |(r, n)| (r, Some(n.clone())));
+        Verdict::Reject(Rejection { reason, stanza: name })
     }
 
     /// An access request, translated when the stanza forces NAT or forwards everything.

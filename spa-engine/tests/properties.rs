@@ -258,8 +258,8 @@ fn assert_rejected(v: &Verifier, payload: &[u8]) -> Result<(), TestCaseError> {
         }
     }
     prop_assert!(replay.is_empty(), "junk entered the replay store");
-    for s in v.stanzas() {
-        prop_assert!(packet::open(payload, &s.keys()).is_err());
+    for keys in v.stanzas().iter().filter_map(|s| s.keys()) {
+        prop_assert!(packet::open(payload, &keys).is_err());
     }
     Ok(())
 }

@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use spa_engine::digest::HmacState;
+use spa_engine::modern::{self, ModernRequest, NatRequest};
 use spa_engine::packet::{self, SealOptions};
 use spa_engine::replay::{Insert, ReplayKey, ReplayStore};
 use spa_engine::verdict::{Field, Rejection};
 use spa_engine::{
     Access, AccessStanza, Action, DigestType, EncryptionKey, EncryptionMode, Entropy, Error, GrantRequest,
     HmacKey, MemoryReplayStore, MessageType, Nat, NatHost, PacketMeta, Proto, ProtoPort, RejectReason,
-    Settings, Snat, SpaMessage, Verdict, Verifier, b64, cipher,
+    ServerSecretKey, Settings, Snat, SpaMessage, UserSigningKey, Verdict, Verifier, b64, cipher,
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -318,9 +319,322 @@ fn cases() -> Vec<Case> {
     out
 }
 
+/// The modern format's keys in these tests.
+fn user_key(seed: u8) -> UserSigningKey {
+    UserSigningKey::from_seed(&[seed; 32])
+}
+
+fn server_key(seed: u8) -> ServerSecretKey {
+    ServerSecretKey::from_bytes(&[seed; 32])
+}
+
+/// A modern stanza letting in `user_key(1)` as "alice", plus `extra` TOML lines.
+fn modern_stanza(extra: &str) -> AccessStanza {
+    let text = format!("format = \"modern\"\nusers = [\"{} alice\"]\n{extra}", user_key(1).public_key());
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn modern_verifier(stanzas: &[AccessStanza], nat: bool) -> Verifier {
+    Verifier::with_server_key(stanzas, settings(nat, nat), server_key(9)).unwrap()
+}
+
+fn modern_request() -> ModernRequest {
+    ModernRequest {
+        allow: Some(CLIENT.parse().unwrap()),
+        ports: vec![ProtoPort::new(Proto::Tcp, 22)],
+        source_port: None,
+        nat: None,
+        username: None,
+        client_timeout: None,
+    }
+}
+
+/// `req` sealed by `user_key(user)` for `server_key(server)` at `now`.
+fn modern_seal(req: &ModernRequest, user: u8, server: u8, now: u64) -> String {
+    modern::seal(req, &user_key(user), &server_key(server).public_key(), now, &mut Counter(user ^ server))
+        .unwrap()
+}
+
+/// The modern format's negative cases, and whether each names a stanza: the steps before the
+/// signer is known (and the signature itself) name none, since no stanza was involved.
+fn modern_cases() -> Vec<(Case, bool)> {
+    let v = modern_verifier(&[modern_stanza("source = \"any\"")], false);
+    let good = modern_seal(&modern_request(), 1, 9, NOW);
+    let client = from(CLIENT);
+    let mut out = Vec::new();
+    let mut case = |name, expect, named, verdict| out.push((Case { name, expect, verdict }, named));
+
+    let other_version = format!("SPA2.{}", &good[5..]);
+    case(
+        "modern: version 2",
+        RejectReason::UnsupportedVersion,
+        false,
+        run(&v, other_version.as_bytes(), client, NOW),
+    );
+    let mut bytes = b64::decode(&good[5..]).unwrap();
+    bytes[0] = 2;
+    let header_v2 = format!("SPA1.{}", b64::encode(&bytes));
+    case(
+        "modern: header version 2",
+        RejectReason::UnsupportedVersion,
+        false,
+        run(&v, header_v2.as_bytes(), client, NOW),
+    );
+    case("modern: short", RejectReason::TooShort, false, run(&v, &good.as_bytes()[..272], client, NOW));
+    let long = format!("{good}{}", "A".repeat(1024 - good.len() + 4));
+    case("modern: long", RejectReason::TooLong, false, run(&v, long.as_bytes(), client, NOW));
+    let not_b64 = good.replacen('A', "-", 1);
+    case("modern: alphabet", RejectReason::NotBase64, false, run(&v, not_b64.as_bytes(), client, NOW));
+    let padded = format!("{}=", &good[..good.len() - 1]);
+    case("modern: padding", RejectReason::NotBase64, false, run(&v, padded.as_bytes(), client, NOW));
+
+    let only_net = modern_verifier(&[modern_stanza("source = \"10.0.0.0/8\"")], false);
+    case(
+        "modern: source",
+        RejectReason::NoStanzaForSource,
+        false,
+        run(&only_net, good.as_bytes(), client, NOW),
+    );
+    // A modern packet where only fwknop stanzas match, and the other way round.
+    let fwknop_only = verifier(&[stanza("source = \"any\"")]);
+    case(
+        "modern: no modern stanza",
+        RejectReason::NoStanzaForSource,
+        false,
+        run(&fwknop_only, good.as_bytes(), client, NOW),
+    );
+    let fwknop_packet = seal(&access("192.0.2.10,tcp/22"));
+    case(
+        "fwknop: no fwknop stanza",
+        RejectReason::NoStanzaForSource,
+        false,
+        run(&v, fwknop_packet.as_bytes(), client, NOW),
+    );
+
+    let other_server = modern_seal(&modern_request(), 1, 8, NOW);
+    case(
+        "modern: other server",
+        RejectReason::MacMismatch,
+        false,
+        run(&v, other_server.as_bytes(), client, NOW),
+    );
+    let stale = modern_seal(&modern_request(), 1, 9, NOW - 121);
+    case("modern: stale", RejectReason::StaleTimestamp, false, run(&v, stale.as_bytes(), client, NOW));
+    let future = modern_seal(&modern_request(), 1, 9, NOW + 121);
+    case("modern: future", RejectReason::StaleTimestamp, false, run(&v, future.as_bytes(), client, NOW));
+
+    let mut replay = MemoryReplayStore::new(240, 100);
+    accept(v.verify(good.as_bytes(), client, NOW, &mut replay));
+    case(
+        "modern: replay",
+        RejectReason::Replay,
+        false,
+        v.verify(good.as_bytes(), client, NOW + 1, &mut replay),
+    );
+
+    // MAC-valid garbage: what anyone who knows the server's public key can send.
+    let mut garbage = vec![1u8];
+    garbage.extend_from_slice(&NOW.to_be_bytes());
+    garbage.extend((0..32 + 160 + 16).map(|i| (i * 7) as u8));
+    let tag = HmacState::new(DigestType::Sha256, &modern::mac_key(&server_key(9).public_key()))
+        .compute(&[&garbage]);
+    garbage.extend_from_slice(&tag.as_bytes()[..16]);
+    let garbage = format!("SPA1.{}", b64::encode(&garbage));
+    case(
+        "modern: mac-valid garbage",
+        RejectReason::DecryptFailed,
+        false,
+        run(&v, garbage.as_bytes(), client, NOW),
+    );
+
+    let s_pub = server_key(9).public_key();
+    let body = modern::Body { nonce: [3; 16], request: modern_request() }.encode().unwrap();
+    let mut longer = body.to_vec();
+    longer.push(0);
+    let odd = modern::seal_raw_body(&longer, &user_key(1), &s_pub, NOW, &mut Counter(4)).unwrap();
+    case(
+        "modern: plaintext length",
+        RejectReason::MalformedField(Field::Framing),
+        false,
+        run(&v, odd.as_bytes(), client, NOW),
+    );
+    let stranger = modern_seal(&modern_request(), 2, 9, NOW);
+    case("modern: unknown user", RejectReason::UnknownUser, false, run(&v, stranger.as_bytes(), client, NOW));
+    let forged = modern::seal_forged(
+        &body,
+        user_key(1).public_key().to_bytes(),
+        [7; 64],
+        &s_pub,
+        NOW,
+        &mut Counter(5),
+    )
+    .unwrap();
+    case(
+        "modern: forged signature",
+        RejectReason::BadSignature,
+        false,
+        run(&v, forged.as_bytes(), client, NOW),
+    );
+    // A signature by the listed user, but over another server's key: cannot be re-sealed.
+    let mut other = [0u8; 64];
+    let resealed = {
+        let eph = [0x44u8; 32];
+        let enc = modern::hpke_values(&eph, &s_pub).unwrap().enc;
+        let mut header = [1u8; 9];
+        header[1..].copy_from_slice(&NOW.to_be_bytes());
+        let t = modern::signature_transcript(
+            &server_key(8).public_key(),
+            &header,
+            &enc,
+            &user_key(1).public_key(),
+            &body,
+        );
+        use ed25519_dalek::Signer as _;
+        other.copy_from_slice(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]).sign(&t).to_bytes());
+        let mut e = eph.to_vec();
+        modern::seal_forged(
+            &body,
+            user_key(1).public_key().to_bytes(),
+            other,
+            &s_pub,
+            NOW,
+            &mut Drain(&mut e),
+        )
+        .unwrap()
+    };
+    case(
+        "modern: signed for another server",
+        RejectReason::BadSignature,
+        false,
+        run(&v, resealed.as_bytes(), client, NOW),
+    );
+
+    let mut bad_flags = body.to_vec();
+    bad_flags[16] = 0x80;
+    let bad_flags = modern::seal_raw_body(&bad_flags, &user_key(1), &s_pub, NOW, &mut Counter(6)).unwrap();
+    case(
+        "modern: flags",
+        RejectReason::MalformedField(Field::Framing),
+        true,
+        run(&v, bad_flags.as_bytes(), client, NOW),
+    );
+    let mut dirty_pad = body.to_vec();
+    *dirty_pad.last_mut().unwrap() = 1;
+    let dirty_pad = modern::seal_raw_body(&dirty_pad, &user_key(1), &s_pub, NOW, &mut Counter(7)).unwrap();
+    case(
+        "modern: padding bytes",
+        RejectReason::MalformedField(Field::Framing),
+        true,
+        run(&v, dirty_pad.as_bytes(), client, NOW),
+    );
+    let dash = modern_seal(&ModernRequest { username: Some("-rf".into()), ..modern_request() }, 1, 9, NOW);
+    case(
+        "modern: dash username",
+        RejectReason::MalformedField(Field::Username),
+        true,
+        run(&v, dash.as_bytes(), client, NOW),
+    );
+
+    let mut tiny = MemoryReplayStore::new(240, 1);
+    accept(v.verify(good.as_bytes(), client, NOW, &mut tiny));
+    let second = modern_seal(&modern_request(), 1, 9, NOW + 1);
+    case(
+        "modern: store full",
+        RejectReason::ReplayStoreFull,
+        true,
+        v.verify(second.as_bytes(), client, NOW, &mut tiny),
+    );
+    case(
+        "modern: unwritable",
+        RejectReason::StateUnwritable,
+        true,
+        v.verify(good.as_bytes(), client, NOW, &mut Unwritable),
+    );
+    case(
+        "modern: shared store down",
+        RejectReason::ReplayStoreDown,
+        true,
+        v.verify(good.as_bytes(), client, NOW, &mut Unreachable),
+    );
+
+    let expired =
+        modern_verifier(&[modern_stanza("source = \"any\"\naccess_expire = \"2020-01-01\"")], false);
+    case("modern: expired", RejectReason::StanzaExpired, true, run(&expired, good.as_bytes(), client, NOW));
+    let ports = modern_verifier(&[modern_stanza("source = \"any\"\nopen_ports = \"tcp/80\"")], false);
+    case(
+        "modern: open_ports",
+        RejectReason::PortNotPermitted,
+        true,
+        run(&ports, good.as_bytes(), client, NOW),
+    );
+    let user = modern_verifier(&[modern_stanza("source = \"any\"\nrequire_username = \"bob\"")], false);
+    case(
+        "modern: require_username",
+        RejectReason::UsernameMismatch,
+        true,
+        run(&user, good.as_bytes(), client, NOW),
+    );
+    let explicit =
+        modern_verifier(&[modern_stanza("source = \"any\"\nrequire_source_address = true")], false);
+    let own_source = modern_seal(&ModernRequest { allow: None, ..modern_request() }, 1, 9, NOW);
+    case(
+        "modern: source required",
+        RejectReason::SourceAddressRequired,
+        true,
+        run(&explicit, own_source.as_bytes(), client, NOW),
+    );
+    let nat = modern_seal(
+        &ModernRequest {
+            nat: Some(NatRequest::Forward { host: NatHost::Ip("10.1.1.2".parse().unwrap()), port: 22 }),
+            ..modern_request()
+        },
+        1,
+        9,
+        NOW,
+    );
+    case("modern: nat disabled", RejectReason::NatNotEnabled, true, run(&v, nat.as_bytes(), client, NOW));
+    let local = modern_seal(
+        &ModernRequest { nat: Some(NatRequest::Local { port: 22 }), ..modern_request() },
+        1,
+        9,
+        NOW,
+    );
+    case(
+        "modern: local nat disabled",
+        RejectReason::NatNotEnabled,
+        true,
+        run(&v, local.as_bytes(), client, NOW),
+    );
+    out
+}
+
+/// Hands out the given bytes, then zeros.
+struct Drain<'a>(&'a mut Vec<u8>);
+
+impl Entropy for Drain<'_> {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = if self.0.is_empty() { 0 } else { self.0.remove(0) };
+        }
+    }
+}
+
+#[test]
+fn every_modern_reject_reason_names_the_right_stanza() {
+    for (c, named) in modern_cases() {
+        let r = reject(c.verdict);
+        assert_eq!(r.reason, c.expect, "case {}", c.name);
+        assert_eq!(r.stanza.is_some(), named, "case {}: stanza {:?}", c.name, r.stanza);
+    }
+}
+
 #[test]
 fn every_reject_reason_is_produced_by_verify() {
     let mut seen = BTreeSet::new();
+    for (c, _) in modern_cases() {
+        assert_eq!(reject(c.verdict).reason, c.expect, "case {}", c.name);
+        seen.insert(c.expect.code());
+    }
     for c in cases() {
         let r = reject(c.verdict);
         assert_eq!(r.reason, c.expect, "case {}", c.name);
