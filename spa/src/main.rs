@@ -13,6 +13,7 @@ mod keygen;
 mod keys;
 mod knock;
 mod manual;
+mod modern;
 mod net;
 mod opts;
 mod rc;
