@@ -315,6 +315,27 @@ fn is_key_var(var: &str) -> bool {
     matches!(var, "KEY" | "KEY_BASE64" | "KEY_FILE" | "HMAC_KEY" | "HMAC_KEY_BASE64" | "HMAC_KEY_FILE")
 }
 
+/// The settings of `spa connect`: `[default]`, the `-n` stanza and the command line, as for a
+/// knock. The options that do something else than knock (key generation, saving a stanza,
+/// listing, `-l`, `-T`) are refused, and so is `--stdin`: stdin is the relayed stream.
+pub(crate) fn connect_settings(a: &KnockArgs) -> Result<Settings> {
+    let refused = [
+        (a.save_rc_stanza, "--save-rc-stanza"),
+        (a.force_stanza, "--force-stanza"),
+        (a.stanza_list, "--stanza-list"),
+        (a.test, "-T/--test (use `spa -T` to see the packet)"),
+        (a.key_gen || a.key_gen_file.is_some(), "-k/-K (use `spa keygen`)"),
+        (a.key_len.is_some() || a.hmac_key_len.is_some(), "--key-len/--hmac-key-len"),
+        (a.last_cmd || a.show_last, "-l/--show-last"),
+        (a.stdin, "--stdin (stdin is the relayed stream; put the keys in the rc file or use --fd)"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(given, _)| *given) {
+        bail!("spa connect does not take {what}");
+    }
+    let rc = read_rc(a.rc_path()?.as_deref())?;
+    load(a, rc.as_ref(), a.named_config.as_deref())
+}
+
 /// `-l` and `--show-last`.
 fn last(a: &KnockArgs) -> Result<()> {
     ensure!(
