@@ -126,7 +126,7 @@ fn decode_modern(packet: &str, key_file: Option<&std::path::Path>) -> Result<()>
             spa_engine::NatRequest::Local { port } => serde_json::json!({"local_port": port}),
         });
         json["user"] = o.user.to_string().into();
-        json["nonce"] = spa_engine::b64::encode(&o.body.nonce).into();
+        json["nonce"] = spa_engine::b64::encode(o.body.nonce).into();
         json["allow"] = r.allow.map(|a| a.to_string()).into();
         json["ports"] = r.ports.iter().map(ToString::to_string).collect::<Vec<_>>().into();
         json["source_port"] = r.source_port.into();
