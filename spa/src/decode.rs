@@ -1,4 +1,6 @@
-//! `spa decode`: authenticate and decrypt one packet and print its fields as JSON.
+//! `spa decode`: authenticate and decrypt one packet and print its fields as JSON. A modern
+//! packet (`SPA1.`) shows its cleartext header only, unless the server's secret key is given
+//! (`--server-secret-key-file`): it is sealed to the server.
 
 use std::io::Read as _;
 
@@ -33,6 +35,10 @@ pub(crate) struct DecodeArgs {
     /// Rijndael mode (default cbc).
     #[arg(long = "encryption-mode", short = 'M', value_name = "MODE", default_value = "cbc")]
     encryption_mode: EncryptionMode,
+    /// Modern format: the server's secret key file (`spad keygen`), to open the packet fully;
+    /// without it only the cleartext header is shown.
+    #[arg(long = "server-secret-key-file", value_name = "FILE")]
+    server_secret_key_file: Option<std::path::PathBuf>,
     /// The packet; read from stdin when absent.
     packet: Option<String>,
 }
@@ -48,6 +54,13 @@ pub(crate) fn run(a: &DecodeArgs) -> Result<()> {
         }
     };
     ensure!(!packet.is_empty(), "no packet given");
+    if spa_engine::modern::is_modern(packet.as_bytes()) {
+        return decode_modern(&packet, a.server_secret_key_file.as_deref());
+    }
+    ensure!(
+        a.server_secret_key_file.is_none(),
+        "--server-secret-key-file is for modern packets (SPA1.); this one is in fwknop's format"
+    );
     let text = |s: &Option<String>| s.as_ref().map(|k| Zeroizing::new(k.clone()));
     let mut input = KeyInput::Terminal;
     let key_spec = text(&a.key_base64).map(KeySpec::Base64).or(text(&a.key).map(KeySpec::Text));
@@ -78,6 +91,49 @@ pub(crate) fn run(a: &DecodeArgs) -> Result<()> {
         "client_timeout": m.client_timeout,
         "digest_type": d.digest_type.name(),
     });
+    println!("{json}");
+    Ok(())
+}
+
+/// A modern packet: its cleartext header, and with the server's key everything.
+fn decode_modern(packet: &str, key_file: Option<&std::path::Path>) -> Result<()> {
+    use spa_engine::modern::{ENC_LEN, HEADER_LEN, TEXT_PREFIX};
+    let body = packet.strip_prefix(TEXT_PREFIX).context("unsupported modern version (expected SPA1.)")?;
+    let bytes = spa_engine::b64::decode(body).context("the packet is not base64 after SPA1.")?;
+    ensure!(bytes.len() >= HEADER_LEN + ENC_LEN, "the packet is too short ({} bytes)", bytes.len());
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&bytes[1..HEADER_LEN]);
+    let mut json = serde_json::json!({
+        "format": "modern",
+        "version": bytes[0],
+        "timestamp": u64::from_be_bytes(ts),
+        "length": bytes.len(),
+        "ephemeral_key": spa_engine::b64::encode(&bytes[HEADER_LEN..HEADER_LEN + ENC_LEN]),
+    });
+    if let Some(path) = key_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        let key =
+            spa_engine::ServerSecretKey::from_file(&text).with_context(|| path.display().to_string())?;
+        let o = spa_engine::modern::open(packet.as_bytes(), &key)
+            .map_err(|r| anyhow::anyhow!("cannot open the packet: {}", r.code()))?;
+        let r = &o.body.request;
+        let nat = r.nat.as_ref().map(|n| match n {
+            spa_engine::NatRequest::Forward { host, port } => {
+                serde_json::json!({"forward": format!("{host},{port}")})
+            }
+            spa_engine::NatRequest::Local { port } => serde_json::json!({"local_port": port}),
+        });
+        json["user"] = o.user.to_string().into();
+        json["nonce"] = spa_engine::b64::encode(o.body.nonce).into();
+        json["allow"] = r.allow.map(|a| a.to_string()).into();
+        json["ports"] = r.ports.iter().map(ToString::to_string).collect::<Vec<_>>().into();
+        json["source_port"] = r.source_port.into();
+        json["nat"] = nat.into();
+        json["username"] = r.username.clone().into();
+        json["client_timeout"] = r.client_timeout.into();
+    }
     println!("{json}");
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufReader, IsTerminal as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::keygen::{HMAC_KEY_LENS, KEY_LENS, NewKeys};
 use crate::keys::{self, KeyInput};
+use crate::modern::{self, WireFormat};
 use crate::opts::{self, Allow, NatOpts, Settings};
 use crate::rc::{self, RcFile};
 use crate::table::{self, Given};
@@ -314,6 +315,27 @@ fn is_key_var(var: &str) -> bool {
     matches!(var, "KEY" | "KEY_BASE64" | "KEY_FILE" | "HMAC_KEY" | "HMAC_KEY_BASE64" | "HMAC_KEY_FILE")
 }
 
+/// The settings of `spa connect`: `[default]`, the `-n` stanza and the command line, as for a
+/// knock. The options that do something else than knock (key generation, saving a stanza,
+/// listing, `-l`, `-T`) are refused, and so is `--stdin`: stdin is the relayed stream.
+pub(crate) fn connect_settings(a: &KnockArgs) -> Result<Settings> {
+    let refused = [
+        (a.save_rc_stanza, "--save-rc-stanza"),
+        (a.force_stanza, "--force-stanza"),
+        (a.stanza_list, "--stanza-list"),
+        (a.test, "-T/--test (use `spa -T` to see the packet)"),
+        (a.key_gen || a.key_gen_file.is_some(), "-k/-K (use `spa keygen`)"),
+        (a.key_len.is_some() || a.hmac_key_len.is_some(), "--key-len/--hmac-key-len"),
+        (a.last_cmd || a.show_last, "-l/--show-last"),
+        (a.stdin, "--stdin (stdin is the relayed stream; put the keys in the rc file or use --fd)"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(given, _)| *given) {
+        bail!("spa connect does not take {what}");
+    }
+    let rc = read_rc(a.rc_path()?.as_deref())?;
+    load(a, rc.as_ref(), a.named_config.as_deref())
+}
+
 /// `-l` and `--show-last`.
 fn last(a: &KnockArgs) -> Result<()> {
     ensure!(
@@ -357,11 +379,56 @@ pub(crate) fn random_port(rng: &mut dyn Entropy) -> u16 {
     }
 }
 
+/// A packet built from the settings, and where it goes.
+pub(crate) struct Built {
+    /// The packet's text.
+    pub(crate) spa: String,
+    /// The server's address (none in test mode).
+    pub(crate) dest: Option<SocketAddr>,
+    /// The server as given (`-D`).
+    pub(crate) host: Option<String>,
+    /// How it travels.
+    pub(crate) transport: crate::opts::Transport,
+}
+
 /// Builds the packet from the settings and sends it (or prints it with `-T`).
 fn knock(a: &KnockArgs, p: &Settings) -> Result<()> {
+    let built = build(a, p, None)?;
+    deliver(a, p, &built)
+}
+
+/// Saves (`-B`), prints (`-T`) or sends a built packet.
+pub(crate) fn deliver(a: &KnockArgs, p: &Settings, b: &Built) -> Result<()> {
+    let spa = &b.spa;
+    if let Some(path) = &a.save_packet {
+        let mut f = std::fs::OpenOptions::new();
+        if a.save_packet_append {
+            f.append(true).create(true);
+        } else {
+            f.write(true).create(true).truncate(true);
+        }
+        f.open(path)
+            .and_then(|mut f| writeln!(f, "{spa}"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if a.test {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{spa}").context("cannot write to stdout")?;
+        return Ok(());
+    }
+    if let (Some(d), Some(h)) = (b.dest, &b.host) {
+        let o = net::SendOptions { source_port: p.source_port, agent: p.user_agent.clone() };
+        net::send(spa, d, h, b.transport, &o)?;
+    }
+    Ok(())
+}
+
+/// Builds the packet from the settings, in the format they choose. `tcp_source_port` is the
+/// TCP source port the client will connect from (`spa connect`, modern format only).
+pub(crate) fn build(a: &KnockArgs, p: &Settings, tcp_source_port: Option<u16>) -> Result<Built> {
+    let format = modern::check_format(p)?;
     let verbose = p.verbose() > 0;
     let mut rng = OsRng;
-
     let resolve = || -> Result<IpAddr> {
         let o = net::ResolveOptions {
             url: p.resolve_url.clone(),
@@ -401,6 +468,31 @@ fn knock(a: &KnockArgs, p: &Settings) -> Result<()> {
         (_, true) => None,
     };
 
+    let host = p.destination.clone();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let offset = p.time_offset.unwrap_or(0);
+    let timestamp = now.checked_add_signed(offset).context("time offset out of range")?;
+
+    if format == WireFormat::Modern {
+        let server = p.server_key.context(
+            "the modern format needs the server's public key: SPA_SERVER_KEY or --server-key x25519:... \
+             (what `spad keygen` printed)",
+        )?;
+        let allow = (!allow.is_unspecified()).then_some(allow);
+        let request = modern::build_request(p, allow, tcp_source_port, &mut || random_port(&mut OsRng))?;
+        let user = modern::user_key(p)?;
+        let spa = spa_engine::modern::seal(&request, &user, &server, timestamp, &mut rng)
+            .context("cannot build the SPA packet")?;
+        if verbose {
+            print_modern(&request, &user, &server, timestamp, &spa);
+            if let (Some(d), Some(h)) = (dest, &host) {
+                eprintln!("Sending via {transport} to {h} ({d})");
+            }
+        }
+        return Ok(Built { spa, dest, host, transport });
+    }
+    ensure!(tcp_source_port.is_none(), "binding a grant to a TCP source port needs the modern format");
+
     let nat = NatOpts {
         access: p.nat_access.clone(),
         local: p.nat_local.unwrap_or(false),
@@ -417,9 +509,6 @@ fn knock(a: &KnockArgs, p: &Settings) -> Result<()> {
         &mut || random_port(&mut OsRng),
     )?;
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
-    let offset = p.time_offset.unwrap_or(0);
-    let timestamp = now.checked_add_signed(offset).context("time offset out of range")?;
     let env = |k: &str| std::env::var(k).ok();
     let msg = SpaMessage {
         random: spa_engine::random_value(&mut rng),
@@ -440,11 +529,10 @@ fn knock(a: &KnockArgs, p: &Settings) -> Result<()> {
         !(use_hmac && mode == EncryptionMode::Legacy),
         "the legacy encryption mode cannot be combined with an HMAC (as in fwknop)"
     );
-    let host = p.destination.as_deref();
     let mut input = a.key_input()?;
-    let key = keys::encryption_key(p.key.as_ref(), host, &mut input)?;
+    let key = keys::encryption_key(p.key.as_ref(), host.as_deref(), &mut input)?;
     let hmac = if use_hmac {
-        let hk = keys::hmac_key(p.hmac_key.as_ref(), host, &mut input)?;
+        let hk = keys::hmac_key(p.hmac_key.as_ref(), host.as_deref(), &mut input)?;
         ensure!(!keys_equal(&key, &hk), "the encryption key and the HMAC key must differ");
         Some((hk, p.hmac_type.unwrap_or_default()))
     } else {
@@ -455,31 +543,40 @@ fn knock(a: &KnockArgs, p: &Settings) -> Result<()> {
 
     if verbose {
         print_fields(&msg, digest, hmac.as_ref().map(|(_, t)| *t), mode, &spa);
-        if let (Some(d), Some(h)) = (dest, host) {
+        if let (Some(d), Some(h)) = (dest, &host) {
             eprintln!("Sending via {transport} to {h} ({d})");
         }
     }
-    if let Some(path) = &a.save_packet {
-        let mut f = std::fs::OpenOptions::new();
-        if a.save_packet_append {
-            f.append(true).create(true);
-        } else {
-            f.write(true).create(true).truncate(true);
-        }
-        f.open(path)
-            .and_then(|mut f| writeln!(f, "{spa}"))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if a.test {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{spa}").context("cannot write to stdout")?;
-        return Ok(());
-    }
-    if let (Some(d), Some(h)) = (dest, host) {
-        let o = net::SendOptions { source_port: p.source_port, agent: p.user_agent.clone() };
-        net::send(&spa, d, h, transport, &o)?;
-    }
-    Ok(())
+    Ok(Built { spa, dest, host, transport })
+}
+
+/// A modern packet's fields on stderr. Never the secret key.
+fn print_modern(
+    r: &spa_engine::ModernRequest,
+    user: &spa_engine::UserSigningKey,
+    server: &spa_engine::ServerPublicKey,
+    timestamp: u64,
+    spa: &str,
+) {
+    let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
+    eprintln!("SPA Field Values (modern format):");
+    eprintln!("=================================");
+    eprintln!("       User key: {}", user.public_key());
+    eprintln!("     Server key: {server}");
+    eprintln!("      Timestamp: {timestamp}");
+    eprintln!(
+        "          Allow: {}",
+        r.allow.map_or_else(|| "the packet's source".to_owned(), |ip| ip.to_string())
+    );
+    eprintln!("          Ports: {}", ports.join(","));
+    eprintln!("    Source port: {}", r.source_port.map_or_else(|| "<none>".to_owned(), |p| p.to_string()));
+    eprintln!(
+        "            NAT: {}",
+        r.nat.as_ref().map_or_else(|| "<none>".to_owned(), |n| format!("{n:?}"))
+    );
+    eprintln!("       Username: {}", r.username.as_deref().unwrap_or("<none>"));
+    eprintln!(" Client Timeout: {}", r.client_timeout.unwrap_or(0));
+    eprintln!(" Final SPA Data: {spa}");
 }
 
 /// The packet's fields on stderr, in fwknop's layout. Never any key.

@@ -8,11 +8,13 @@
 //!
 //! Every knock setting is defined once, in [`table::OPTIONS`].
 
+mod connect;
 mod decode;
 mod keygen;
 mod keys;
 mod knock;
 mod manual;
+mod modern;
 mod net;
 mod opts;
 mod rc;
@@ -58,7 +60,13 @@ enum Command {
     /// Build and send one SPA packet (what bare `spa` does).
     #[command(args_override_self = true)]
     Knock(Box<KnockArgs>),
-    /// Print a new random encryption key and HMAC key in fwknop's rc format.
+    /// Knock, then connect to HOST PORT over TCP and relay stdin and stdout (for ssh's
+    /// ProxyCommand: `ssh -o ProxyCommand='spa connect -n gw %h %p' host`). With the modern
+    /// format the knock names the connection's source port. Errors go to stderr.
+    #[command(args_override_self = true)]
+    Connect(Box<crate::connect::ConnectArgs>),
+    /// Print a new random encryption key and HMAC key in fwknop's rc format; with --modern,
+    /// make your Ed25519 key pair for the modern format; with --qr, also a QR code for a phone.
     Keygen(KeygenArgs),
     /// Authenticate and decrypt one packet and print its fields as JSON.
     Decode(DecodeArgs),
@@ -119,6 +127,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Knock(a)) => knock::run(&a, &argv),
+        Some(Command::Connect(a)) => connect::run(&a),
         Some(Command::Keygen(a)) => keygen::run(&a),
         Some(Command::Decode(a)) => decode::run(&a),
         Some(Command::Completions { shell }) => {

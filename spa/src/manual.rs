@@ -70,6 +70,11 @@ pub(crate) fn spa_1(cmd: clap::Command) -> Result<String> {
             "spa -n myserver -R --resolve-url https://ip.example.org/",
         ),
         ("Run the last knock again:", "spa -l"),
+        ("Make your key pair for a modern-format stanza:", "spa keygen --modern"),
+        (
+            "Knock, then connect, as ssh's ProxyCommand:",
+            "ssh -o ProxyCommand='spa connect -n myserver %h %p' gw.example.org",
+        ),
         ("Load completions in bash:", "source <(spa completions bash)"),
     ] {
         r.text(inline(what));

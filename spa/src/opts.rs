@@ -126,6 +126,11 @@ pub(crate) struct Settings {
     pub(crate) server_cmd: Option<String>,
     pub(crate) verbose: Option<u8>,
     pub(crate) no_save_args: Option<bool>,
+    pub(crate) format: Option<crate::modern::WireFormat>,
+    pub(crate) user_key_file: Option<PathBuf>,
+    pub(crate) user_key: Option<KeySpec>,
+    pub(crate) server_key: Option<spa_engine::ServerPublicKey>,
+    pub(crate) connect_delay_ms: Option<u64>,
 }
 
 impl Settings {

@@ -579,6 +579,50 @@ pub(crate) static OPTIONS: &[Opt] = &[
         .switch()
         .rc(&["NO_SAVE_ARGS"])
         .saved(|s, v| put(&mut s.no_save_args, parse_bool(v)?), "NO_SAVE_ARGS", |s| yes_no(s.no_save_args)),
+    Opt::new(
+        "format",
+        "Wire format: fwknop (the default) or modern (public keys; --user-key-file, --server-key).",
+    )
+    .long("format")
+    .value("FORMAT")
+    .rc(&["SPA_FORMAT"])
+    .saved(|s, v| put(&mut s.format, v.parse()?), "SPA_FORMAT", |s| shown(s.format)),
+    Opt::new(
+        "user_key_file",
+        "Modern format: your Ed25519 key file, mode 0600 (spa keygen --modern; default ~/.spa/user.key).",
+    )
+    .long("user-key-file")
+    .value("FILE")
+    .rc(&["SPA_USER_KEY_FILE"])
+    .saved(
+        |s, v| put(&mut s.user_key_file, expand_home(v.trim())),
+        "SPA_USER_KEY_FILE",
+        |s| shown(s.user_key_file.as_ref().map(|p| p.display())),
+    ),
+    Opt::new("user_key", "SPA_USER_KEY: modern format: your Ed25519 secret key itself (ed25519-secret:...).")
+        .rc(&["SPA_USER_KEY"])
+        .set(|s, v| put(&mut s.user_key, KeySpec::Text(secret(v.trim())))),
+    Opt::new("server_key", "Modern format: the server's public key, x25519:... (what spad keygen printed).")
+        .long("server-key")
+        .value("x25519:KEY")
+        .rc(&["SPA_SERVER_KEY"])
+        .saved(|s, v| put(&mut s.server_key, v.trim().parse()?), "SPA_SERVER_KEY", |s| shown(s.server_key)),
+    Opt::new(
+        "connect_delay",
+        "spa connect: milliseconds between the knock and the first connection attempt (default 500).",
+    )
+    .long("connect-delay")
+    .value("MS")
+    .rc(&["SPA_CONNECT_DELAY_MS"])
+    .saved(
+        |s, v| {
+            let ms: u64 = v.trim().parse().context("expected milliseconds")?;
+            anyhow::ensure!(ms <= 60_000, "at most 60000 milliseconds");
+            put(&mut s.connect_delay_ms, ms)
+        },
+        "SPA_CONNECT_DELAY_MS",
+        |s| shown(s.connect_delay_ms),
+    ),
     Opt::new("server_cmd", "A command for the server to run (command message).")
         .short('C')
         .long("server-cmd")

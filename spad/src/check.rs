@@ -136,6 +136,10 @@ pub fn run(path: &Path, warnings_ok: bool) -> anyhow::Result<i32> {
                 n => format!(", {n} warnings"),
             }
         );
+        if let Some(key) = c.verifier.server_public_key() {
+            // What the clients of modern stanzas need (SPA_SERVER_KEY).
+            println!("server public key: {key}");
+        }
     }
     Ok(if warnings_ok && status == WARNINGS { OK } else { status })
 }

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use spa_backends::{Driver, Registry, RegistryError};
+use spa_engine::stanza::Format;
 use spa_engine::stanza::Stanza;
-use spa_engine::{AccessStanza, Settings, Verifier};
+use spa_engine::{AccessStanza, ServerSecretKey, Settings, Verifier};
 
 /// The SPA port fwknop uses.
 pub const DEFAULT_PORT: u16 = 62201;
@@ -501,6 +502,17 @@ impl Default for Limits {
     }
 }
 
+/// `[server]`: the daemon's own key.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// The file holding the server's X25519 secret key (`spad keygen` writes it; mode 0600,
+    /// owned by root or spad's user). Modern-format stanzas (`format = "modern"`) need it: the
+    /// clients seal their packets to its public half.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
 /// The whole configuration, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -518,6 +530,8 @@ pub struct Config {
     pub nat: NatSettings,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[server]`: re-read on reload, like the stanzas (the key file too).
+    pub server: Server,
     /// `[control]`: the control socket of `spad status`, `revoke` and `reload`.
     pub control: crate::control::Control,
     /// `[metrics]`: the Prometheus endpoint.
@@ -587,6 +601,8 @@ struct RawMain {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
+    server: Server,
+    #[serde(default)]
     control: crate::control::Control,
     #[serde(default)]
     metrics: crate::metrics::Metrics,
@@ -628,6 +644,8 @@ struct Spans {
     limits: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
     control: BTreeMap<String, toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    server: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
     access: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
 }
@@ -897,6 +915,62 @@ fn check_replay_store(
     Ok(())
 }
 
+/// The effective user id: the owner a key file may have besides root.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Reads `[server] key_file`: a private file (mode 0600 or stricter, owned by root or by the
+/// user spad runs as) holding one `x25519-secret:` key. Errors name the file and the line of
+/// `key_file`.
+fn load_server_key(
+    path: &Path,
+    text: &str,
+    server: &Server,
+    spans: &Spans,
+) -> Result<Option<ServerSecretKey>, ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(file) = &server.key_file else { return Ok(None) };
+    let err = |message: String| ConfigError {
+        file: path.to_owned(),
+        line: spans.server.get("key_file").map(|v| line_of(text, v.span().start)),
+        message: format!("server.key_file: {}: {message}", file.display()),
+    };
+    let f = std::fs::File::open(file).map_err(|e| err(e.to_string()))?;
+    let m = f.metadata().map_err(|e| err(e.to_string()))?;
+    if !m.is_file() {
+        return Err(err("is not a regular file".into()));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "holds the server's secret key but its mode {:03o} lets group or others read or write it; \
+             run chmod 600 {}",
+            m.mode() & 0o777,
+            file.display()
+        )));
+    }
+    if m.uid() != 0 && m.uid() != euid() {
+        return Err(err(format!(
+            "holds the server's secret key but is owned by uid {}, not by root or spad (uid {}); \
+             run chown root {}",
+            m.uid(),
+            euid(),
+            file.display()
+        )));
+    }
+    let limit = spa_engine::modern::keys::MAX_KEY_FILE_LEN;
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, limit as u64 + 1), &mut raw)
+        .map_err(|e| err(e.to_string()))?;
+    if raw.len() > limit {
+        return Err(err(format!("is over {limit} bytes; it is not a key file")));
+    }
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| err("is not UTF-8 text; it is not a key file".into()))?;
+    ServerSecretKey::from_file(text).map(Some).map_err(|e| err(error_chain(&e)))
+}
+
 /// Key values the shipped examples hold until an admin puts real keys there: spad's own
 /// (`conf/spad.toml`, the packaged `/etc/spad/spad.toml`) and fwknop's `access.conf`.
 const PLACEHOLDERS: [&str; 2] = ["REPLACE_WITH_", "__CHANGEME__"];
@@ -1150,7 +1224,9 @@ impl Config {
                         .into(),
                 ));
             }
-            warnings.extend(check_keys(s, &compiled, o)?);
+            if compiled.format() == Format::Fwknop {
+                warnings.extend(check_keys(s, &compiled, o)?);
+            }
             if let Some(exec) = &compiled.cmd_exec {
                 crate::command::resolve(exec).map_err(|e| {
                     let key = match e {
@@ -1175,11 +1251,24 @@ impl Config {
                 });
             }
         }
-        let verifier = Verifier::new(&stanzas, settings).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            line: None,
-            message: error_chain(&e),
-        })?;
+        let server_key = load_server_key(path, text, &raw.server, &spans)?;
+        let modern = stanzas.iter().position(|s| s.format == Format::Modern);
+        if let (Some(i), None) = (modern, &server_key) {
+            let name = stanzas[i].name.clone().unwrap_or_else(|| format!("stanza-{}", i + 1));
+            return Err(origins[i].at(
+                Some("format"),
+                format!(
+                    "access stanza {name}: format = \"modern\" needs the server's key; set [server] \
+                     key_file (`spad keygen --out /etc/spad/server.key` writes one)"
+                ),
+            ));
+        }
+        let built = match server_key {
+            Some(key) => Verifier::with_server_key(&stanzas, settings, key),
+            None => Verifier::new(&stanzas, settings),
+        };
+        let verifier =
+            built.map_err(|e| ConfigError { file: path.to_owned(), line: None, message: error_chain(&e) })?;
         Ok(Config {
             path: path.to_owned(),
             listen: raw.listen,
@@ -1188,6 +1277,7 @@ impl Config {
             log: raw.log,
             nat: raw.nat,
             limits: raw.limits,
+            server: raw.server,
             control: raw.control,
             metrics: raw.metrics,
             verifier,
@@ -1738,6 +1828,61 @@ open_ports = ["tcp/22"]
         let (r, _) = with(&hmac, &format!("{hmac}\nallow_no_hmac = true"));
         let e = r.unwrap_err().to_string();
         assert!(e.contains("both allow_no_hmac and hmac_key are set"), "{e}");
+    }
+
+    /// A modern stanza (one user) after GOOD's fwknop stanza, with `[server]` as given.
+    fn modern_config(server: &str) -> String {
+        let user = spa_engine::UserSigningKey::from_seed(&[7; 32]).public_key();
+        format!(
+            "{GOOD}{server}\n[[access]]\nname = \"pk\"\nsource = \"any\"\nformat = \"modern\"\n\
+             users = [\"{user} alice\"]\nopen_ports = [\"tcp/22\"]\n"
+        )
+    }
+
+    #[test]
+    fn modern_stanzas_need_the_server_key_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "spad.toml", &modern_config(""));
+        let e = load_err(&p);
+        let format_line = modern_config("").lines().position(|l| l.starts_with("format")).unwrap() + 1;
+        assert!(
+            e.starts_with(&format!(
+                "{}:{format_line}: access stanza pk: format = \"modern\" needs",
+                p.display()
+            )) && e.contains("[server] key_file"),
+            "{e}"
+        );
+
+        let key_path = dir.path().join("server.key");
+        let public = crate::keygen::write_key(&key_path, false, &mut crate::keygen::OsRng).unwrap();
+        let text = modern_config(&format!("\n[server]\nkey_file = \"{}\"\n", key_path.display()));
+        let key_line = text.lines().position(|l| l.starts_with("key_file")).unwrap() + 1;
+        let p = write(dir.path(), "spad.toml", &text);
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.verifier.server_public_key().unwrap().to_string(), public);
+        assert!(c.warnings.is_empty(), "no HMAC warning for a modern stanza: {:?}", c.warnings);
+
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load_err(&p);
+        assert!(
+            e.starts_with(&format!("{}:{key_line}: server.key_file: {}: ", p.display(), key_path.display()))
+                && e.contains("mode 640"),
+            "{e}"
+        );
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if euid() == 0 {
+            std::os::unix::fs::chown(&key_path, Some(65534), None).unwrap();
+            let e = load_err(&p);
+            assert!(e.contains(&format!(":{key_line}: server.key_file: ")) && e.contains("uid 65534"), "{e}");
+            std::os::unix::fs::chown(&key_path, Some(0), None).unwrap();
+        }
+        std::fs::write(&key_path, "x25519-secret:short\n").unwrap();
+        let e = load_err(&p);
+        assert!(e.contains(&format!(":{key_line}: server.key_file: ")), "{e}");
+        std::fs::remove_file(&key_path).unwrap();
+        let e = load_err(&p);
+        assert!(e.contains(&format!(":{key_line}: server.key_file: ")) && e.contains("No such file"), "{e}");
     }
 }
 

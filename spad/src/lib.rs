@@ -11,6 +11,7 @@ pub mod command;
 pub mod config;
 pub mod control;
 pub mod import_fwknop;
+pub mod keygen;
 pub mod linked_backends;
 pub mod logging;
 pub mod metrics;

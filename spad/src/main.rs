@@ -138,6 +138,16 @@ enum Cmd {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// Write the server's key pair for modern-format stanzas: the secret key to a file (mode
+    /// 0600) for `[server] key_file`, the public key (`x25519:...`) to stdout for the clients.
+    Keygen {
+        /// The secret key file to write.
+        #[arg(long, value_name = "FILE", default_value = spad::keygen::DEFAULT_KEY_FILE)]
+        out: PathBuf,
+        /// Replace the file if it exists (every client then needs the new public key).
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove everything the configured backend owns in the firewall, protections included.
     /// Stop spad first.
     Teardown,
@@ -192,6 +202,7 @@ fn main() {
         }
         Some(Cmd::Reload { socket }) => spad::reload_running(&cli.config, socket.as_deref()),
         Some(Cmd::Teardown) => spad::teardown(&cli.config),
+        Some(Cmd::Keygen { out, force }) => spad::keygen::run(&out, force),
         Some(Cmd::ImportFwknop { access, out, force, backend }) => {
             // Here --config names fwknopd.conf.
             let default = std::path::Path::new(spad::import_fwknop::DEFAULT_CONFIG);

@@ -336,6 +336,7 @@ mod tests {
             ("[limits]".into(), accepted(&unknown_key::<Limits>())),
             ("[control]".into(), accepted(&unknown_key::<spad::control::Control>())),
             ("[metrics]".into(), accepted(&unknown_key::<spad::metrics::Metrics>())),
+            ("[server]".into(), accepted(&unknown_key::<spad::config::Server>())),
             ("[[access]]".into(), accepted(&unknown_key::<AccessStanza>())),
             // Read by hand in config.rs, not by serde.
             ("[firewall]".into(), vec!["backend".into(), "keep_grants_on_exit".into()]),

@@ -470,3 +470,55 @@ fn the_daemon_logs_the_same_finding_once_at_start() {
     assert!(log.lines().any(|l| l.contains("WARN") && l.contains(&finding)), "{log}");
     d.stop();
 }
+
+/// Modern stanzas need `[server] key_file`, a private file holding the server's key; `spad
+/// check` names the stanza or the key's line, and prints the public key the clients need.
+#[test]
+fn modern_stanzas_need_a_private_server_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let user = spa_engine::UserSigningKey::from_seed(&[5; 32]).public_key();
+    let stanza = format!(
+        "[[access]]\nname = \"pk\"\nsource = \"any\"\nformat = \"modern\"\nusers = [\"{user} carol\"]\n\
+         open_ports = [\"tcp/22\"]\n"
+    );
+    let p = config(d, "addresses = [\"127.0.0.1:62201\"]", "backend = \"none\"", &stanza);
+    let (status, err, _) = check(&p);
+    assert_eq!(status, Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: {}:{}: access stanza pk: format = \"modern\" needs",
+            p.display(),
+            line(&p, "format")
+        )) && err.contains("[server] key_file"),
+        "{err}"
+    );
+
+    let key = d.join("server.key");
+    let out = spad().args(["keygen", "--out", key.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = String::from_utf8(out.stdout).unwrap();
+    let server = format!("[server]\nkey_file = \"{}\"\n{stanza}", key.display());
+    let p = config(d, "addresses = [\"127.0.0.1:62201\"]", "backend = \"none\"", &server);
+    let (status, err, out) = check(&p);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(
+        out.ends_with(&format!(
+            "ok (2 access stanzas, backend none, socket mode)\nserver public key: {public}"
+        )),
+        "{out}"
+    );
+
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (status, err, _) = check(&p);
+    assert_eq!(status, Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: {}:{}: server.key_file: {}: ",
+            p.display(),
+            line(&p, "key_file"),
+            key.display()
+        )) && err.contains("mode 644"),
+        "{err}"
+    );
+}
