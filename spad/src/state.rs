@@ -812,6 +812,7 @@ mod tests {
         Grant {
             id: GrantId(id),
             source: "192.0.2.1".parse().unwrap(),
+            source_port: None,
             packet_source: "192.0.2.1".parse().unwrap(),
             destination: None,
             access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),

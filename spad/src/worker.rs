@@ -413,6 +413,7 @@ impl Worker {
         let grant = Grant {
             id,
             source: req.allowed_source,
+            source_port: req.source_port,
             packet_source: req.packet_source,
             destination: req.destination,
             access: self.interner.access(&access),
