@@ -575,6 +575,10 @@ fn located(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMain {
+    /// The server's X25519 key file (`spad keygen`), which opens modern-format packets;
+    /// relative paths are relative to this file. Needed when a stanza has `format = "modern"`.
+    #[serde(default)]
+    server_key_file: Option<PathBuf>,
     #[serde(default)]
     listen: Listen,
     firewall: Option<toml::Spanned<toml::Table>>,
@@ -655,6 +659,18 @@ fn read(path: &Path) -> Result<Source, ConfigError> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut f, &mut text).map_err(fail)?;
     Ok(Source { text, mode })
+}
+
+/// Reads the server's modern-format key (`server_key_file`): private to its owner, like
+/// every file that holds keys.
+fn server_key(file: &Path) -> Result<spa_engine::modern::ServerSecretKey, ConfigError> {
+    let source = read(file)?;
+    check_private(file, &source, 1)?;
+    spa_engine::modern::ServerSecretKey::from_file(&source.text).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        line: None,
+        message: format!("server_key_file: {}", error_chain(&e)),
+    })
 }
 
 /// Refuses a file that defines access stanzas (and so holds keys) when group or others may
@@ -934,6 +950,10 @@ fn check_keys(
     stanza: &Stanza,
     origin: &StanzaOrigin,
 ) -> Result<Vec<String>, ConfigError> {
+    if stanza.format() == spa_engine::stanza::Format::Modern {
+        // Signed by the user, sealed to the server's key: no shared keys to check.
+        return Ok(Vec::new());
+    }
     let name = stanza.name();
     let lengths = stanza.key_lengths();
     let mut warnings = Vec::new();
@@ -1175,11 +1195,14 @@ impl Config {
                 });
             }
         }
-        let verifier = Verifier::new(&stanzas, settings).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            line: None,
-            message: error_chain(&e),
-        })?;
+        let verifier = match &raw.server_key_file {
+            None => Verifier::new(&stanzas, settings),
+            Some(file) => {
+                let key = server_key(&path.parent().unwrap_or(Path::new(".")).join(file))?;
+                Verifier::with_server_key(&stanzas, settings, key)
+            }
+        }
+        .map_err(|e| ConfigError { file: path.to_owned(), line: None, message: error_chain(&e) })?;
         Ok(Config {
             path: path.to_owned(),
             listen: raw.listen,
