@@ -274,7 +274,9 @@ pub fn expand(grant: &Grant) -> Result<Vec<Rule>, BackendError> {
     if grant.source_port.is_some() {
         // A rich rule has one element: `port` and `source-port` cannot be combined, and the
         // grant is never widened to the whole address.
-        return Err(BackendError::Unsupported("a grant bound to a source port (a rich rule cannot match it)"));
+        return Err(BackendError::Unsupported(
+            "a grant bound to a source port (a rich rule cannot match it)",
+        ));
     }
     let ports = match &grant.access {
         Access::Ports(p) => p,

@@ -130,7 +130,9 @@ impl Entry for Record {
 pub fn expand(names: &Names, config: &Config, grant: &Grant) -> Result<Vec<Record>, BackendError> {
     if grant.source_port.is_some() {
         // The tables' keys have no source port: never widen such a grant to the address.
-        return Err(BackendError::Unsupported("a grant bound to a source port (ipfw tables here key no source port)"));
+        return Err(BackendError::Unsupported(
+            "a grant bound to a source port (ipfw tables here key no source port)",
+        ));
     }
     if grant.destination.is_some() {
         return Err(BackendError::Unsupported(

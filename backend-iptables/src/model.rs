@@ -421,7 +421,9 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
                 same_family("SNAT address", g.source, *a)?;
             }
             let matches: Vec<String> = match access {
-                Access::Ports(ports) => ports.iter().map(|pp| format!(" {}", flow_match(*pp, sport))).collect(),
+                Access::Ports(ports) => {
+                    ports.iter().map(|pp| format!(" {}", flow_match(*pp, sport))).collect()
+                }
                 Access::All => vec![String::new()],
             };
             for m in matches {

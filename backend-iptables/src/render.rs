@@ -618,14 +618,22 @@ mod tests {
                 5,
                 "192.0.2.5",
                 ports(&["tcp/2222"]),
-                Some(Nat::Dnat { to: "10.0.0.2".parse().unwrap(), port: Some(22), snat: Some(Snat::Masquerade) }),
+                Some(Nat::Dnat {
+                    to: "10.0.0.2".parse().unwrap(),
+                    port: Some(22),
+                    snat: Some(Snat::Masquerade),
+                }),
             )),
             sp(g(8, "192.0.2.8", ports(&["tcp/80"]), Some(Nat::Route { snat: None }))),
             sp(g(9, "192.0.2.9", ports(&["tcp/80"]), Some(Nat::Redirect { port: 8080 }))),
         ];
         let mut out = String::new();
         for grant in &grants {
-            let _ = writeln!(out, "# grant {} {} sport 40000 {} {:?}", grant.id, grant.source, grant.access, grant.nat);
+            let _ = writeln!(
+                out,
+                "# grant {} {} sport 40000 {} {:?}",
+                grant.id, grant.source, grant.access, grant.nat
+            );
             for e in items(grant) {
                 assert!(matches!(&e, Item::Rule(r) if r.matches().contains("--sport 40000")), "{e}");
                 let _ = writeln!(out, "{e}");
@@ -636,7 +644,12 @@ mod tests {
             plain.iter().map(|e| Change::Put { new: held(e, &grants[0]), prior: None }).collect();
         let removes: Vec<Change<'_, Item>> =
             plain.iter().map(|e| Change::Remove { old: held(e, &grants[0]) }).collect();
-        let _ = writeln!(out, "# put\n{}# remove\n{}", rule_changes(Family::V4, &puts), rule_changes(Family::V4, &removes));
+        let _ = writeln!(
+            out,
+            "# put\n{}# remove\n{}",
+            rule_changes(Family::V4, &puts),
+            rule_changes(Family::V4, &removes)
+        );
         assert_eq!(set_changes(&puts, 1_700_000_010), "", "no set member for a source-port grant");
         insta::assert_snapshot!(out);
         // The same access without the source port is another entry (a set member).

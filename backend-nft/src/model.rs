@@ -173,9 +173,9 @@ impl SetRef {
     pub fn all() -> impl Iterator<Item = SetRef> {
         Kind::ALL.into_iter().flat_map(|kind| {
             let twins = if kind.has_sport() { &[false, true][..] } else { &[false][..] };
-            twins.iter().flat_map(move |&sport| {
-                [SetRef { kind, v6: false, sport }, SetRef { kind, v6: true, sport }]
-            })
+            twins
+                .iter()
+                .flat_map(move |&sport| [SetRef { kind, v6: false, sport }, SetRef { kind, v6: true, sport }])
         })
     }
 

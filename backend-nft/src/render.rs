@@ -373,7 +373,10 @@ mod tests {
                 Grant { destination: Some("198.51.100.1".parse().unwrap()), ..v4(None) },
             ),
             ("dnat + masquerade", v4(Some(Nat::Dnat { to, port: Some(22), snat: Some(Snat::Masquerade) }))),
-            ("route ports + snat", v4(Some(Nat::Route { snat: Some(Snat::To("10.0.0.1".parse().unwrap())) }))),
+            (
+                "route ports + snat",
+                v4(Some(Nat::Route { snat: Some(Snat::To("10.0.0.1".parse().unwrap())) })),
+            ),
             ("local nat (redirect)", v4(Some(Nat::Redirect { port: 5555 }))),
         ];
         let mut out = String::new();
@@ -406,7 +409,13 @@ mod tests {
         let timed = [Timed { elem: &ea[0], timeout: 30, comment: "spa:0000000000000001".into() }];
         let line = ops_line(
             &config(),
-            &[Op::Put { elem: ea[0], timeout: 30, comment: "spa:0000000000000001".into(), prior: None, fresh: true }],
+            &[Op::Put {
+                elem: ea[0],
+                timeout: 30,
+                comment: "spa:0000000000000001".into(),
+                prior: None,
+                fresh: true,
+            }],
         );
         assert_eq!(
             line,

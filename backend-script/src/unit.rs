@@ -223,7 +223,10 @@ mod tests {
     /// bound to another port.
     #[test]
     fn the_source_port_is_shown_and_part_of_the_identity() {
-        assert_eq!(shown(grant(1).source_port(40000).ports("tcp/22"), Per::Port), ["192.0.2.1 sport 40000 tcp/22"]);
+        assert_eq!(
+            shown(grant(1).source_port(40000).ports("tcp/22"), Per::Port),
+            ["192.0.2.1 sport 40000 tcp/22"]
+        );
         let unit = |g: spa_backends::testkit::GrantBuilder| Unit::of(&g.into(), Per::Port).remove(0);
         let whole = unit(grant(1).ports("tcp/22"));
         let a = unit(grant(1).source_port(40000).ports("tcp/22"));

@@ -122,7 +122,10 @@ fn source_ports_make_distinct_grants_and_entries() {
     );
     // A re-knock bound to port 40000 extends exactly that grant.
     let ev = gt.grant(sp(4, Some(40000), 200), 10, &mut j);
-    assert!(matches!(ev.as_slice(), [Event::Extended(x)] if x.id == GrantId(1) && x.deadline == 200), "{ev:?}");
+    assert!(
+        matches!(ev.as_slice(), [Event::Extended(x)] if x.id == GrantId(1) && x.deadline == 200),
+        "{ev:?}"
+    );
     assert_eq!(gt.ledger().len(), 3);
     // Revoking the whole-address grant leaves both source-port grants in place.
     gt.revoke(GrantId(3), 20, &mut j);
@@ -309,9 +312,8 @@ fn check_invariants(
         .filter(|r| r.state == State::Live && r.grant.deadline > now && !tainted.contains(&r.grant.id))
     {
         for e in map(&r.grant).unwrap() {
-            let h = present
-                .get(&e.slot())
-                .unwrap_or_else(|| panic!("{e} of live grant {} missing", r.grant.id));
+            let h =
+                present.get(&e.slot()).unwrap_or_else(|| panic!("{e} of live grant {} missing", r.grant.id));
             assert_eq!(h.entry, e, "grant {} sees another value", r.grant.id);
             assert!(
                 h.until >= r.grant.deadline,
@@ -325,11 +327,8 @@ fn check_invariants(
     // Without injected failures: exactly the live grants' entries, each until the latest
     // deadline (plus entries ending by themselves within their grace second).
     if clean {
-        let want: BTreeMap<crate::testkit::FakeSlot, u64> = ledger
-            .holdings(&map, now)
-            .into_iter()
-            .map(|t| (t.entry.slot(), t.until))
-            .collect();
+        let want: BTreeMap<crate::testkit::FakeSlot, u64> =
+            ledger.holdings(&map, now).into_iter().map(|t| (t.entry.slot(), t.until)).collect();
         for (slot, until) in &want {
             assert_eq!(present.get(slot).map(|h| h.until), Some(*until), "{slot:?}");
         }

@@ -86,7 +86,13 @@ impl Backend for NoneBackend {
             a => a.to_string(),
         };
         let nat = g.nat.as_deref().map(|n: &Nat| serde_json::to_string(n).unwrap_or_default());
-        Ok(vec![NoneEntry { source: g.source, source_port: g.source_port, destination: g.destination, access, nat }])
+        Ok(vec![NoneEntry {
+            source: g.source,
+            source_port: g.source_port,
+            destination: g.destination,
+            access,
+            nat,
+        }])
     }
 
     fn prepare(&mut self, live: &[Held<'_, NoneEntry>], _now: u64) -> Result<(), BackendError> {

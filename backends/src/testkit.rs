@@ -297,7 +297,9 @@ impl Backend for FakeBackend {
             Access::All => Err(BackendError::Unsupported("forward-all")),
             Access::Ports(p) => {
                 let source_port = g.source_port;
-                Ok(p.iter().map(|pp| FakeEntry { source: g.source, source_port, port: pp.port, data }).collect())
+                Ok(p.iter()
+                    .map(|pp| FakeEntry { source: g.source, source_port, port: pp.port, data })
+                    .collect())
             }
         }
     }
