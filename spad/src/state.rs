@@ -868,7 +868,8 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(dir.path().join("grants.jsonl")).unwrap();
         f.write_all(format!("{old}\n").as_bytes()).unwrap();
         let (_, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
-        let port = |id: u64| l.records.iter().find(|r| r.grant.id == GrantId(id)).map(|r| r.grant.source_port);
+        let port =
+            |id: u64| l.records.iter().find(|r| r.grant.id == GrantId(id)).map(|r| r.grant.source_port);
         assert_eq!(port(1), Some(Some(40000)));
         assert_eq!(port(2), Some(None), "an old line must load, as a grant of the whole address");
     }
