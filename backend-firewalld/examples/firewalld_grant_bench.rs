@@ -24,6 +24,7 @@ fn grant(i: u32, deadline: u64) -> Grant {
     Grant {
         id: GrantId(u64::from(i) + 1),
         source,
+        source_port: None,
         packet_source: source,
         destination: None,
         access: Access::Ports(vec!["tcp/22".parse().expect("port")].into()),

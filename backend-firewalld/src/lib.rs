@@ -53,6 +53,13 @@
 //! (tested in `tests/firewalld.rs`). The exception is a deadline exactly a multiple of the
 //! span later than one orphaned by a reload; that closes the grant early (never late).
 //!
+//! # Source ports
+//!
+//! A grant bound to the client's source port (knock-and-connect with the modern format) is
+//! refused with a clear error: a rich rule holds one element, so `port` and `source-port`
+//! cannot be combined in one rule, and widening such a grant to the address would let in every
+//! host behind the client's NAT.
+//!
 //! # Tampering
 //!
 //! Besides the signals, `check` lists the zone's rich rules every `verify_interval` seconds
@@ -351,6 +358,8 @@ impl Backend for FirewalldBackend {
             exact_prepare: true,
             // One D-Bus call per rule, no transaction.
             atomic_apply: false,
+            // A rich rule cannot match both a port and a source port.
+            source_port: false,
         }
     }
 

@@ -271,6 +271,13 @@ impl<'a> Attrs<'a> {
 /// masquerade), which firewalld offers only per zone or in policies that exist only in the
 /// permanent configuration.
 pub fn expand(grant: &Grant) -> Result<Vec<Rule>, BackendError> {
+    if grant.source_port.is_some() {
+        // A rich rule has one element: `port` and `source-port` cannot be combined, and the
+        // grant is never widened to the whole address.
+        return Err(BackendError::Unsupported(
+            "a grant bound to a source port (a rich rule cannot match it)",
+        ));
+    }
     let ports = match &grant.access {
         Access::Ports(p) => p,
         Access::All => return Err(BackendError::Unsupported("forward-all (every port) with firewalld")),

@@ -48,6 +48,13 @@
 //! port is closed before spad starts; spad then finds its rules in place and only fills the
 //! tables.
 //!
+//! # Source ports
+//!
+//! A grant bound to the client's source port (knock-and-connect with the modern format) is
+//! refused with a clear error: the tables' keys have no source port, and widening such a grant
+//! to the address would let in every host behind the client's NAT. (An ipfw flow table of
+//! type `flow:src-ip,proto,src-port,dst-port` could hold it; not done.)
+//!
 //! # Tampering
 //!
 //! [`Backend::check`] (at most every `check_interval_ms`, and after a failed change) lists the
@@ -200,7 +207,14 @@ impl Backend for IpfwBackend {
 
     fn capabilities(&self) -> Capabilities {
         // A batch stops at its first failing line with the earlier ones applied.
-        Capabilities { nat: true, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: false }
+        Capabilities {
+            nat: true,
+            ipv6: true,
+            native_expiry: false,
+            exact_prepare: true,
+            atomic_apply: false,
+            source_port: false,
+        }
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Record>, BackendError> {
@@ -291,7 +305,8 @@ mod tests {
                 ipv6: true,
                 native_expiry: false,
                 exact_prepare: true,
-                atomic_apply: false
+                atomic_apply: false,
+                source_port: false
             }
         );
         assert!(r.create("ipfw", &"set = 31".parse().unwrap()).is_err());

@@ -128,6 +128,12 @@ impl Entry for Record {
 /// (libalias keeps the client's address towards the internal host), IPv6 forwards (libalias is
 /// IPv4 only), routed forwarding, local redirects and forward-all DNAT.
 pub fn expand(names: &Names, config: &Config, grant: &Grant) -> Result<Vec<Record>, BackendError> {
+    if grant.source_port.is_some() {
+        // The tables' keys have no source port: never widen such a grant to the address.
+        return Err(BackendError::Unsupported(
+            "a grant bound to a source port (ipfw tables here key no source port)",
+        ));
+    }
     if grant.destination.is_some() {
         return Err(BackendError::Unsupported(
             "a grant restricted to one local address (stanza destination)",

@@ -44,6 +44,15 @@
 //! false; the ledger undoes a half-made grant). Nothing outside our chains and sets is
 //! touched, except the four jump rules.
 //!
+//! # Source ports
+//!
+//! A grant bound to the client's source port (knock-and-connect with the modern format) matches
+//! it in every rule (`-p tcp -m tcp --sport 40000 --dport 22`), so only that connection gets in,
+//! not the other hosts behind the client's NAT address. ipset has no type holding two ports, so
+//! such a grant's plain ports are tagged `SPA_INPUT` accepts rather than set members (the ledger
+//! removes them at the deadline; the connection, once established, stays through conntrack where
+//! the host's ruleset accepts established traffic).
+//!
 //! # Failing closed, and tampering
 //!
 //! The `DROP`s of protected ports stay when the daemon stops or crashes; only
@@ -374,7 +383,14 @@ impl Backend for IptablesBackend {
     fn capabilities(&self) -> Capabilities {
         // Plain grants expire in the kernel (ipset timeouts), NAT rules do not; the set and
         // the rule step are separate programs.
-        Capabilities { nat: true, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: false }
+        Capabilities {
+            nat: true,
+            ipv6: true,
+            native_expiry: false,
+            exact_prepare: true,
+            atomic_apply: false,
+            source_port: true,
+        }
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Item>, BackendError> {
@@ -552,7 +568,8 @@ mod tests {
                 ipv6: true,
                 native_expiry: false,
                 exact_prepare: true,
-                atomic_apply: false
+                atomic_apply: false,
+                source_port: true
             }
         );
         assert!(r.create("iptables", &table("chain_prefix = \"A-B\"")).is_err());

@@ -311,6 +311,18 @@ pub fn proto_match(pp: ProtoPort) -> String {
     format!("-p {p} -m {p} --dport {}", pp.port)
 }
 
+/// `-p tcp -m tcp --sport 40000 --dport 22` (the order `iptables-save` prints), or without
+/// `--sport` for a grant of the whole address.
+fn flow_match(pp: ProtoPort, sport: Option<u16>) -> String {
+    match sport {
+        Some(sp) => {
+            let p = pp.proto.name();
+            format!("-p {p} -m {p} --sport {sp} --dport {}", pp.port)
+        }
+        None => proto_match(pp),
+    }
+}
+
 fn snat_target(snat: &Snat) -> String {
     // MASQUERADE without --to-ports: fwknop adds `--to-ports <external port>`, which rewrites
     // the *source* port of the translated flow; nothing needs that.
@@ -328,8 +340,17 @@ fn snat_target(snat: &Snat) -> String {
 ///   translated connection, and the source NAT if asked;
 /// - `Route`: FORWARD accepts of the ports (or everything), plus source NAT if asked;
 /// - `Redirect`: per port a REDIRECT, and an INPUT accept of exactly the redirected connection.
+///
+/// A grant bound to a source port matches it (`--sport`) in every rule; ipset has no type
+/// with two ports, so its plain port grants are INPUT accepts instead of set members
+/// (`-s 192.0.2.1/32 -p tcp -m tcp --sport 40000 --dport 22 -j ACCEPT`), removed by the
+/// ledger at the deadline. Forward-all with a source port is refused: nothing to match it on.
 pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
     let family = Family::of(g.source);
+    let sport = g.source_port;
+    if sport.is_some() && g.access == Access::All {
+        return Err(BackendError::Unsupported("forward-all bound to a source port"));
+    }
     let src = host(g.source);
     if let Some(d) = g.destination {
         same_family("destination", g.source, d)?;
@@ -344,6 +365,11 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
         out.push(Item::Rule(Rule { names: names.clone(), family, hook, matches, target }));
     };
     match (g.nat.as_deref(), &g.access) {
+        (None, Access::Ports(ports)) if sport.is_some() => {
+            for pp in ports.iter() {
+                rule(Hook::Input, format!("-s {src}{dst} {}", flow_match(*pp, sport)), "-j ACCEPT".into());
+            }
+        }
         (None, Access::Ports(ports)) => {
             let members = ports.iter().map(|pp| {
                 Item::Member(Member {
@@ -372,8 +398,8 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
                 Access::All => vec![(None, None)],
             };
             for (ext, int) in flows {
-                let ext_m = ext.map(|pp| format!(" {}", proto_match(pp))).unwrap_or_default();
-                let int_m = int.map(|pp| format!(" {}", proto_match(pp))).unwrap_or_default();
+                let ext_m = ext.map(|pp| format!(" {}", flow_match(pp, sport))).unwrap_or_default();
+                let int_m = int.map(|pp| format!(" {}", flow_match(pp, sport))).unwrap_or_default();
                 // The forward accept and the source NAT match only connections that our DNAT
                 // translated from the external port, not any traffic to the internal host.
                 let orig = ext.map(|pp| format!(" --ctorigdstport {}", pp.port)).unwrap_or_default();
@@ -395,7 +421,9 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
                 same_family("SNAT address", g.source, *a)?;
             }
             let matches: Vec<String> = match access {
-                Access::Ports(ports) => ports.iter().map(|pp| format!(" {}", proto_match(*pp))).collect(),
+                Access::Ports(ports) => {
+                    ports.iter().map(|pp| format!(" {}", flow_match(*pp, sport))).collect()
+                }
                 Access::All => vec![String::new()],
             };
             for m in matches {
@@ -407,10 +435,9 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
         }
         (Some(Nat::Redirect { port }), Access::Ports(ports)) => {
             for pp in ports.iter() {
-                let p = pp.proto.name();
                 rule(
                     Hook::Prerouting,
-                    format!("-s {src}{dst} {}{local}", proto_match(*pp)),
+                    format!("-s {src}{dst} {}{local}", flow_match(*pp, sport)),
                     format!("-j REDIRECT --to-ports {port}"),
                 );
                 // The redirected connection arrives at the local port; let exactly it in, even
@@ -418,7 +445,8 @@ pub fn expand(names: &Names, g: &Grant) -> Result<Vec<Item>, BackendError> {
                 rule(
                     Hook::Input,
                     format!(
-                        "-s {src} -p {p} -m {p} --dport {port} -m conntrack --ctstate DNAT --ctorigdstport {}",
+                        "-s {src} {} -m conntrack --ctstate DNAT --ctorigdstport {}",
+                        flow_match(ProtoPort::new(pp.proto, *port), sport),
                         pp.port
                     ),
                     "-j ACCEPT".into(),

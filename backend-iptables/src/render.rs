@@ -511,6 +511,7 @@ mod tests {
         Grant {
             id: GrantId(id),
             source: src.parse().unwrap(),
+            source_port: None,
             packet_source: src.parse().unwrap(),
             destination: None,
             access,
@@ -600,6 +601,64 @@ mod tests {
             }
         }
         insta::assert_snapshot!(out);
+    }
+
+    /// Grants bound to a source port: every rule matches `--sport`, and plain ports become
+    /// INPUT accepts (ipset has no type with two ports); put and removed like other rules.
+    #[test]
+    fn entries_and_changes_with_a_source_port() {
+        let sp = |g: Grant| Grant { source_port: Some(40000), ..g };
+        let mut with_dst = sp(g(3, "192.0.2.3", ports(&["tcp/443"]), None));
+        with_dst.destination = Some("198.51.100.1".parse().unwrap());
+        let grants = [
+            sp(g(1, "192.0.2.1", ports(&["tcp/22", "udp/53"]), None)),
+            sp(g(2, "2001:db8::1", ports(&["tcp/22"]), None)),
+            with_dst,
+            sp(g(
+                5,
+                "192.0.2.5",
+                ports(&["tcp/2222"]),
+                Some(Nat::Dnat {
+                    to: "10.0.0.2".parse().unwrap(),
+                    port: Some(22),
+                    snat: Some(Snat::Masquerade),
+                }),
+            )),
+            sp(g(8, "192.0.2.8", ports(&["tcp/80"]), Some(Nat::Route { snat: None }))),
+            sp(g(9, "192.0.2.9", ports(&["tcp/80"]), Some(Nat::Redirect { port: 8080 }))),
+        ];
+        let mut out = String::new();
+        for grant in &grants {
+            let _ = writeln!(
+                out,
+                "# grant {} {} sport 40000 {} {:?}",
+                grant.id, grant.source, grant.access, grant.nat
+            );
+            for e in items(grant) {
+                assert!(matches!(&e, Item::Rule(r) if r.matches().contains("--sport 40000")), "{e}");
+                let _ = writeln!(out, "{e}");
+            }
+        }
+        let plain = items(&grants[0]);
+        let puts: Vec<Change<'_, Item>> =
+            plain.iter().map(|e| Change::Put { new: held(e, &grants[0]), prior: None }).collect();
+        let removes: Vec<Change<'_, Item>> =
+            plain.iter().map(|e| Change::Remove { old: held(e, &grants[0]) }).collect();
+        let _ = writeln!(
+            out,
+            "# put\n{}# remove\n{}",
+            rule_changes(Family::V4, &puts),
+            rule_changes(Family::V4, &removes)
+        );
+        assert_eq!(set_changes(&puts, 1_700_000_010), "", "no set member for a source-port grant");
+        insta::assert_snapshot!(out);
+        // The same access without the source port is another entry (a set member).
+        let whole = items(&g(1, "192.0.2.1", ports(&["tcp/22"]), None));
+        assert!(matches!(&whole[0], Item::Member(_)));
+        assert_ne!(whole[0], plain[0]);
+        // Forward-all has nothing to match a source port on: refused, never widened.
+        let all = sp(g(4, "192.0.2.4", Access::All, None));
+        assert!(matches!(expand(&names(), &all), Err(BackendError::Unsupported(_))));
     }
 
     fn live_rules(grants: &[Grant]) -> Vec<(Rule, String)> {

@@ -21,6 +21,12 @@
 //! pure [`model::expand`] (the backend's entries); when it is put, re-timed or removed is
 //! decided by the grant ledger in `spa-backends`, never here.
 //!
+//! A grant bound to the client's source port (knock-and-connect with the modern format) goes
+//! into the `_sport` twin of each set (`allow_sport4`: `saddr . l4proto . sport . dport`),
+//! matched by `ip saddr . meta l4proto . th sport . th dport @allow_sport4 accept`, so only that
+//! one connection gets in, not the other hosts behind the client's NAT address. Once it is
+//! established, `ct state established,related accept` keeps it after the element expires.
+//!
 //! # Inspecting and removing it by hand
 //!
 //! ```text
@@ -283,7 +289,14 @@ impl Backend for NftBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { nat: true, ipv6: true, native_expiry: true, exact_prepare: true, atomic_apply: true }
+        Capabilities {
+            nat: true,
+            ipv6: true,
+            native_expiry: true,
+            exact_prepare: true,
+            atomic_apply: true,
+            source_port: true,
+        }
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Elem>, BackendError> {

@@ -3,6 +3,11 @@
 //! Every kind of access has one set (or map) per address family, matched by one static rule.
 //! A grant never adds rules, only elements, so the ruleset stays the same size and a grant is
 //! one small transaction.
+//!
+//! A grant bound to the client's source port (knock-and-connect) uses the `..._sport` twin of
+//! each set whose key has a port (`allow_sport4`: `saddr . l4proto . sport . dport`), so it
+//! lets in exactly that connection and never the other hosts behind the client's NAT address.
+//! Forward-all grants have no protocol to take a source port from: they are refused with one.
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
@@ -144,24 +149,40 @@ impl Kind {
     }
 }
 
-/// One of our named sets or maps: a kind in one address family.
+impl Kind {
+    /// Whether the kind has a twin keyed also by the source port (its key has a port).
+    pub const fn has_sport(self) -> bool {
+        matches!(self.key(), KeyShape::SrcProtoPort | KeyShape::SrcDstProtoPort)
+    }
+}
+
+/// One of our named sets or maps: a kind in one address family, keyed by the source port too
+/// or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SetRef {
     /// The kind.
     pub kind: Kind,
     /// IPv6 (`...6`) rather than IPv4 (`...4`).
     pub v6: bool,
+    /// The twin whose key also holds the source port (`..._sport4`), for grants bound to one.
+    pub sport: bool,
 }
 
 impl SetRef {
-    /// Every set and map of the table.
+    /// Every set and map of the table: per kind, IPv4 and IPv6, then their source-port twins.
     pub fn all() -> impl Iterator<Item = SetRef> {
-        Kind::ALL.into_iter().flat_map(|kind| [SetRef { kind, v6: false }, SetRef { kind, v6: true }])
+        Kind::ALL.into_iter().flat_map(|kind| {
+            let twins = if kind.has_sport() { &[false, true][..] } else { &[false][..] };
+            twins
+                .iter()
+                .flat_map(move |&sport| [SetRef { kind, v6: false, sport }, SetRef { kind, v6: true, sport }])
+        })
     }
 
-    /// Its name in the table, e.g. `allow4`.
+    /// Its name in the table, e.g. `allow4`, `allow_sport4`.
     pub fn name(self) -> String {
-        format!("{}{}", self.kind.base(), if self.v6 { 6 } else { 4 })
+        let sport = if self.sport { "_sport" } else { "" };
+        format!("{}{sport}{}", self.kind.base(), if self.v6 { 6 } else { 4 })
     }
 
     /// Whether it is a map (has data).
@@ -179,6 +200,8 @@ pub struct Key {
     pub dst: Option<IpAddr>,
     /// `l4proto . dport`, for the shapes that have it.
     pub port: Option<ProtoPort>,
+    /// `th sport`, between the protocol and the destination port, in the `_sport` sets.
+    pub sport: Option<u16>,
 }
 
 impl fmt::Display for Key {
@@ -188,7 +211,11 @@ impl fmt::Display for Key {
             write!(f, " . {d}")?;
         }
         if let Some(p) = self.port {
-            write!(f, " . {} . {}", p.proto, p.port)?;
+            write!(f, " . {}", p.proto)?;
+            if let Some(sp) = self.sport {
+                write!(f, " . {sp}")?;
+            }
+            write!(f, " . {}", p.port)?;
         }
         Ok(())
     }
@@ -259,7 +286,10 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn push(&mut self, kind: Kind, key: Key, data: Option<Data>) {
-        self.out.push(Elem { set: SetRef { kind, v6: self.v6 }, key, data });
+        // A key with a port goes to the source-port twin when the grant is bound to one
+        // (`expand` refuses the shapes without a port before it gets here).
+        let sport = key.sport.is_some();
+        self.out.push(Elem { set: SetRef { kind, v6: self.v6, sport }, key, data });
     }
 
     fn same_family(&self, addr: IpAddr, what: &str) -> Result<(), BackendError> {
@@ -301,13 +331,25 @@ impl Builder<'_> {
 /// - `Dnat`, all: `dnat_host` plus `fwd_host` (+ SNAT);
 /// - `Route`, ports / all: `route` / `route_all` (+ SNAT);
 /// - `Redirect`, ports: `redirect` per port plus `allow` of the local port.
+///
+/// With a source port, each of them goes to its set's `_sport` twin with the port in the key;
+/// forward-all (no protocol, no port) with a source port is refused.
 pub fn expand(grant: &Grant) -> Result<Vec<Elem>, BackendError> {
     let src = grant.source;
     let mut b = Builder { grant, v6: src.is_ipv6(), out: Vec::new() };
     if let Some(dst) = grant.destination {
         b.same_family(dst, "destination")?;
     }
-    let key = |dst: Option<IpAddr>, port: Option<ProtoPort>| Key { src, dst, port };
+    let sport = grant.source_port;
+    if sport.is_some() && grant.access == Access::All {
+        return Err(BackendError::Unsupported("forward-all bound to a source port"));
+    }
+    let key = |dst: Option<IpAddr>, port: Option<ProtoPort>| Key {
+        src,
+        dst,
+        port,
+        sport: if port.is_some() { sport } else { None },
+    };
     match (grant.nat.as_deref(), &grant.access) {
         (None, Access::Ports(ports)) => {
             for p in ports.iter() {

@@ -110,15 +110,20 @@ fn push_addr(out: &mut Vec<u8>, a: IpAddr) {
 }
 
 /// A key as the kernel stores it: each component padded to 4 bytes (addresses as they are,
-/// the protocol number in the first byte, the port big-endian in the first two).
+/// the protocol number in the first byte, each port big-endian in the first two; the source
+/// port, when the key has one, between the protocol and the destination port).
 fn encode_key(k: &Key) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40);
+    let mut out = Vec::with_capacity(44);
     push_addr(&mut out, k.src);
     if let Some(d) = k.dst {
         push_addr(&mut out, d);
     }
     if let Some(p) = k.port {
         out.extend_from_slice(&[p.proto.number(), 0, 0, 0]);
+        if let Some(sp) = k.sport {
+            out.extend_from_slice(&sp.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+        }
         out.extend_from_slice(&p.port.to_be_bytes());
         out.extend_from_slice(&[0, 0]);
     }
@@ -298,8 +303,10 @@ mod tests {
     #[test]
     fn elements_are_encoded_like_nft() {
         let tcp22: spa_backends::ProtoPort = "tcp/22".parse().unwrap();
-        let k = Key { src: "192.0.2.1".parse().unwrap(), dst: None, port: Some(tcp22) };
+        let k = Key { src: "192.0.2.1".parse().unwrap(), dst: None, port: Some(tcp22), sport: None };
         assert_eq!(encode_key(&k), [192, 0, 2, 1, 6, 0, 0, 0, 0, 22, 0, 0]);
+        let k = Key { sport: Some(40000), ..k };
+        assert_eq!(encode_key(&k), [192, 0, 2, 1, 6, 0, 0, 0, 0x9c, 0x40, 0, 0, 0, 22, 0, 0]);
         assert_eq!(
             encode_data(&Data::AddrPort("10.0.0.2".parse().unwrap(), 2222)),
             [10, 0, 0, 2, 0x08, 0xae, 0, 0]
@@ -309,6 +316,7 @@ mod tests {
             src: "2001:db8::1".parse().unwrap(),
             dst: Some("2001:db8::2".parse().unwrap()),
             port: None,
+            sport: None,
         };
         assert_eq!(encode_key(&v6).len(), 32);
     }

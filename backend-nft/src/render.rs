@@ -75,9 +75,11 @@ fn addr_type(v6: bool) -> &'static str {
 
 fn set_type(set: SetRef) -> String {
     let a = addr_type(set.v6);
+    // The source-port twins hold `sport` between the protocol and the destination port.
+    let sport = if set.sport { " . inet_service" } else { "" };
     let key = match set.kind.key() {
-        KeyShape::SrcProtoPort => format!("{a} . inet_proto . inet_service"),
-        KeyShape::SrcDstProtoPort => format!("{a} . {a} . inet_proto . inet_service"),
+        KeyShape::SrcProtoPort => format!("{a} . inet_proto{sport} . inet_service"),
+        KeyShape::SrcDstProtoPort => format!("{a} . {a} . inet_proto{sport} . inet_service"),
         KeyShape::SrcDst => format!("{a} . {a}"),
         KeyShape::Src => a.to_owned(),
     };
@@ -92,16 +94,19 @@ fn set_type(set: SetRef) -> String {
 /// The packet fields a set's key is looked up with.
 fn selector(set: SetRef) -> String {
     let ip = if set.v6 { "ip6" } else { "ip" };
+    let sport = if set.sport { " . th sport" } else { "" };
     match set.kind.key() {
-        KeyShape::SrcProtoPort => format!("{ip} saddr . meta l4proto . th dport"),
-        KeyShape::SrcDstProtoPort => format!("{ip} saddr . {ip} daddr . meta l4proto . th dport"),
+        KeyShape::SrcProtoPort => format!("{ip} saddr . meta l4proto{sport} . th dport"),
+        KeyShape::SrcDstProtoPort => format!("{ip} saddr . {ip} daddr . meta l4proto{sport} . th dport"),
         KeyShape::SrcDst => format!("{ip} saddr . {ip} daddr"),
         KeyShape::Src => format!("{ip} saddr"),
     }
 }
 
-fn both(kind: Kind) -> [SetRef; 2] {
-    [SetRef { kind, v6: false }, SetRef { kind, v6: true }]
+/// The sets of a kind in the order their rules are written: IPv4 and IPv6, then (for kinds
+/// with a port) their source-port twins.
+fn both(kind: Kind) -> impl Iterator<Item = SetRef> {
+    SetRef::all().filter(move |s| s.kind == kind)
 }
 
 /// The whole table, reset atomically: `add table` + `delete table` + the definition + the
@@ -133,7 +138,7 @@ pub fn table_script(config: &NftConfig, elems: &[Timed<'_>]) -> String {
         "\tchain prerouting {{\n\t\ttype nat hook prerouting priority {}; policy accept;",
         config.dnat_priority
     );
-    for set in both(Kind::Dnat).into_iter().chain(both(Kind::DnatHost)) {
+    for set in both(Kind::Dnat).chain(both(Kind::DnatHost)) {
         let ip = if set.v6 { "ip6" } else { "ip" };
         let _ = writeln!(s, "\t\tdnat {ip} to {} map @{}", selector(set), set.name());
     }
@@ -149,7 +154,7 @@ pub fn table_script(config: &NftConfig, elems: &[Timed<'_>]) -> String {
         config.filter_priority
     );
     s.push_str("\t\tct state established,related accept\n");
-    for set in both(Kind::Allow).into_iter().chain(both(Kind::AllowDst)) {
+    for set in both(Kind::Allow).chain(both(Kind::AllowDst)) {
         let _ = writeln!(s, "\t\t{} @{}{mark} accept", selector(set), set.name());
     }
     s.push_str("\t\tmeta l4proto . th dport @protect counter drop\n\t}\n");
@@ -260,7 +265,7 @@ pub fn ops_line(config: &NftConfig, ops: &[Op]) -> String {
 mod tests {
     use super::*;
     use crate::model::expand;
-    use spa_backends::{Access, Grant, GrantId, Nat, Snat};
+    use spa_backends::{Access, Entry as _, Grant, GrantId, Nat, Snat};
 
     fn config() -> NftConfig {
         NftConfig {
@@ -274,6 +279,7 @@ mod tests {
         Grant {
             id: GrantId(id),
             source: source.parse().unwrap(),
+            source_port: None,
             packet_source: source.parse().unwrap(),
             destination: None,
             access,
@@ -350,6 +356,75 @@ mod tests {
             }
         }
         insta::assert_snapshot!(out);
+    }
+
+    /// Grants bound to a source port: every shape with a port goes to the `_sport` twin, with
+    /// the port between the protocol and the destination port.
+    #[test]
+    fn grant_shapes_with_a_source_port() {
+        let sp = |g: Grant| Grant { source_port: Some(40000), ..g };
+        let v4 = |nat| sp(grant(1, "192.0.2.1", ports(&["tcp/2222", "udp/53"]), nat));
+        let to = "10.0.0.2".parse().unwrap();
+        let cases = [
+            ("access", v4(None)),
+            ("access ipv6", sp(grant(1, "2001:db8::1", ports(&["tcp/22"]), None))),
+            (
+                "access to one local address",
+                Grant { destination: Some("198.51.100.1".parse().unwrap()), ..v4(None) },
+            ),
+            ("dnat + masquerade", v4(Some(Nat::Dnat { to, port: Some(22), snat: Some(Snat::Masquerade) }))),
+            (
+                "route ports + snat",
+                v4(Some(Nat::Route { snat: Some(Snat::To("10.0.0.1".parse().unwrap())) })),
+            ),
+            ("local nat (redirect)", v4(Some(Nat::Redirect { port: 5555 }))),
+        ];
+        let mut out = String::new();
+        for (name, g) in cases {
+            out.push_str(&format!("# {name}\n"));
+            for e in expand(&g).unwrap() {
+                assert!(e.set.sport && e.key.sport == Some(40000), "{e}");
+                out.push_str(&format!("{e}\n"));
+            }
+        }
+        insta::assert_snapshot!(out);
+        // Forward-all has no port to bind: refused, never widened to the address.
+        let all = sp(grant(1, "192.0.2.1", Access::All, None));
+        assert!(matches!(expand(&all), Err(spa_backends::BackendError::Unsupported(_))));
+        let all = sp(grant(1, "192.0.2.1", Access::All, Some(Nat::Route { snat: None })));
+        assert!(matches!(expand(&all), Err(spa_backends::BackendError::Unsupported(_))));
+    }
+
+    /// The same access with and without a source port, or with two, are different elements.
+    #[test]
+    fn a_source_port_makes_another_element() {
+        let plain = grant(1, "192.0.2.1", ports(&["tcp/22"]), None);
+        let a = Grant { source_port: Some(40000), ..plain.clone() };
+        let b = Grant { source_port: Some(40001), ..plain.clone() };
+        let (ep, ea, eb) = (expand(&plain).unwrap(), expand(&a).unwrap(), expand(&b).unwrap());
+        assert_eq!(ep[0].to_string(), "allow4 { 192.0.2.1 . tcp . 22 }");
+        assert_eq!(ea[0].to_string(), "allow_sport4 { 192.0.2.1 . tcp . 40000 . 22 }");
+        assert_ne!(ea[0].slot(), eb[0].slot());
+        assert_ne!(ea[0].slot(), ep[0].slot());
+        let timed = [Timed { elem: &ea[0], timeout: 30, comment: "spa:0000000000000001".into() }];
+        let line = ops_line(
+            &config(),
+            &[Op::Put {
+                elem: ea[0],
+                timeout: 30,
+                comment: "spa:0000000000000001".into(),
+                prior: None,
+                fresh: true,
+            }],
+        );
+        assert_eq!(
+            line,
+            "add element inet spa allow_sport4 { 192.0.2.1 . tcp . 40000 . 22 timeout 30s comment \"spa:0000000000000001\" }"
+        );
+        assert!(
+            table_script(&config(), &timed)
+                .ends_with("add element inet spa allow_sport4 { 192.0.2.1 . tcp . 40000 . 22 timeout 30s comment \"spa:0000000000000001\" }\n")
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn grant(id: u64, source: &str, ports: &[&str], nat: Option<Nat>, secs: u64) -> 
     Grant {
         id: GrantId(id),
         source: source.parse().unwrap(),
+        source_port: None,
         packet_source: source.parse().unwrap(),
         destination: None,
         access: Access::Ports(ports.iter().map(|p| p.parse().unwrap()).collect()),

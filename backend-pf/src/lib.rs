@@ -47,6 +47,13 @@
 //! the tamper check look for the hooks in `pfctl -s rules` / `-s nat` and fail without them
 //! (`require_hook`), since without them nothing in the anchor has any effect.
 //!
+//! # Source ports
+//!
+//! A grant bound to the client's source port (knock-and-connect with the modern format) is
+//! refused with a clear error: the anchor's rules match whole-address tables, and widening
+//! such a grant to the address would let in every host behind the client's NAT. (PF rules
+//! can match `from A port P`, but that would be one anchor rule per grant; not done.)
+//!
 //! # Tampering
 //!
 //! [`Backend::check`] (at most every `check_interval_ms`, and after a failed change) lists the
@@ -277,7 +284,14 @@ impl Backend for PfBackend {
     fn capabilities(&self) -> Capabilities {
         // One pfctl run per change: a table operation or an anchor load, each all or nothing
         // in the kernel (a state kill after a revoke is retried with the revoke).
-        Capabilities { nat: true, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: true }
+        Capabilities {
+            nat: true,
+            ipv6: true,
+            native_expiry: false,
+            exact_prepare: true,
+            atomic_apply: true,
+            source_port: false,
+        }
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Member>, BackendError> {
@@ -370,7 +384,8 @@ mod tests {
                 ipv6: true,
                 native_expiry: false,
                 exact_prepare: true,
-                atomic_apply: true
+                atomic_apply: true,
+                source_port: false
             }
         );
         assert!(r.create("pf", &"anchor = \"a b\"".parse().unwrap()).is_err());

@@ -143,6 +143,10 @@ fn forward_for(config: &Config, pp: ProtoPort) -> Result<&Forward, BackendError>
 /// sources only), routed forwarding, local redirects, forward-all DNAT and SNAT to a fixed
 /// address (none of them has a rule in the anchor).
 pub fn expand(config: &Config, grant: &Grant) -> Result<Vec<Member>, BackendError> {
+    if grant.source_port.is_some() {
+        // Tables hold addresses: never widen a source-port grant to the whole address.
+        return Err(BackendError::Unsupported("a grant bound to a source port (pf tables hold addresses)"));
+    }
     if grant.destination.is_some() {
         return Err(BackendError::Unsupported(
             "a grant restricted to one local address (stanza destination)",

@@ -99,6 +99,11 @@ struct Config {
     timeout_ms: u64,
     #[serde(default)]
     reopen_on_extend: bool,
+    /// The commands bind a grant to `{source_port}` / `SPA_SOURCE_PORT` exactly (or refuse
+    /// it). Off by default: a script written before source ports existed would open the whole
+    /// address, so such grants are refused unless the admin says the scripts honour them.
+    #[serde(default)]
+    source_port: bool,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -169,6 +174,8 @@ pub struct ScriptBackend {
     per: Per,
     limit: Duration,
     reopen_on_extend: bool,
+    /// The commands honour `{source_port}` (`source_port = true`).
+    source_port: bool,
     /// The fixed part of every command's environment (PATH, `env`, `pass_env`).
     base_env: Vec<(String, String)>,
     /// A command's argv names the ingress: units are then opened per ingress (see [`Unit`]).
@@ -321,6 +328,7 @@ impl Backend for ScriptBackend {
             per: cfg.per,
             limit: Duration::from_millis(cfg.timeout_ms),
             reopen_on_extend: cfg.reopen_on_extend,
+            source_port: cfg.source_port,
             base_env: base.into_iter().collect(),
             by_ingress,
         })
@@ -340,10 +348,19 @@ impl Backend for ScriptBackend {
             native_expiry: false,
             exact_prepare: false,
             atomic_apply: false,
+            // Passed on as `{source_port}` / `SPA_SOURCE_PORT` when the admin says the
+            // commands bind it (`source_port = true`); refused otherwise.
+            source_port: self.source_port,
         }
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Unit>, BackendError> {
+        if grant.source_port.is_some() && !self.source_port {
+            // Never let a script that ignores the port open the whole address.
+            return Err(BackendError::Unsupported(
+                "a grant bound to a source port ([firewall.script] source_port = true says the commands bind it)",
+            ));
+        }
         let mut units = Unit::of(grant, self.per);
         if self.by_ingress {
             for u in &mut units {
@@ -436,6 +453,7 @@ impl Context<'_> {
             Var::Per => self.per.name().into(),
             Var::Id => g.id.to_string(),
             Var::Source => g.source.to_string(),
+            Var::SourcePort => g.source_port.map(|p| p.to_string()).unwrap_or_default(),
             Var::Family => family(g.source).into(),
             Var::PacketSource => g.packet_source.to_string(),
             Var::Destination => g.destination.map(|d| d.to_string()).unwrap_or_default(),

@@ -13,6 +13,7 @@ pub(crate) enum Var {
     Per,
     Id,
     Source,
+    SourcePort,
     Family,
     PacketSource,
     Destination,
@@ -35,11 +36,12 @@ pub(crate) enum Var {
 
 impl Var {
     /// Every variable, in the order the documentation lists them.
-    pub(crate) const ALL: [Var; 22] = [
+    pub(crate) const ALL: [Var; 23] = [
         Var::Action,
         Var::Per,
         Var::Id,
         Var::Source,
+        Var::SourcePort,
         Var::Family,
         Var::PacketSource,
         Var::Destination,
@@ -67,6 +69,7 @@ impl Var {
             Var::Per => "per",
             Var::Id => "id",
             Var::Source => "source",
+            Var::SourcePort => "source_port",
             Var::Family => "family",
             Var::PacketSource => "packet_source",
             Var::Destination => "destination",
@@ -248,6 +251,7 @@ mod tests {
         assert_eq!(Var::ProtoNum.env_name(), "SPA_PROTO_NUM");
         assert_eq!(Var::PacketSource.env_name(), "SPA_PACKET_SOURCE");
         assert_eq!(Var::IngressIf.env_name(), "SPA_INGRESS_IF");
+        assert_eq!(Var::SourcePort.env_name(), "SPA_SOURCE_PORT");
         assert!(Template::parse("iif={ingress_if}").unwrap().uses(Var::IngressIf));
         assert!(!Template::parse("{ingress_addr}").unwrap().uses(Var::IngressIf));
     }

@@ -60,6 +60,9 @@ impl fmt::Display for Scope {
 pub struct Unit {
     /// The address let in.
     pub source: IpAddr,
+    /// The source port the grant is bound to, if any (part of the identity: a unit bound to a
+    /// port is not the whole address's unit).
+    pub source_port: Option<u16>,
     /// The local address the access is restricted to, if any.
     pub destination: Option<IpAddr>,
     /// The traffic.
@@ -78,6 +81,7 @@ impl Unit {
     pub fn of(grant: &Grant, per: Per) -> Vec<Unit> {
         let unit = |scope| Unit {
             source: grant.source,
+            source_port: grant.source_port,
             destination: grant.destination,
             scope,
             nat: grant.nat.as_deref().cloned(),
@@ -119,8 +123,9 @@ impl PartialOrd for Unit {
 
 impl Ord for Unit {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.source, self.destination, &self.scope, self.nat_key(), &self.ingress).cmp(&(
+        (self.source, self.source_port, self.destination, &self.scope, self.nat_key(), &self.ingress).cmp(&(
             other.source,
+            other.source_port,
             other.destination,
             &other.scope,
             other.nat_key(),
@@ -143,7 +148,11 @@ impl fmt::Display for HostPort {
 
 impl fmt::Display for Unit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.source, self.scope)?;
+        write!(f, "{}", self.source)?;
+        if let Some(p) = self.source_port {
+            write!(f, " sport {p}")?;
+        }
+        write!(f, " {}", self.scope)?;
         if let Some(d) = self.destination {
             write!(f, " dst {d}")?;
         }
@@ -208,6 +217,21 @@ mod tests {
         assert_eq!(shown(grant(1).ports("tcp/22,udp/53"), Per::Grant), ["192.0.2.1 tcp/22,udp/53"]);
         assert_eq!(shown(grant(1).all(), Per::Port), ["192.0.2.1 all"]);
         assert_eq!(shown(grant(1).all(), Per::Grant), ["192.0.2.1 all"]);
+    }
+
+    /// A unit bound to a source port is another unit than the whole address's, and than one
+    /// bound to another port.
+    #[test]
+    fn the_source_port_is_shown_and_part_of_the_identity() {
+        assert_eq!(
+            shown(grant(1).source_port(40000).ports("tcp/22"), Per::Port),
+            ["192.0.2.1 sport 40000 tcp/22"]
+        );
+        let unit = |g: spa_backends::testkit::GrantBuilder| Unit::of(&g.into(), Per::Port).remove(0);
+        let whole = unit(grant(1).ports("tcp/22"));
+        let a = unit(grant(1).source_port(40000).ports("tcp/22"));
+        let b = unit(grant(1).source_port(40001).ports("tcp/22"));
+        assert!(whole != a && a != b && whole.cmp(&a) != Ordering::Equal && a.cmp(&b) != Ordering::Equal);
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn grant(id: u64, source: &str, secs: u64) -> Grant {
     Grant {
         id: GrantId(id),
         source: source.parse().unwrap(),
+        source_port: None,
         packet_source: source.parse().unwrap(),
         destination: None,
         access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),
@@ -212,6 +213,19 @@ fn nft_set_example_refuses_what_it_cannot_do() {
     all.access = Access::All;
     let err = spa_backends::error_chain(&b.grant(&all, NOW).unwrap_err());
     assert!(err.contains("forward-all"), "{err}");
+    assert!(err.contains("exit status: 2"), "{err}");
+    assert!(b.gate.ledger().live().next().is_none());
+
+    // Even when the admin says the scripts bind source ports, the example (whose sets hold
+    // whole addresses) refuses a grant bound to one rather than open the address.
+    let argv = serde_json::to_string(&["ip", "netns", "exec", lab.gw.name(), SCRIPT]).unwrap();
+    let toml = format!("open = {argv}\nclose = {argv}\ncheck = {argv}\nsource_port = true\n");
+    let backend = ScriptBackend::from_table(&toml::from_str(&toml).unwrap()).unwrap();
+    let mut b = Gw::start(backend, MemoryJournal::default(), NOW);
+    let mut bound = grant(4, GatewayLab::CLIENT4, 60);
+    bound.source_port = Some(40000);
+    let err = spa_backends::error_chain(&b.grant(&bound, NOW).unwrap_err());
+    assert!(err.contains("source port"), "{err}");
     assert!(err.contains("exit status: 2"), "{err}");
     assert!(b.gate.ledger().live().next().is_none());
 }

@@ -235,6 +235,7 @@ fn grant(id: u64, ports: &str) -> Grant {
     Grant {
         id: GrantId(id),
         source: "192.0.2.7".parse().unwrap(),
+        source_port: None,
         packet_source: "198.51.100.9".parse().unwrap(),
         destination: None,
         access: if ports == "all" {
@@ -323,6 +324,7 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
         ("SPA_PER", "port"),
         ("SPA_ID", "0000000000001234"),
         ("SPA_SOURCE", "192.0.2.7"),
+        ("SPA_SOURCE_PORT", ""),
         ("SPA_FAMILY", "ipv4"),
         ("SPA_PACKET_SOURCE", "198.51.100.9"),
         ("SPA_DESTINATION", "203.0.113.1"),
@@ -356,6 +358,37 @@ fn open_substitutes_argv_and_sets_env_and_stdin() {
     assert_eq!(c.stdin["timeout"], 590);
     let seen: Grant = serde_json::from_value(c.stdin["grant"].clone()).unwrap();
     assert_eq!(seen, g);
+}
+
+/// A grant bound to the client's source port hands the port to the command three ways, and is
+/// a unit of its own beside the whole address's grant.
+#[test]
+fn the_source_port_reaches_argv_env_and_stdin() {
+    let lab = Lab::new();
+    let mut g = grant(0x77, "tcp/22");
+    g.source_port = Some(40000);
+    // Without `source_port = true` the grant is refused: the command might open the address.
+    let mut refusing = lab.gate(&["{source}", "{port}"], "");
+    let events = refusing.gate.grant(g.clone(), NOW, &mut refusing.journal);
+    assert!(
+        matches!(events.as_slice(), [Event::Refused { cause, .. }] if cause.to_string().contains("cannot express")),
+        "{events:?}"
+    );
+    assert!(format!("{events:?}").contains("source port"), "{events:?}");
+    assert!(lab.calls().is_empty(), "no command runs for a refused grant");
+    let mut b = lab.gate(&["{source}", "{source_port}", "{port}"], "source_port = true");
+    b.grant_at(&g, NOW).unwrap();
+    let whole = grant(0x78, "tcp/22");
+    b.grant_at(&whole, NOW).unwrap();
+    let calls = lab.calls();
+    assert_eq!(calls.len(), 2, "two units: bound to the port, and the whole address");
+    assert_eq!(calls[0].argv, ["open", "192.0.2.7", "40000", "22"]);
+    assert_eq!(calls[0].env("SPA_SOURCE_PORT"), "40000");
+    assert_eq!(calls[0].stdin["grant"]["source_port"], 40000);
+    assert_eq!(calls[1].argv, ["open", "192.0.2.7", "", "22"]);
+    assert_eq!(calls[1].env("SPA_SOURCE_PORT"), "");
+    assert!(calls[1].stdin["grant"].get("source_port").is_none());
+    assert_eq!(b.gate.describe(&g).unwrap(), ["192.0.2.7 sport 40000 tcp/22"]);
 }
 
 #[test]

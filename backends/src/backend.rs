@@ -109,6 +109,11 @@ pub struct Capabilities {
     pub exact_prepare: bool,
     /// [`Backend::apply`] changes all or nothing, so a failed grant needs no clean-up.
     pub atomic_apply: bool,
+    /// It can bind a grant to the client's source port ([`Grant::source_port`]) exactly.
+    /// Without it, the daemon refuses such a grant before it reaches the backend (and the
+    /// backend's `entries` refuses it too): a source-port grant is never widened to the whole
+    /// address.
+    pub source_port: bool,
 }
 
 /// The result of a cheap look at the firewall for tampering.

@@ -3,12 +3,11 @@
 //! against the invariants after every step.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use proptest::prelude::*;
 
 use crate::testkit::{FakeBackend, FakeHeld, MemoryJournal, grant};
-use crate::{Driver, EndKind, Event, Gate, Grant, GrantId, Record, Refusal, RefusedBecause, State};
+use crate::{Driver, EndKind, Entry, Event, Gate, Grant, GrantId, Record, Refusal, RefusedBecause, State};
 
 fn gate() -> (Gate<FakeBackend>, MemoryJournal) {
     let mut g = Gate::new(FakeBackend::default());
@@ -95,6 +94,46 @@ fn a_grant_that_would_redirect_another_live_grants_slot_is_refused() {
     );
     assert_eq!(present(&mut gt, 0)[&3].2, 2, "the first grant's target is untouched");
     assert!(!j.grants.contains_key(&GrantId(2)));
+}
+
+/// The identity of an access is (source address, source port, ports, destination, NAT): two
+/// grants of one address bound to different source ports, and one for the whole address, are
+/// three grants with three entries, each re-knocked, timed and ended on its own.
+#[test]
+fn source_ports_make_distinct_grants_and_entries() {
+    let (mut gt, mut j) = gate();
+    let sp = |id: u64, port: Option<u16>, until: u64| -> Grant {
+        let b = grant(id).ports("tcp/22").times(0, until);
+        match port {
+            Some(p) => b.source_port(p).into(),
+            None => b.into(),
+        }
+    };
+    for (id, port) in [(1, Some(40000)), (2, Some(40001)), (3, None)] {
+        let ev = gt.grant(sp(id, port, 100), 0, &mut j);
+        assert!(matches!(ev.as_slice(), [Event::Granted(x)] if x.id == GrantId(id)), "{ev:?}");
+    }
+    let slots = |gt: &mut Gate<FakeBackend>, now| -> Vec<(Option<u16>, u64, GrantId)> {
+        gt.backend_mut().present(now).into_iter().map(|((_, sp, _), h)| (sp, h.until, h.holder)).collect()
+    };
+    assert_eq!(
+        slots(&mut gt, 0),
+        [(None, 100, GrantId(3)), (Some(40000), 100, GrantId(1)), (Some(40001), 100, GrantId(2))]
+    );
+    // A re-knock bound to port 40000 extends exactly that grant.
+    let ev = gt.grant(sp(4, Some(40000), 200), 10, &mut j);
+    assert!(
+        matches!(ev.as_slice(), [Event::Extended(x)] if x.id == GrantId(1) && x.deadline == 200),
+        "{ev:?}"
+    );
+    assert_eq!(gt.ledger().len(), 3);
+    // Revoking the whole-address grant leaves both source-port grants in place.
+    gt.revoke(GrantId(3), 20, &mut j);
+    assert_eq!(slots(&mut gt, 20), [(Some(40000), 200, GrantId(1)), (Some(40001), 100, GrantId(2))]);
+    assert_eq!(j.grants[&GrantId(1)].source_port, Some(40000));
+    // Expiry ends each at its own deadline.
+    gt.tick(100, &mut j);
+    assert_eq!(slots(&mut gt, 101), [(Some(40000), 200, GrantId(1))]);
 }
 
 #[test]
@@ -273,9 +312,8 @@ fn check_invariants(
         .filter(|r| r.state == State::Live && r.grant.deadline > now && !tainted.contains(&r.grant.id))
     {
         for e in map(&r.grant).unwrap() {
-            let h = present
-                .get(&(e.source, e.port))
-                .unwrap_or_else(|| panic!("{e} of live grant {} missing", r.grant.id));
+            let h =
+                present.get(&e.slot()).unwrap_or_else(|| panic!("{e} of live grant {} missing", r.grant.id));
             assert_eq!(h.entry, e, "grant {} sees another value", r.grant.id);
             assert!(
                 h.until >= r.grant.deadline,
@@ -289,11 +327,8 @@ fn check_invariants(
     // Without injected failures: exactly the live grants' entries, each until the latest
     // deadline (plus entries ending by themselves within their grace second).
     if clean {
-        let want: BTreeMap<(IpAddr, u16), u64> = ledger
-            .holdings(&map, now)
-            .into_iter()
-            .map(|t| ((t.entry.source, t.entry.port), t.until))
-            .collect();
+        let want: BTreeMap<crate::testkit::FakeSlot, u64> =
+            ledger.holdings(&map, now).into_iter().map(|t| (t.entry.slot(), t.until)).collect();
         for (slot, until) in &want {
             assert_eq!(present.get(slot).map(|h| h.until), Some(*until), "{slot:?}");
         }

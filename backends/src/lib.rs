@@ -103,6 +103,14 @@ pub struct Grant {
     pub id: GrantId,
     /// The address let in (IPv4 or IPv6).
     pub source: IpAddr,
+    /// The TCP/UDP source port the client connects from, when its knock named one
+    /// (knock-and-connect with the modern format): the grant then lets in only connections
+    /// from exactly `(source, source_port)`, so other hosts behind the same NAT address, which
+    /// share `source` but not the port, stay out. `None` (every fwknop packet, and records
+    /// written before it was kept) grants the whole address. A backend that cannot match a
+    /// source port refuses such a grant; it never widens it to the whole address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<u16>,
     /// The address the SPA packet came from (differs from `source` with `-a`).
     pub packet_source: IpAddr,
     /// The local address the access is restricted to, if any.
@@ -139,10 +147,13 @@ impl Grant {
         }
     }
 
-    /// True when `other` asks for the same thing (source, access, NAT, destination): a re-knock
-    /// that should extend this grant rather than create a second one.
+    /// True when `other` asks for the same thing (source address and port, access, NAT,
+    /// destination): a re-knock that should extend this grant rather than create a second
+    /// one. A grant bound to a source port and one for the whole address are different
+    /// accesses, as are grants bound to two different source ports.
     pub fn same_access(&self, other: &Grant) -> bool {
         self.source == other.source
+            && self.source_port == other.source_port
             && self.access == other.access
             && self.nat == other.nat
             && self.destination == other.destination
@@ -157,6 +168,7 @@ mod tests {
         Grant {
             id: GrantId(1),
             source: "192.0.2.1".parse().unwrap(),
+            source_port: None,
             packet_source: "192.0.2.1".parse().unwrap(),
             destination: None,
             access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),
@@ -204,6 +216,30 @@ mod tests {
             Some(Arc::new(Ingress { addr: "198.51.100.1".parse().unwrap(), interface: Some("eth0".into()) }));
         let json = serde_json::to_string(&g).unwrap();
         assert!(json.ends_with(r#""ingress":{"addr":"198.51.100.1","interface":"eth0"}}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Grant>(&json).unwrap(), g);
+    }
+
+    /// A source port makes another access: bound to port 40000, to port 40001 and to the whole
+    /// address are three grants, never re-knocks of one another.
+    #[test]
+    fn the_source_port_is_part_of_the_access() {
+        let whole = grant();
+        let p1 = Grant { id: GrantId(2), source_port: Some(40000), ..grant() };
+        let p2 = Grant { id: GrantId(3), source_port: Some(40001), ..grant() };
+        assert!(!whole.same_access(&p1) && !p1.same_access(&whole));
+        assert!(!p1.same_access(&p2));
+        assert!(p1.same_access(&Grant { id: GrantId(4), deadline: 900, ..p1.clone() }));
+    }
+
+    /// The source port is written when there is one; a record written before it was kept (or
+    /// without one) reads back as `None`, the whole address.
+    #[test]
+    fn the_source_port_is_persisted_and_old_records_read_as_none() {
+        let old = r#"{"id":1,"source":"192.0.2.1","packet_source":"192.0.2.1","destination":null,"access":{"ports":["tcp/22"]},"nat":null,"created":100,"deadline":130,"stanza":"s","username":"u"}"#;
+        assert_eq!(serde_json::from_str::<Grant>(old).unwrap(), grant());
+        let g = Grant { source_port: Some(40000), ..grant() };
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.contains(r#""source":"192.0.2.1","source_port":40000,"#), "{json}");
         assert_eq!(serde_json::from_str::<Grant>(&json).unwrap(), g);
     }
 

@@ -14,6 +14,7 @@ use crate::{Access, Backend, BackendError, Capabilities, Change, Entry, Grant, H
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NoneEntry {
     source: IpAddr,
+    source_port: Option<u16>,
     destination: Option<IpAddr>,
     access: String,
     nat: Option<String>,
@@ -21,7 +22,11 @@ pub struct NoneEntry {
 
 impl fmt::Display for NoneEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.source, self.access)?;
+        write!(f, "{}", self.source)?;
+        if let Some(p) = self.source_port {
+            write!(f, " sport {p}")?;
+        }
+        write!(f, " {}", self.access)?;
         if let Some(d) = self.destination {
             write!(f, " to {d}")?;
         }
@@ -65,7 +70,14 @@ impl Backend for NoneBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { nat: true, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: true }
+        Capabilities {
+            nat: true,
+            ipv6: true,
+            native_expiry: false,
+            exact_prepare: true,
+            atomic_apply: true,
+            source_port: true,
+        }
     }
 
     fn entries(&self, g: &Grant) -> Result<Vec<NoneEntry>, BackendError> {
@@ -74,7 +86,13 @@ impl Backend for NoneBackend {
             a => a.to_string(),
         };
         let nat = g.nat.as_deref().map(|n: &Nat| serde_json::to_string(n).unwrap_or_default());
-        Ok(vec![NoneEntry { source: g.source, destination: g.destination, access, nat }])
+        Ok(vec![NoneEntry {
+            source: g.source,
+            source_port: g.source_port,
+            destination: g.destination,
+            access,
+            nat,
+        }])
     }
 
     fn prepare(&mut self, live: &[Held<'_, NoneEntry>], _now: u64) -> Result<(), BackendError> {

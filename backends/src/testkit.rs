@@ -23,6 +23,7 @@ pub fn grant(id: u64) -> GrantBuilder {
     GrantBuilder(Grant {
         id: GrantId(id),
         source: "192.0.2.1".parse().expect("literal"),
+        source_port: None,
         packet_source: "192.0.2.1".parse().expect("literal"),
         destination: None,
         access: Access::Ports(vec!["tcp/22".parse().expect("literal")].into()),
@@ -45,6 +46,12 @@ impl GrantBuilder {
         let ip: IpAddr = ip.parse().expect("an address");
         self.0.source = ip;
         self.0.packet_source = ip;
+        self
+    }
+
+    /// The TCP/UDP source port the grant is bound to (knock-and-connect).
+    pub fn source_port(mut self, port: u16) -> Self {
+        self.0.source_port = Some(port);
         self
     }
 
@@ -181,6 +188,8 @@ impl Entropy {
 pub struct FakeEntry {
     /// The source.
     pub source: IpAddr,
+    /// The source port it is bound to, if any.
+    pub source_port: Option<u16>,
     /// The port.
     pub port: u16,
     /// Map data.
@@ -189,15 +198,21 @@ pub struct FakeEntry {
 
 impl fmt::Display for FakeEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "fake {} {} : {}", self.source, self.port, self.data)
+        match self.source_port {
+            Some(sp) => write!(f, "fake {} sport {sp} {} : {}", self.source, self.port, self.data),
+            None => write!(f, "fake {} {} : {}", self.source, self.port, self.data),
+        }
     }
 }
 
-impl Entry for FakeEntry {
-    type Slot = (IpAddr, u16);
+/// A fake entry's identity: source, source port, port.
+pub type FakeSlot = (IpAddr, Option<u16>, u16);
 
-    fn slot(&self) -> (IpAddr, u16) {
-        (self.source, self.port)
+impl Entry for FakeEntry {
+    type Slot = FakeSlot;
+
+    fn slot(&self) -> FakeSlot {
+        (self.source, self.source_port, self.port)
     }
 
     fn expires_by_itself(&self) -> bool {
@@ -223,7 +238,7 @@ pub struct FakeHeld {
 #[derive(Debug, Default)]
 pub struct FakeBackend {
     /// The slots and what they hold.
-    pub firewall: BTreeMap<(IpAddr, u16), FakeHeld>,
+    pub firewall: BTreeMap<FakeSlot, FakeHeld>,
     /// Every call, in order (`prepare n`, `put ...`, `remove ...`).
     pub calls: Vec<String>,
     /// Fail this many of the next `apply` calls (before changing anything).
@@ -244,7 +259,7 @@ impl FakeBackend {
     }
 
     /// The slots present at `now` (after native expiry).
-    pub fn present(&mut self, now: u64) -> BTreeMap<(IpAddr, u16), FakeHeld> {
+    pub fn present(&mut self, now: u64) -> BTreeMap<FakeSlot, FakeHeld> {
         self.expire(now);
         self.firewall.clone()
     }
@@ -268,6 +283,7 @@ impl Backend for FakeBackend {
             native_expiry: false,
             exact_prepare: true,
             atomic_apply: !self.partial,
+            source_port: true,
         }
     }
 
@@ -280,7 +296,10 @@ impl Backend for FakeBackend {
         match &g.access {
             Access::All => Err(BackendError::Unsupported("forward-all")),
             Access::Ports(p) => {
-                Ok(p.iter().map(|pp| FakeEntry { source: g.source, port: pp.port, data }).collect())
+                let source_port = g.source_port;
+                Ok(p.iter()
+                    .map(|pp| FakeEntry { source: g.source, source_port, port: pp.port, data })
+                    .collect())
             }
         }
     }
@@ -530,6 +549,34 @@ pub fn contract<B: Backend>(mut setup: ContractSetup<B>) {
         assert_matches(&mut setup, &mut gate, now + 50, "after a DNAT grant");
         gate.revoke(gn.id, now + 60, &mut journal);
         assert_matches(&mut setup, &mut gate, now + 60, "after revoking the DNAT grant");
+    }
+
+    if caps.source_port {
+        // A grant bound to a source port is another entry than the whole address's, lives
+        // beside it, and ends alone.
+        let gp: Grant =
+            grant(8).source(setup.source4).source_port(40000).ports("tcp/22").times(now, now + 600).into();
+        let ep = gate.backend().entries(&gp).expect("entries of a source-port grant");
+        assert!(!ep.is_empty(), "a source-port grant needs entries");
+        let plain = gate.backend().entries(&g3).expect("entries");
+        assert!(
+            ep.iter().all(|e| plain.iter().all(|x| x.slot() != e.slot())),
+            "a source-port grant must not share an entry with the whole address's grant"
+        );
+        assert!(
+            ep.iter().all(|e| e.to_string().contains("40000")),
+            "every entry of a source-port grant must name the port: {ep:?}"
+        );
+        assert!(granted(&gate.grant(gp.clone(), now + 62, &mut journal)), "source-port grant refused");
+        assert_matches(&mut setup, &mut gate, now + 62, "after a source-port grant");
+        gate.revoke(gp.id, now + 64, &mut journal);
+        assert_matches(&mut setup, &mut gate, now + 64, "after revoking the source-port grant");
+    } else {
+        let gp: Grant = grant(8).source(setup.source4).source_port(40000).into();
+        assert!(
+            gate.backend().entries(&gp).is_err(),
+            "a backend without source_port must refuse a source-port grant, never widen it"
+        );
     }
 
     // The stop revokes everything live.

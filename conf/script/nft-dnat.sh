@@ -24,7 +24,9 @@
 # Arguments: the ingress interface and address ({ingress_if} {ingress_addr}): naming them in
 # argv also tells spad that what is opened depends on them. Everything else comes from the
 # SPA_* environment: SPA_ACTION open|close|check, SPA_NAT (must be dnat), SPA_FAMILY,
-# SPA_SOURCE, SPA_PROTO, SPA_PORT, SPA_NAT_ADDR, SPA_NAT_PORT, SPA_TIMEOUT.
+# SPA_SOURCE, SPA_PROTO, SPA_PORT, SPA_NAT_ADDR, SPA_NAT_PORT, SPA_TIMEOUT; SPA_SOURCE_PORT
+# must be empty (its maps key whole addresses: a grant bound to the client's source port is
+# refused rather than widened to every host behind the client's NAT).
 # Optional: NFT (the nft program, default nft), NFT_TABLE (default spa_nat).
 #
 # Exit: 0 done (open/close) or present (check); 1 absent (check); 2 refused input; other
@@ -96,6 +98,7 @@ case "${SPA_ACTION:-}" in
     *) die "SPA_ACTION must be open, close or check (got '${SPA_ACTION:-}')" ;;
 esac
 [ "${SPA_NAT:-}" = dnat ] || die "only DNAT grants (force_nat, fwknop -N) are handled (got '${SPA_NAT:-}')"
+[ -z "${SPA_SOURCE_PORT:-}" ] || die "grants bound to a source port are not supported by this example"
 [ -n "${SPA_PORT:-}" ] || die "forward-all and per = \"grant\" are not supported (needs a port)"
 case "$IIF" in
     '' | ????????????????* | *[!A-Za-z0-9_.-]*) die "bad or unknown ingress interface '$IIF'" ;;

@@ -16,7 +16,9 @@
 #
 # Reads everything from the SPA_* environment (no arguments needed):
 #   SPA_ACTION open|close|check, SPA_FAMILY, SPA_SOURCE, SPA_PROTO, SPA_PORT, SPA_TIMEOUT,
-#   SPA_NAT (must be empty: this example does local access only).
+#   SPA_NAT (must be empty: this example does local access only), SPA_SOURCE_PORT (must be
+#   empty: its sets hold whole addresses, so a grant bound to the client's source port, which
+#   keeps out the other hosts behind the client's NAT, is refused rather than widened).
 # Optional: NFT (the nft program, default nft), NFT_TABLE (default spa_script); set them with
 # `env = { ... }` in [firewall.script].
 #
@@ -47,6 +49,7 @@ case "${SPA_ACTION:-}" in
     *) die "SPA_ACTION must be open, close or check (got '${SPA_ACTION:-}')" ;;
 esac
 [ -z "${SPA_NAT:-}" ] || die "NAT grants are not supported by this example"
+[ -z "${SPA_SOURCE_PORT:-}" ] || die "grants bound to a source port are not supported by this example"
 [ -n "${SPA_PORT:-}" ] || die "forward-all and per = \"grant\" are not supported (needs a port)"
 case "${SPA_PROTO:-}" in
     tcp | udp) ;;

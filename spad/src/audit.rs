@@ -354,6 +354,9 @@ fn grant_json(event: &'static str, g: &Grant, attempts: u32) -> Value {
     if let Some(d) = g.destination {
         v["destination"] = json!(d.to_string());
     }
+    if let Some(p) = g.source_port {
+        v["source_port"] = json!(p);
+    }
     if attempts > 0 {
         v["failed_attempts"] = json!(attempts);
     }

@@ -502,7 +502,7 @@ pub fn parse_target(target: &str) -> Option<RevokeTarget> {
 }
 
 fn grant_json(g: &Grant) -> Value {
-    json!({
+    let mut v = json!({
         "id": g.id.to_string(),
         "allowed_source": g.source.to_string(),
         "packet_source": g.packet_source.to_string(),
@@ -510,7 +510,11 @@ fn grant_json(g: &Grant) -> Value {
         "stanza": g.stanza,
         "username": g.username,
         "expires": rfc3339(g.deadline, 0),
-    })
+    });
+    if let Some(p) = g.source_port {
+        v["source_port"] = json!(p);
+    }
+    v
 }
 
 fn revoke(target: &str, peer: &Peer, ctx: &Context) -> Value {
@@ -741,8 +745,9 @@ pub fn revoke_here(path: &Path, target: &str) -> anyhow::Result<()> {
     }
     let mut failed = 0;
     for g in &list {
+        let sport = g["source_port"].as_u64().map(|p| format!(" source port {p}")).unwrap_or_default();
         let what = format!(
-            "{} for {} ({}; stanza {}, user {})",
+            "{} for {}{sport} ({}; stanza {}, user {})",
             g["id"].as_str().unwrap_or("?"),
             g["allowed_source"].as_str().unwrap_or("?"),
             access_text(&g["access"]),

@@ -94,10 +94,15 @@ pub fn list(path: &Path, json: bool, firewall: bool, all_gateways: bool) -> Resu
             v["state"] = serde_json::json!(if state == "live" { "live" } else { "closing" });
             println!("{v}");
         } else {
+            // A grant bound to the client's source port shows it beside the address.
+            let source = match g.source_port {
+                Some(p) => format!("{} sport {p}", g.source),
+                None => g.source.to_string(),
+            };
             println!(
                 "{}  {:<39} {:<24} expires {} ({} left)  stanza {}  user {}  {state}",
                 g.id,
-                g.source,
+                source,
                 g.access.to_string(),
                 audit::rfc3339(g.deadline, 0),
                 control::duration_text(g.remaining(now)),

@@ -433,6 +433,7 @@ mod tests {
         Grant {
             id: GrantId(0x0123_4567_89ab_cdef),
             source: "192.0.2.1".parse().unwrap(),
+            source_port: None,
             packet_source: "192.0.2.1".parse().unwrap(),
             destination: None,
             access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),

@@ -812,6 +812,7 @@ mod tests {
         Grant {
             id: GrantId(id),
             source: "192.0.2.1".parse().unwrap(),
+            source_port: None,
             packet_source: "192.0.2.1".parse().unwrap(),
             destination: None,
             access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),
@@ -851,6 +852,26 @@ mod tests {
         assert_eq!(l.records.len(), 1);
         assert_eq!(l.records[0].grant.deadline, 200);
         assert_eq!(read_grants(dir.path()).unwrap().len(), 1);
+    }
+
+    /// The journal keeps a grant's source port; a line written before it was kept (no
+    /// `source_port`) loads as a grant of the whole address.
+    #[test]
+    fn the_source_port_survives_reopen_and_old_lines_load_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = StateLock::acquire(dir.path()).unwrap();
+        {
+            let (mut s, _) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
+            s.put(&Grant { source_port: Some(40000), ..grant(1) }).unwrap();
+        }
+        let old = r#"{"op":"put","grant":{"id":2,"source":"192.0.2.1","packet_source":"192.0.2.1","destination":null,"access":{"ports":["tcp/22"]},"nat":null,"created":1,"deadline":100,"stanza":"s","username":"u"}}"#;
+        let mut f = OpenOptions::new().append(true).open(dir.path().join("grants.jsonl")).unwrap();
+        f.write_all(format!("{old}\n").as_bytes()).unwrap();
+        let (_, l) = GrantStore::open(&lock, &limits(), 0, &mut Interner::default()).unwrap();
+        let port =
+            |id: u64| l.records.iter().find(|r| r.grant.id == GrantId(id)).map(|r| r.grant.source_port);
+        assert_eq!(port(1), Some(Some(40000)));
+        assert_eq!(port(2), Some(None), "an old line must load, as a grant of the whole address");
     }
 
     #[test]

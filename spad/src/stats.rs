@@ -25,8 +25,14 @@ use crate::worker::unix_now;
 /// Reject reasons the daemon adds to the engine's ([`RejectReason::ALL_CODES`]): decisions
 /// taken after a packet authenticated (rate limit, a full worker or command queue, shutdown, a
 /// NAT target that does not resolve).
-pub const DAEMON_REJECT_CODES: [&str; 5] =
-    ["rate_limited", "backend_busy", "command_busy", "shutting_down", "nat_target_unresolvable"];
+pub const DAEMON_REJECT_CODES: [&str; 6] = [
+    "rate_limited",
+    "backend_busy",
+    "command_busy",
+    "shutting_down",
+    "nat_target_unresolvable",
+    "source_port_unsupported",
+];
 
 /// The label of a reject whose code is in neither list (a new reason someone forgot to add
 /// here): counted, never turned into a label of its own.

@@ -385,6 +385,23 @@ impl Worker {
         let now = unix_now();
         // Command messages run on their own threads (crate::command), never here.
         let Action::Open { access, nat } = req.action.clone() else { return };
+        // A knock bound to a source port on a backend that cannot bind one is refused here,
+        // with its reason, rather than widened to the whole address (the backend would refuse
+        // it too, less plainly).
+        if req.source_port.is_some() && !self.driver.capabilities().source_port {
+            tracing::warn!(
+                "knock from {} asks for a grant bound to a source port; backend {} cannot bind one",
+                req.packet_source,
+                self.driver.name()
+            );
+            self.audit().reject(
+                req.packet_source,
+                "source_port_unsupported",
+                Some("the firewall backend cannot bind a grant to a source port"),
+                Some(&req.stanza),
+            );
+            return;
+        }
         let nat = match nat {
             None => None,
             Some(spa_engine::Nat::Redirect { port }) => Some(Nat::Redirect { port }),
@@ -413,6 +430,7 @@ impl Worker {
         let grant = Grant {
             id,
             source: req.allowed_source,
+            source_port: req.source_port,
             packet_source: req.packet_source,
             destination: req.destination,
             access: self.interner.access(&access),

@@ -151,6 +151,7 @@ fn grant_record(id: u64, stanza: &str, deadline: u64, username: &str) -> String 
     let g = Grant {
         id: GrantId(id),
         source: "127.0.0.1".parse().unwrap(),
+        source_port: None,
         packet_source: "127.0.0.1".parse().unwrap(),
         destination: None,
         access: Access::Ports(vec!["tcp/22".parse().unwrap()].into()),

@@ -113,12 +113,23 @@ impl Backend for FileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { nat: false, ipv6: true, native_expiry: false, exact_prepare: true, atomic_apply: true }
+        Capabilities {
+            nat: false,
+            ipv6: true,
+            native_expiry: false,
+            exact_prepare: true,
+            atomic_apply: true,
+            source_port: false,
+        }
     }
 
     fn entries(&self, grant: &Grant) -> Result<Vec<Line>, BackendError> {
         if grant.nat.is_some() {
             return Err(BackendError::Unsupported("nat"));
+        }
+        if grant.source_port.is_some() {
+            // A line names the whole address: never widen a source-port grant to it.
+            return Err(BackendError::Unsupported("a source port"));
         }
         match &grant.access {
             Access::All => Err(BackendError::Unsupported("forward-all")),
