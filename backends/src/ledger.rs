@@ -464,12 +464,16 @@ impl Ledger {
             .iter()
             .find(|(r, _)| r.state == State::Live && r.grant.deadline > now && r.grant.same_access(&grant));
         if let Some((rec, entries)) = same {
-            if grant.deadline <= rec.grant.deadline {
-                return Ok(Plan { kind: PlanKind::Reknock, grant: rec.grant.clone(), changes: Vec::new() });
-            }
+            // The knock, not the grant it meets, says who knocked and under which stanza:
+            // the audit line names them, and an extension is then held to that stanza.
             let mut ext = rec.grant.clone();
-            ext.deadline = grant.deadline;
             ext.packet_source = grant.packet_source;
+            ext.stanza = grant.stanza;
+            ext.username = grant.username;
+            if grant.deadline <= rec.grant.deadline {
+                return Ok(Plan { kind: PlanKind::Reknock, grant: ext, changes: Vec::new() });
+            }
+            ext.deadline = grant.deadline;
             let changes = Self::puts(&near, entries, &ext);
             return Ok(Plan { kind: PlanKind::Extend, grant: ext, changes });
         }
@@ -589,6 +593,8 @@ impl Ledger {
                 if let Some(r) = self.get_mut(id) {
                     r.grant.deadline = grant.deadline;
                     r.grant.packet_source = grant.packet_source;
+                    r.grant.stanza = grant.stanza.clone();
+                    r.grant.username = grant.username.clone();
                 }
                 self.reschedule(id);
                 Some(Event::Extended(grant))

@@ -46,6 +46,37 @@ fn a_reknock_extends_only_when_the_deadline_moves() {
     assert_eq!(gt.ledger().len(), 1);
 }
 
+/// Another user's knock that meets a live grant with the same access: the audit must name the
+/// one who knocked, and the extended grant is then held to that knock's stanza (the journal
+/// keeps both), not to the first user's.
+#[test]
+fn a_reknock_or_extension_by_another_user_names_that_user() {
+    let (mut gt, mut j) = gate();
+    gt.grant(g(1, "tcp/1", 100), 0, &mut j);
+    let by = |id, until| {
+        let mut x = g(id, "tcp/1", until);
+        x.username = "bob".into();
+        x.stanza = "bobs".into();
+        x.packet_source = "192.0.2.9".parse().unwrap();
+        x
+    };
+    let ev = gt.grant(by(2, 90), 10, &mut j);
+    assert!(
+        matches!(ev.as_slice(), [Event::Reknocked(x)] if x.id == GrantId(1) && &*x.username == "bob" && &*x.stanza == "bobs" && x.deadline == 100),
+        "{ev:?}"
+    );
+    // A re-knock changes nothing recorded.
+    assert_eq!(&*j.grants[&GrantId(1)].username, "tester");
+    let ev = gt.grant(by(3, 150), 20, &mut j);
+    assert!(
+        matches!(ev.as_slice(), [Event::Extended(x)] if x.id == GrantId(1) && &*x.username == "bob" && x.deadline == 150),
+        "{ev:?}"
+    );
+    let kept = &j.grants[&GrantId(1)];
+    assert_eq!((&*kept.username, &*kept.stanza, kept.deadline), ("bob", "bobs", 150));
+    assert_eq!(kept.packet_source, "192.0.2.9".parse::<std::net::IpAddr>().unwrap());
+}
+
 #[test]
 fn a_shared_entry_lives_until_the_latest_deadline_and_no_longer() {
     let (mut gt, mut j) = gate();
