@@ -382,6 +382,13 @@ impl RecipientKey {
         hex(self.key.primary_key.fingerprint().as_bytes())
     }
 
+    /// Whether `id` (normalized hex, see [`normalize_id`]) names this key or a subkey.
+    pub fn has_id(&self, id: &str) -> bool {
+        std::iter::once(hex(self.key.primary_key.fingerprint().as_bytes()))
+            .chain(self.key.public_subkeys.iter().map(|s| hex(s.key.fingerprint().as_bytes())))
+            .any(|f| f.ends_with(id))
+    }
+
     fn can_encrypt(&self) -> bool {
         self.subkey().is_some() || self.key.primary_key.algorithm().can_encrypt()
     }
@@ -425,6 +432,13 @@ impl SigningKey {
     /// The primary key's fingerprint.
     pub fn fingerprint(&self) -> String {
         hex(self.key.primary_key.fingerprint().as_bytes())
+    }
+
+    /// Whether `id` (normalized hex, see [`normalize_id`]) names this key or a subkey.
+    pub fn has_id(&self, id: &str) -> bool {
+        std::iter::once(hex(self.key.primary_key.fingerprint().as_bytes()))
+            .chain(self.key.secret_subkeys.iter().map(|s| hex(s.key.fingerprint().as_bytes())))
+            .any(|f| f.ends_with(id))
     }
 
     /// The key GnuPG would sign with: the primary key when it can sign, else a signing subkey.
