@@ -69,7 +69,11 @@ impl Fwknopd {
     fn wait_log(&self, needle: &str) {
         let start = Instant::now();
         while !self.log().contains(needle) {
-            assert!(start.elapsed() < Duration::from_secs(20), "no {needle:?} in fwknopd's log:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {needle:?} in fwknopd's log:\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -86,7 +90,16 @@ fn knock(lab: &GatewayLab, dir: &Path, port: &str, signer_file: &Path, signer: &
         .client
         .cmd(SPA)
         .env("HOME", dir)
-        .args(["--no-rc-file", "--no-save-args", "-D", GatewayLab::GW4, "-A", port, "-a", GatewayLab::CLIENT4])
+        .args([
+            "--no-rc-file",
+            "--no-save-args",
+            "-D",
+            GatewayLab::GW4,
+            "-A",
+            port,
+            "-a",
+            GatewayLab::CLIENT4,
+        ])
         .arg("--gpg-recipient-key-file")
         .arg(dir.join("server.asc"))
         .arg("--gpg-signer-key-file")
