@@ -247,12 +247,12 @@ fn save_hmac_key(s: &Settings) -> Option<Zeroizing<String>> {
 /// Without the `gpg` feature, every GPG option is refused with this.
 #[cfg(not(feature = "gpg"))]
 const GPG: &str =
-    "this spa was built without GPG support (cargo feature gpg); use Rijndael keys (spa keygen)";
+    "this spa was built without fwknop's GnuPG mode (cargo feature gpg); use Rijndael keys (spa keygen)";
 const GPG_HOME: &str = "no GnuPG keyring is read; export the keys to files: `gpg --export --armor SERVER_ID > \
                         server.asc` for --gpg-recipient-key-file, `gpg --export-secret-keys --armor YOUR_ID > \
                         me.asc` for --gpg-signer-key-file";
 const GPG_EXE: &str =
-    "no gpg process runs; OpenPGP is built in (--gpg-recipient-key-file, --gpg-signer-key-file)";
+    "no GnuPG process runs; OpenPGP is built in (--gpg-recipient-key-file, --gpg-signer-key-file)";
 const GPG_AGENT: &str = "no GnuPG agent is used; give the signing key as a file (`gpg --export-secret-keys \
                          --armor YOUR_ID > me.asc`, --gpg-signer-key-file me.asc)";
 
@@ -902,7 +902,7 @@ mod tests {
              SPA_SERVER_PROTO tcp\nKEY_BASE64 a2V5\nHMAC_KEY_BASE64 aG1hYw==\nUSE_HMAC Y\n\
              HMAC_DIGEST_TYPE SHA384\nDIGEST_TYPE sha3_512\nENCRYPTION_MODE CTR\nFW_TIMEOUT 45\n\
              TIME_OFFSET -2min\nSPOOF_USER alice\nNAT_ACCESS 10.0.0.5,22\nNAT_LOCAL N\nNAT_PORT 2222\n\
-             NAT_RAND_PORT n\nVERBOSE Y\nBOGUS 1\nUSE_GPG N\n",
+             NAT_RAND_PORT n\nVERBOSE Y\nBOGUS 1\nUSE_GPG_AGENT N\n",
             "s",
         );
         assert_eq!(s.destination.as_deref(), Some("gw.lan"));
@@ -922,7 +922,7 @@ mod tests {
         assert_eq!(s.verbose, Some(1));
         assert_eq!(w.len(), 2);
         assert_eq!(w[0], "rc:21: unknown variable BOGUS; ignored");
-        assert!(w[1].starts_with("rc:22: USE_GPG is not supported (GnuPG"), "{}", w[1]);
+        assert!(w[1].starts_with("rc:22: USE_GPG_AGENT is not supported (no GnuPG agent"), "{}", w[1]);
     }
 
     #[test]
@@ -990,7 +990,7 @@ mod tests {
     #[test]
     fn refused_options_name_the_reason() {
         for (args, needle) in [
-            (&["--gpg-recipient-key", "x"][..], "--gpg-recipient-key is not supported: GnuPG"),
+            (&["--gpg-home-dir", "x"][..], "--gpg-home-dir is not supported: no GnuPG keyring is read"),
             (&["-Q", "1.2.3.4"][..], "-Q/--spoof-source is not supported: it needs raw sockets"),
             (&["--spoof-src", "1.2.3.4"][..], "-Q/--spoof-source is not supported"),
             (&["-H", "proxy:8080"][..], "-H/--http-proxy is not supported: sending through an HTTP proxy"),
