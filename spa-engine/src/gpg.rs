@@ -24,6 +24,12 @@
 //! (`gpg --export-secret-keys --armor ID`, `gpg --export --armor ID`); the caller reads them
 //! (this crate does no I/O) and hands over the text.
 //!
+//! Side channels: rpgp decrypts RSA with the `rsa` crate, whose PKCS#1 v1.5 decryption is not
+//! constant-time (RUSTSEC-2023-0071, "Marvin"): an attacker who can send many chosen session-key
+//! packets and time the answers might learn to decrypt. With an HMAC key (spad requires one
+//! unless `allow_no_hmac`) no packet reaches the RSA code without the HMAC key, so give GPG
+//! stanzas an HMAC key.
+//!
 //! Cost: a GPG packet costs an RSA private-key operation, so the server takes this path only
 //! for stanzas that have GPG keys and only for packets of 400 characters or more, and checks a
 //! stanza's HMAC (when it has one, as fwknop does) first. A passphrase-protected secret key is
