@@ -1894,6 +1894,58 @@ open_ports = ["tcp/22"]
         )
     }
 
+    /// A GPG stanza's key files: read at load, held to the key-file rules, errors at the key's
+    /// line; without the `gpg` feature the stanza is refused with the reason.
+    #[test]
+    fn gpg_key_files_are_private_and_need_the_feature() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spa-engine/tests/data/gpg");
+        let server = write(
+            dir.path(),
+            "server.asc",
+            &std::fs::read_to_string(data.join("server-secret.asc")).unwrap(),
+        );
+        let users =
+            write(dir.path(), "users.asc", &std::fs::read_to_string(data.join("client-public.asc")).unwrap());
+        let text = format!(
+            "{GOOD}\n[[access]]\nname = \"g\"\nsource = \"any\"\nopen_ports = [\"tcp/22\"]\n\
+             hmac_key = \"gpg-stanza-hmac-key-0123456789abcdef\"\n\
+             gpg_decrypt_key_file = \"{}\"\ngpg_decrypt_pw = \"server-key-passphrase-0123456789\"\n\
+             gpg_remote_keys_file = \"{}\"\ngpg_remote_id = \"B83BAD3E\"\n",
+            server.display(),
+            users.display()
+        );
+        let key_line = text.lines().position(|l| l.starts_with("gpg_decrypt_key_file")).unwrap() + 1;
+        let p = write(dir.path(), "spad.toml", &text);
+        if cfg!(not(feature = "gpg")) {
+            let e = load_err(&p);
+            assert!(e.contains(&format!(":{key_line}: ")) && e.contains("cargo feature gpg"), "{e}");
+            return;
+        }
+        let c = Config::load(&p).unwrap();
+        assert!(c.verifier.stanzas().iter().any(|s| &**s.name() == "g" && s.has_gpg()));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_err(&p);
+        assert!(
+            e.starts_with(&format!("{}:{key_line}: access stanza g: gpg_decrypt_key_file: ", p.display()))
+                && e.contains("mode 644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let users_line = text.lines().position(|l| l.starts_with("gpg_remote_keys_file")).unwrap() + 1;
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = load_err(&p);
+        assert!(e.contains(&format!(":{users_line}: access stanza g: gpg_remote_keys_file: ")), "{e}");
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A wrong passphrase is an error, and never shown.
+        let wrong = text.replace("server-key-passphrase-0123456789", "not-the-passphrase-0123456789abc");
+        let p = write(dir.path(), "spad.toml", &wrong);
+        let e = load_err(&p);
+        assert!(e.contains("passphrase does not unlock") && !e.contains("not-the-passphrase"), "{e}");
+    }
+
     #[test]
     fn modern_stanzas_need_the_server_key_file() {
         use std::os::unix::fs::PermissionsExt as _;
