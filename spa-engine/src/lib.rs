@@ -18,6 +18,8 @@ pub mod access;
 pub mod b64;
 pub mod cipher;
 pub mod digest;
+#[cfg(feature = "gpg")]
+pub mod gpg;
 pub mod keys;
 pub mod message;
 pub mod modern;
@@ -169,6 +171,45 @@ pub enum Error {
     DuplicateUser {
         /// The key, as written (public).
         key: String,
+    },
+    /// An OpenPGP key (file) that cannot be used (`gpg` feature).
+    #[error("{what}: {detail}")]
+    GpgKey {
+        /// Which key (`decryption key`, `signer keys`, ...).
+        what: &'static str,
+        /// What is wrong, as the OpenPGP library says it (never secret material).
+        detail: String,
+    },
+    /// A protected OpenPGP secret key without its passphrase, or with a wrong one.
+    #[error("the secret key is protected and the passphrase does not unlock it")]
+    GpgPassphrase,
+    /// Making a GPG packet failed.
+    #[error("cannot make the gpg packet: {detail}")]
+    GpgSeal {
+        /// What the OpenPGP library said.
+        detail: String,
+    },
+    /// A `gpg_*` stanza key in a build without the `gpg` feature.
+    #[error("{key} needs GPG support, which this build lacks (cargo feature gpg)")]
+    GpgNotBuilt {
+        /// The stanza key.
+        key: &'static str,
+    },
+    /// An fwknop setting this project does not implement, and why.
+    #[error("{key} is not supported: {reason}")]
+    Unsupported {
+        /// The stanza key.
+        key: &'static str,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+    /// A key id or fingerprint that is not hex of a usable length.
+    #[error("{key}: {value:?} is not a key id or fingerprint (8, 16 or 40 hex digits)")]
+    BadKeyId {
+        /// The stanza key.
+        key: &'static str,
+        /// The value as written (public).
+        value: String,
     },
     /// An error in one stanza.
     #[error("access stanza {name}")]

@@ -18,6 +18,8 @@ use crate::{Entropy, Error, b64};
 pub const RIJNDAEL_PREFIX: &str = "U2FsdGVkX1";
 /// fwknop's (not always constant) GPG prefix.
 pub const GPG_PREFIX: &str = "hQ";
+/// fwknop's `MIN_GNUPG_MSG_SIZE`: packets this long or longer are GPG, shorter ones Rijndael.
+pub const MIN_GPG_PACKET_LEN: usize = 400;
 /// fwknopd ignores shorter datagrams.
 pub const MIN_PACKET_LEN: usize = 140;
 /// fwknopd ignores longer datagrams.

@@ -200,6 +200,86 @@ pub struct AccessStanza {
     /// Seconds between open and close commands (the client timeout overrides).
     #[serde(default)]
     pub cmd_cycle_timer: Option<Seconds>,
+    /// fwknop's GPG mode: the file holding the server's secret key, as `gpg
+    /// --export-secret-keys --armor ID` writes it (mode 0600). The caller reads it into
+    /// [`AccessStanza::gpg_key_text`]; a stanza with it takes packets of 400 characters or more
+    /// as GPG. Replaces fwknop's `GPG_HOME_DIR` + `GPG_DECRYPT_ID`.
+    #[serde(default)]
+    pub gpg_decrypt_key_file: Option<std::path::PathBuf>,
+    /// Optional check that `gpg_decrypt_key_file` holds this key (fwknop's `GPG_DECRYPT_ID`: a
+    /// key id or fingerprint of the key or one of its subkeys).
+    #[serde(default)]
+    pub gpg_decrypt_id: Option<String>,
+    /// The passphrase of the secret key (fwknop's `GPG_DECRYPT_PW`).
+    #[serde(default)]
+    pub gpg_decrypt_pw: Option<Secret>,
+    /// The secret key has no passphrase (fwknop's `GPG_ALLOW_NO_PW`).
+    #[serde(default)]
+    pub gpg_allow_no_pw: bool,
+    /// The file holding the allowed signers' public keys, as `gpg --export --armor ID...`
+    /// writes it; needed while signatures are checked (fwknop reads them from its keyring).
+    #[serde(default)]
+    pub gpg_remote_keys_file: Option<std::path::PathBuf>,
+    /// Allowed signers by key id (fwknop's `GPG_REMOTE_ID`; 8 or 16 hex digits).
+    #[serde(default)]
+    pub gpg_remote_id: Option<IdList>,
+    /// Allowed signers by fingerprint (fwknop's `GPG_FINGERPRINT_ID`; 40 hex digits).
+    #[serde(default)]
+    pub gpg_fingerprint_id: Option<IdList>,
+    /// Require a valid signature by an allowed signer (fwknop's `GPG_REQUIRE_SIG`, default on
+    /// unless `gpg_disable_sig`).
+    #[serde(default)]
+    pub gpg_require_sig: Option<bool>,
+    /// Accept packets without checking signatures (fwknop's `GPG_DISABLE_SIG`): anyone with
+    /// the server's public key gets in. Discouraged.
+    #[serde(default)]
+    pub gpg_disable_sig: bool,
+    /// fwknop's `GPG_IGNORE_SIG_VERIFY_ERROR`: refused (signatures that do not verify are
+    /// never accepted here).
+    #[serde(default)]
+    pub gpg_ignore_sig_verify_error: bool,
+    /// fwknop's `GPG_HOME_DIR`: refused (no GnuPG keyring is read; use the key files).
+    #[serde(default)]
+    pub gpg_home_dir: Option<String>,
+    /// fwknop's `GPG_EXE`: refused (no `gpg` process runs).
+    #[serde(default)]
+    pub gpg_exe: Option<String>,
+    /// The contents of `gpg_decrypt_key_file` and `gpg_remote_keys_file`, put here by the
+    /// caller that reads files (this crate does no I/O). Never deserialized.
+    #[serde(skip)]
+    pub gpg_key_text: GpgKeyText,
+}
+
+/// The key files of a GPG stanza, read by the caller.
+#[derive(Clone, Debug, Default)]
+pub struct GpgKeyText {
+    /// `gpg_decrypt_key_file`'s contents.
+    pub decrypt_key: Option<Secret>,
+    /// `gpg_remote_keys_file`'s contents (public keys).
+    pub remote_keys: Option<String>,
+}
+
+/// Key ids or fingerprints: a comma-separated string (fwknop style) or an array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdList(pub Vec<String>);
+
+impl FromStr for IdList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ids: Vec<String> =
+            s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        if ids.is_empty() {
+            return Err("empty key id list".into());
+        }
+        Ok(Self(ids))
+    }
+}
+
+impl<'de> Deserialize<'de> for IdList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrList(std::marker::PhantomData))
+    }
 }
 
 /// Settings that apply to every stanza (fwknopd.conf's part of the decision).
@@ -576,11 +656,27 @@ pub struct CmdExec {
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Auth {
-    /// fwknop: the Rijndael key and mode, and the keyed HMAC.
-    Fwknop { key: EncryptionKey, mode: EncryptionMode, hmac: Option<HmacState>, hmac_key_len: Option<usize> },
+    /// fwknop: the Rijndael key and mode (none for a GPG-only stanza), the keyed HMAC, and
+    /// the GPG settings (`gpg` feature).
+    Fwknop {
+        key: Option<EncryptionKey>,
+        mode: EncryptionMode,
+        hmac: Option<HmacState>,
+        hmac_key_len: Option<usize>,
+        gpg: Option<Arc<GpgAuth>>,
+    },
     /// Modern: the users' public keys, by their bytes.
     Modern { users: HashMap<[u8; 32], ModernUser> },
 }
+
+/// A stanza's compiled GPG settings.
+#[cfg(feature = "gpg")]
+pub(crate) type GpgAuth = crate::gpg::GpgAuth;
+
+/// Without the `gpg` feature no stanza has GPG settings: the type has no values.
+#[cfg(not(feature = "gpg"))]
+#[derive(Debug)]
+pub(crate) enum GpgAuth {}
 
 /// A listed user of a modern stanza.
 #[derive(Clone, Debug)]
@@ -641,6 +737,7 @@ impl Stanza {
             (raw.hmac_digest_type.is_some(), "hmac_digest_type"),
             (raw.encryption_mode != EncryptionMode::default(), "encryption_mode"),
             (raw.enable_cmd_exec, "enable_cmd_exec"),
+            (raw.gpg_decrypt_key_file.is_some(), "gpg_decrypt_key_file"),
         ] {
             if set {
                 return not(key);
@@ -665,10 +762,14 @@ impl Stanza {
         if raw.users.is_some() {
             return Err(Error::NotForFormat { key: "users", format: "fwknop" });
         }
+        let gpg = gpg_auth(raw)?;
         let invalid = |key: &'static str| move |e: Error| Error::InvalidKey { key, source: Box::new(e) };
         let key = match (&raw.key, &raw.key_base64) {
-            (Some(k), None) => EncryptionKey::new(k.expose().as_bytes().to_vec()).map_err(invalid("key"))?,
-            (None, Some(k)) => EncryptionKey::from_base64(k.expose()).map_err(invalid("key_base64"))?,
+            (Some(k), None) => {
+                Some(EncryptionKey::new(k.expose().as_bytes().to_vec()).map_err(invalid("key"))?)
+            }
+            (None, Some(k)) => Some(EncryptionKey::from_base64(k.expose()).map_err(invalid("key_base64"))?),
+            (None, None) if gpg.is_some() => None,
             (None, None) => return Err(Error::MissingKey),
             (Some(_), Some(_)) => return Err(Error::ConflictingKeys { a: "key", b: "key_base64" }),
         };
@@ -680,8 +781,8 @@ impl Stanza {
             (None, None) => None,
             (Some(_), Some(_)) => return Err(Error::ConflictingKeys { a: "hmac_key", b: "hmac_key_base64" }),
         };
-        if let Some(h) = &hmac_key
-            && keys_equal(&key, h)
+        if let (Some(h), Some(key)) = (&hmac_key, &key)
+            && keys_equal(key, h)
         {
             return Err(Error::KeysEqual);
         }
@@ -691,7 +792,7 @@ impl Stanza {
         }
         let hmac_key_len = hmac_key.as_ref().map(|h| h.as_bytes().len());
         let hmac = hmac_key.map(|h| HmacState::new(raw.hmac_digest_type.unwrap_or_default(), h.as_bytes()));
-        Ok(Auth::Fwknop { key, mode: raw.encryption_mode, hmac, hmac_key_len })
+        Ok(Auth::Fwknop { key, mode: raw.encryption_mode, hmac, hmac_key_len, gpg })
     }
 
     /// The rules both formats share, and the compiled stanza.
@@ -790,7 +891,7 @@ impl Stanza {
     pub fn key_lengths(&self) -> KeyLengths {
         match &self.auth {
             Auth::Fwknop { key, hmac_key_len, .. } => {
-                KeyLengths { encryption: key.as_bytes().len(), hmac: *hmac_key_len }
+                KeyLengths { encryption: key.as_ref().map_or(0, |k| k.as_bytes().len()), hmac: *hmac_key_len }
             }
             Auth::Modern { .. } => KeyLengths { encryption: 0, hmac: None },
         }
@@ -826,15 +927,178 @@ impl Stanza {
         self.source.contains(src) && self.destination.as_ref().is_none_or(|d| d.contains(dst))
     }
 
-    /// The keys this stanza opens fwknop packets with; `None` for a modern stanza.
+    /// The keys this stanza opens fwknop's Rijndael packets with; `None` for a modern stanza
+    /// or a GPG-only one.
     pub fn keys(&self) -> Option<crate::packet::OpenKeys<'_>> {
         match &self.auth {
-            Auth::Fwknop { key, mode, hmac, .. } => {
+            Auth::Fwknop { key: Some(key), mode, hmac, .. } => {
                 Some(crate::packet::OpenKeys { key, mode: *mode, hmac: hmac.as_ref() })
             }
-            Auth::Modern { .. } => None,
+            Auth::Fwknop { key: None, .. } | Auth::Modern { .. } => None,
         }
     }
+
+    /// Whether this stanza takes fwknop's GPG packets (`gpg_decrypt_key_file`).
+    pub fn has_gpg(&self) -> bool {
+        matches!(&self.auth, Auth::Fwknop { gpg: Some(_), .. })
+    }
+
+    /// The GPG settings and the HMAC of a GPG stanza.
+    pub(crate) fn gpg(&self) -> Option<(&GpgAuth, Option<&HmacState>)> {
+        match &self.auth {
+            Auth::Fwknop { gpg: Some(g), hmac, .. } => Some((g, hmac.as_ref())),
+            _ => None,
+        }
+    }
+}
+
+/// The `gpg_*` keys that fwknop has and this project refuses, with the reason.
+fn refused_gpg_keys(raw: &AccessStanza) -> Result<(), Error> {
+    if raw.gpg_home_dir.is_some() {
+        return Err(Error::Unsupported {
+            key: "gpg_home_dir",
+            reason: "no GnuPG keyring is read; export the keys to files (`gpg --export-secret-keys --armor \
+                     ID` for gpg_decrypt_key_file, `gpg --export --armor ID` for gpg_remote_keys_file)",
+        });
+    }
+    if raw.gpg_exe.is_some() {
+        return Err(Error::Unsupported {
+            key: "gpg_exe",
+            reason: "no gpg process runs; OpenPGP is built in (set gpg_decrypt_key_file)",
+        });
+    }
+    if raw.gpg_ignore_sig_verify_error {
+        return Err(Error::Unsupported {
+            key: "gpg_ignore_sig_verify_error",
+            reason: "a signature that does not verify with gpg_remote_keys_file is never accepted; \
+                     put the signer's current public key in that file",
+        });
+    }
+    Ok(())
+}
+
+/// The `gpg_*` keys that need `gpg_decrypt_key_file`, for error messages.
+fn gpg_keys_set(raw: &AccessStanza) -> Option<&'static str> {
+    [
+        (raw.gpg_decrypt_id.is_some(), "gpg_decrypt_id"),
+        (raw.gpg_decrypt_pw.is_some(), "gpg_decrypt_pw"),
+        (raw.gpg_allow_no_pw, "gpg_allow_no_pw"),
+        (raw.gpg_remote_keys_file.is_some(), "gpg_remote_keys_file"),
+        (raw.gpg_remote_id.is_some(), "gpg_remote_id"),
+        (raw.gpg_fingerprint_id.is_some(), "gpg_fingerprint_id"),
+        (raw.gpg_require_sig.is_some(), "gpg_require_sig"),
+        (raw.gpg_disable_sig, "gpg_disable_sig"),
+    ]
+    .into_iter()
+    .find_map(|(set, key)| set.then_some(key))
+}
+
+#[cfg(not(feature = "gpg"))]
+fn gpg_auth(raw: &AccessStanza) -> Result<Option<Arc<GpgAuth>>, Error> {
+    refused_gpg_keys(raw)?;
+    if raw.gpg_decrypt_key_file.is_some() {
+        return Err(Error::GpgNotBuilt { key: "gpg_decrypt_key_file" });
+    }
+    match gpg_keys_set(raw) {
+        Some(key) => Err(Error::GpgNotBuilt { key }),
+        None => Ok(None),
+    }
+}
+
+/// fwknop's rules for a GPG stanza (`server/access.c`), compiled.
+#[cfg(feature = "gpg")]
+fn gpg_auth(raw: &AccessStanza) -> Result<Option<Arc<GpgAuth>>, Error> {
+    use crate::gpg::{DecryptKey, SignerKeys, normalize_id};
+    refused_gpg_keys(raw)?;
+    if raw.gpg_decrypt_key_file.is_none() {
+        return match gpg_keys_set(raw) {
+            Some(key) => Err(Error::Requires { key, needs: "gpg_decrypt_key_file" }),
+            None => Ok(None),
+        };
+    }
+    let text = &raw.gpg_key_text;
+    let Some(secret) = &text.decrypt_key else {
+        return Err(Error::Requires {
+            key: "gpg_decrypt_key_file",
+            needs: "its contents (read by the caller)",
+        });
+    };
+    let password = match (&raw.gpg_decrypt_pw, raw.gpg_allow_no_pw) {
+        (Some(pw), false) => Some(pw.expose()),
+        (None, true) => None,
+        (None, false) => {
+            return Err(Error::Requires {
+                key: "gpg_decrypt_key_file",
+                needs: "gpg_decrypt_pw or gpg_allow_no_pw",
+            });
+        }
+        (Some(_), true) => return Err(Error::ConflictingKeys { a: "gpg_decrypt_pw", b: "gpg_allow_no_pw" }),
+    };
+    let decrypt = DecryptKey::from_export(secret.expose().as_bytes(), password)
+        .map_err(|e| Error::InvalidKey { key: "gpg_decrypt_key_file", source: Box::new(e) })?;
+    if let Some(id) = &raw.gpg_decrypt_id {
+        let norm =
+            normalize_id(id).ok_or_else(|| Error::BadKeyId { key: "gpg_decrypt_id", value: id.clone() })?;
+        if !decrypt.has_id(&norm) {
+            return Err(Error::GpgKey {
+                what: "gpg_decrypt_id",
+                detail: format!("{id} is not the key in gpg_decrypt_key_file ({})", decrypt.fingerprint()),
+            });
+        }
+    }
+    let ids = |key: &'static str, list: &Option<IdList>, lens: &[usize]| -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for id in list.iter().flat_map(|l| &l.0) {
+            match normalize_id(id) {
+                Some(n) if lens.contains(&n.len()) => out.push(n),
+                _ => return Err(Error::BadKeyId { key, value: id.clone() }),
+            }
+        }
+        Ok(out)
+    };
+    let remote_ids = ids("gpg_remote_id", &raw.gpg_remote_id, &[8, 16])?;
+    let fingerprints = ids("gpg_fingerprint_id", &raw.gpg_fingerprint_id, &[40, 64])?;
+    let require_sig = match (raw.gpg_require_sig, raw.gpg_disable_sig) {
+        (Some(true), true) => {
+            return Err(Error::ConflictingKeys { a: "gpg_require_sig", b: "gpg_disable_sig" });
+        }
+        (Some(r), _) => r,
+        (None, disable) => !disable,
+    };
+    let signers = if require_sig {
+        if remote_ids.is_empty() && fingerprints.is_empty() {
+            // fwknopd exits here too.
+            return Err(Error::Requires {
+                key: "gpg_require_sig",
+                needs: "gpg_remote_id or gpg_fingerprint_id",
+            });
+        }
+        if raw.gpg_remote_keys_file.is_none() {
+            return Err(Error::Requires { key: "gpg_require_sig", needs: "gpg_remote_keys_file" });
+        }
+        let Some(keys) = &text.remote_keys else {
+            return Err(Error::Requires {
+                key: "gpg_remote_keys_file",
+                needs: "its contents (read by the caller)",
+            });
+        };
+        Some(
+            SignerKeys::from_export(keys.as_bytes())
+                .map_err(|e| Error::InvalidKey { key: "gpg_remote_keys_file", source: Box::new(e) })?,
+        )
+    } else {
+        for (set, key) in [
+            (!remote_ids.is_empty(), "gpg_remote_id"),
+            (!fingerprints.is_empty(), "gpg_fingerprint_id"),
+            (raw.gpg_remote_keys_file.is_some(), "gpg_remote_keys_file"),
+        ] {
+            if set {
+                return Err(Error::Requires { key, needs: "signature checking (gpg_require_sig)" });
+            }
+        }
+        None
+    };
+    Ok(Some(Arc::new(GpgAuth { decrypt, require_sig, signers, remote_ids, fingerprints })))
 }
 
 #[cfg(test)]

@@ -116,7 +116,9 @@ pub enum RejectReason {
     /// The HMAC does not verify with any matching stanza's key.
     #[error("hmac mismatch")]
     HmacMismatch,
-    /// The packet looks like fwknop's GPG mode, which this project does not implement.
+    /// The packet looks like fwknop's GPG mode (its HMAC verifies with `hQ` in front) but the
+    /// stanza takes no GPG packets (no `gpg_decrypt_key_file`, or a build without the `gpg`
+    /// feature).
     #[error("gpg packets are not supported")]
     GpgNotSupported,
     /// Decryption failed (wrong key or mode, bad padding, bad layout).
@@ -166,9 +168,17 @@ pub enum RejectReason {
     /// or revoked by removing its line).
     #[error("unknown user")]
     UnknownUser,
-    /// A modern packet naming a listed user whose signature does not verify.
+    /// A modern packet naming a listed user whose signature does not verify; or a GPG packet
+    /// whose signature does not verify with the signer's key.
     #[error("bad signature")]
     BadSignature,
+    /// A GPG packet without a signature, for a stanza that requires one (`gpg_require_sig`).
+    #[error("signature missing")]
+    SignatureMissing,
+    /// A GPG packet signed by a key the stanza does not allow (`gpg_remote_id`,
+    /// `gpg_fingerprint_id`), or whose key is not in `gpg_remote_keys_file`.
+    #[error("signer not allowed")]
+    SignerNotAllowed,
 }
 
 impl RejectReason {
@@ -200,11 +210,13 @@ impl RejectReason {
             RejectReason::MacMismatch => "mac_mismatch",
             RejectReason::UnknownUser => "unknown_user",
             RejectReason::BadSignature => "bad_signature",
+            RejectReason::SignatureMissing => "signature_missing",
+            RejectReason::SignerNotAllowed => "signer_not_allowed",
         }
     }
 
     /// Every reason code, for metrics that must exist before the first packet.
-    pub const ALL_CODES: [&'static str; 25] = [
+    pub const ALL_CODES: [&'static str; 27] = [
         "too_short",
         "too_long",
         "prefix_not_stripped",
@@ -230,6 +242,8 @@ impl RejectReason {
         "mac_mismatch",
         "unknown_user",
         "bad_signature",
+        "signature_missing",
+        "signer_not_allowed",
     ];
 
     /// How far a packet got before this reason: with several stanzas the furthest reason is
@@ -246,7 +260,9 @@ impl RejectReason {
             RejectReason::DigestMismatch
             | RejectReason::MalformedField(_)
             | RejectReason::UnknownUser
-            | RejectReason::BadSignature => 4,
+            | RejectReason::BadSignature
+            | RejectReason::SignatureMissing
+            | RejectReason::SignerNotAllowed => 4,
             _ => 5,
         }
     }

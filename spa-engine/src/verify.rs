@@ -57,6 +57,9 @@ struct Authenticated {
     source_port: Option<u16>,
     user_key: Option<UserPublicKey>,
     client_username: Option<String>,
+    /// The name `require_username` is checked against when it is not `username`: a GPG
+    /// packet's own username, while `username` names its signer.
+    policy_username: Option<String>,
 }
 
 impl Verifier {
@@ -149,7 +152,7 @@ impl Verifier {
             return reject(RejectReason::NotBase64);
         }
         let (src, dst) = (canonical(meta.source), canonical(meta.destination));
-        if !self.stanzas.iter().any(|s| s.keys().is_some() && s.matches(src, dst)) {
+        if !self.stanzas.iter().any(|s| (s.keys().is_some() || s.has_gpg()) && s.matches(src, dst)) {
             return reject(RejectReason::NoStanzaForSource);
         }
         let key = replay_key(payload);
@@ -163,8 +166,15 @@ impl Verifier {
             if !stanza.matches(src, dst) {
                 continue;
             }
-            let Some(keys) = stanza.keys() else { continue };
-            match self.try_stanza(stanza, &keys, index, payload, src, dst, now, &key, &mut recorded, replay) {
+            // fwknop decides by length: 400 characters or more is GPG, for stanzas that have it.
+            let open = if payload.len() >= packet::MIN_GPG_PACKET_LEN && stanza.has_gpg() {
+                Open::Gpg
+            } else if let Some(keys) = stanza.keys() {
+                Open::Rijndael(keys)
+            } else {
+                continue;
+            };
+            match self.try_stanza(stanza, &open, index, payload, src, dst, now, &key, &mut recorded, replay) {
                 Ok(grant) => return Verdict::Accept(grant),
                 Err(
                     reason @ (RejectReason::ReplayStoreFull
@@ -190,7 +200,7 @@ impl Verifier {
     fn try_stanza(
         &self,
         stanza: &Stanza,
-        keys: &packet::OpenKeys<'_>,
+        open: &Open<'_>,
         index: usize,
         payload: &[u8],
         src: IpAddr,
@@ -203,7 +213,10 @@ impl Verifier {
         if stanza.expires.is_some_and(|e| now >= e) {
             return Err(RejectReason::StanzaExpired);
         }
-        let decoded = packet::open(payload, keys)?;
+        let (decoded, signer) = match open {
+            Open::Rijndael(keys) => (packet::open(payload, keys)?, None),
+            Open::Gpg => open_gpg(stanza, payload)?,
+        };
         // fwknop allows it and `spa decode` shows it, but a username like `-rf` or `--help`
         // would be read as an option by a command that gets `{username}` in its argv.
         if decoded.message.username.starts_with('-') {
@@ -223,14 +236,22 @@ impl Verifier {
             return Err(RejectReason::StaleTimestamp);
         }
         let request = msg.request()?;
+        // A signed GPG packet's grant names its signer (the identity a key proves); the
+        // packet's own username stays beside it and is what `require_username` checks, as in
+        // fwknop.
+        let (username, client_username, policy_username) = match signer {
+            Some(fpr) => (format!("gpg:{fpr}"), Some(msg.username.clone()), Some(msg.username)),
+            None => (msg.username, None, None),
+        };
         let auth = Authenticated {
             request,
             timestamp: msg.timestamp,
             client_timeout: msg.client_timeout,
-            username: msg.username,
+            username,
             source_port: None,
             user_key: None,
-            client_username: None,
+            client_username,
+            policy_username,
         };
         self.policy(stanza, index, auth, src, dst)
     }
@@ -258,7 +279,8 @@ impl Verifier {
         } else {
             canonical(allow)
         };
-        if stanza.require_username.as_ref().is_some_and(|u| *u != auth.username) {
+        let checked = auth.policy_username.as_ref().unwrap_or(&auth.username);
+        if stanza.require_username.as_ref().is_some_and(|u| u != checked) {
             return Err(RejectReason::UsernameMismatch);
         }
         let timeout = match auth.client_timeout {
@@ -407,6 +429,7 @@ impl Verifier {
                     source_port: body.request.source_port,
                     user_key: Some(user_key),
                     client_username: body.request.username.clone(),
+                    policy_username: None,
                 };
                 self.policy(stanza, index, auth, src, dst)
             };
@@ -438,6 +461,37 @@ impl Verifier {
             },
             (false, None) => Action::Open { access: Access::Ports(ports.into()), nat: None },
         }
+    }
+}
+
+/// How a stanza opens one packet.
+enum Open<'a> {
+    /// fwknop's Rijndael mode with these keys.
+    Rijndael(packet::OpenKeys<'a>),
+    /// fwknop's GPG mode, with the stanza's GPG settings.
+    Gpg,
+}
+
+/// Opens a GPG packet with a stanza's settings: the packet and its signer's fingerprint.
+#[cfg(feature = "gpg")]
+fn open_gpg(
+    stanza: &Stanza,
+    payload: &[u8],
+) -> Result<(crate::message::Decoded, Option<String>), RejectReason> {
+    let Some((gpg, hmac)) = stanza.gpg() else { return Err(RejectReason::GpgNotSupported) };
+    let opened = crate::gpg::open(payload, hmac, gpg)?;
+    Ok((opened.decoded, opened.signer))
+}
+
+/// Without the `gpg` feature no stanza has GPG settings, so this is never reached.
+#[cfg(not(feature = "gpg"))]
+fn open_gpg(
+    stanza: &Stanza,
+    _payload: &[u8],
+) -> Result<(crate::message::Decoded, Option<String>), RejectReason> {
+    match stanza.gpg() {
+        Some((never, _)) => match *never {},
+        None => Err(RejectReason::GpgNotSupported),
     }
 }
 

@@ -525,6 +525,31 @@ pub(crate) fn build(a: &KnockArgs, p: &Settings, tcp_source_port: Option<u16>) -
     let mode = p.mode.unwrap_or_default();
     let digest = p.digest_type.unwrap_or_default();
     let use_hmac = p.wants_hmac();
+    #[cfg(feature = "gpg")]
+    if p.wants_gpg() {
+        let mut input = a.key_input()?;
+        let hmac = if use_hmac {
+            Some((
+                keys::hmac_key(p.hmac_key.as_ref(), host.as_deref(), &mut input)?,
+                p.hmac_type.unwrap_or_default(),
+            ))
+        } else {
+            None
+        };
+        let spa =
+            crate::gpg::seal(p, &msg, digest, hmac.as_ref().map(|(k, t)| (k, *t)), &mut rng, &mut warn)?;
+        if verbose {
+            eprintln!("GPG packet for {}: {} characters", msg.message, spa.len());
+            if let (Some(d), Some(h)) = (dest, &host) {
+                eprintln!("Sending via {transport} to {h} ({d})");
+            }
+        }
+        return Ok(Built { spa, dest, host, transport });
+    }
+    #[cfg(not(feature = "gpg"))]
+    if p.wants_gpg() {
+        bail!("this spa was built without GPG support (cargo feature gpg)");
+    }
     ensure!(
         !(use_hmac && mode == EncryptionMode::Legacy),
         "the legacy encryption mode cannot be combined with an HMAC (as in fwknop)"

@@ -10,6 +10,8 @@
 
 mod connect;
 mod decode;
+#[cfg(feature = "gpg")]
+mod gpg;
 mod keygen;
 mod keys;
 mod knock;

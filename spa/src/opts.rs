@@ -131,6 +131,24 @@ pub(crate) struct Settings {
     pub(crate) user_key: Option<KeySpec>,
     pub(crate) server_key: Option<spa_engine::ServerPublicKey>,
     pub(crate) connect_delay_ms: Option<u64>,
+    /// fwknop's GPG mode (`-g`, `USE_GPG`).
+    pub(crate) gpg: Option<bool>,
+    /// Key ids to check the GPG key files against (`--gpg-recipient-key`, `--gpg-signer-key`).
+    #[cfg_attr(not(feature = "gpg"), allow(dead_code))]
+    pub(crate) gpg_recipient: Option<String>,
+    #[cfg_attr(not(feature = "gpg"), allow(dead_code))]
+    pub(crate) gpg_signer: Option<String>,
+    /// The server's exported public key.
+    pub(crate) gpg_recipient_key_file: Option<PathBuf>,
+    /// The client's exported secret key.
+    #[cfg_attr(not(feature = "gpg"), allow(dead_code))]
+    pub(crate) gpg_signer_key_file: Option<PathBuf>,
+    /// Its passphrase (`GPG_SIGNING_PW`, `GPG_SIGNING_PW_BASE64`).
+    #[cfg_attr(not(feature = "gpg"), allow(dead_code))]
+    pub(crate) gpg_signing_pw: Option<KeySpec>,
+    /// The signing key has no passphrase (`--gpg-no-signing-pw`).
+    #[cfg_attr(not(feature = "gpg"), allow(dead_code))]
+    pub(crate) gpg_no_signing_pw: Option<bool>,
 }
 
 impl Settings {
@@ -138,6 +156,11 @@ impl Settings {
     /// turns `--use-hmac` on for `--key-hmac` and `HMAC_KEY`).
     pub(crate) fn wants_hmac(&self) -> bool {
         self.use_hmac.unwrap_or(self.hmac_key.is_some() || self.hmac_type.is_some())
+    }
+
+    /// Whether packets use fwknop's GPG mode: `-g`, or a recipient key given.
+    pub(crate) fn wants_gpg(&self) -> bool {
+        self.gpg.unwrap_or(self.gpg_recipient_key_file.is_some() || self.gpg_recipient.is_some())
     }
 
     /// The verbosity level (`-v` counts, `VERBOSE Y` is 1).

@@ -244,7 +244,29 @@ fn save_hmac_key(s: &Settings) -> Option<Zeroizing<String>> {
     hmac_key_rc_line(s).map(|(_, v)| v)
 }
 
-const GPG: &str = "GnuPG encryption is not supported; use Rijndael keys (spa keygen)";
+/// Without the `gpg` feature, every GPG option is refused with this.
+#[cfg(not(feature = "gpg"))]
+const GPG: &str =
+    "this spa was built without fwknop's GnuPG mode (cargo feature gpg); use Rijndael keys (spa keygen)";
+const GPG_HOME: &str = "no GnuPG keyring is read; export the keys to files: `gpg --export --armor SERVER_ID > \
+                        server.asc` for --gpg-recipient-key-file, `gpg --export-secret-keys --armor YOUR_ID > \
+                        me.asc` for --gpg-signer-key-file";
+const GPG_EXE: &str =
+    "no GnuPG process runs; OpenPGP is built in (--gpg-recipient-key-file, --gpg-signer-key-file)";
+const GPG_AGENT: &str = "no GnuPG agent is used; give the signing key as a file (`gpg --export-secret-keys \
+                         --armor YOUR_ID > me.asc`, --gpg-signer-key-file me.asc)";
+
+/// A GPG option: a setting in a build with the `gpg` feature, refused without it.
+#[cfg(feature = "gpg")]
+const fn gpg_opt(o: Opt, set: Setter) -> Opt {
+    o.set(set)
+}
+
+/// A GPG option: a setting in a build with the `gpg` feature, refused without it.
+#[cfg(not(feature = "gpg"))]
+const fn gpg_opt(o: Opt, _set: Setter) -> Opt {
+    o.refused(GPG)
+}
 const RAW: &str = "it needs raw sockets, which this client does not use (send with -P udp, tcp or http)";
 const WGET: &str = "this client fetches the -R page itself over HTTPS (rustls), without wget";
 
@@ -361,37 +383,69 @@ pub(crate) static OPTIONS: &[Opt] = &[
         .value("MODE")
         .rc(&["ENCRYPTION_MODE"])
         .saved(|s, v| put(&mut s.mode, v.parse()?), "ENCRYPTION_MODE", |s| shown(s.mode.map(|m| m.name()))),
-    Opt::new("gpg_encryption", "GnuPG encryption.")
-        .short('g')
-        .long("gpg-encryption")
+    gpg_opt(
+        Opt::new("gpg_encryption", "fwknop's GPG mode (needs --gpg-recipient-key-file).")
+            .short('g')
+            .long("gpg-encryption")
+            .switch()
+            .rc(&["USE_GPG"]),
+        |s, v| put(&mut s.gpg, parse_bool(v)?),
+    ),
+    Opt::new("gpg_agent", "GnuPG agent.")
+        .long("gpg-agent")
         .switch()
-        .rc(&["USE_GPG"])
-        .refused(GPG),
-    Opt::new("gpg_agent", "GnuPG agent.").long("gpg-agent").switch().rc(&["USE_GPG_AGENT"]).refused(GPG),
-    Opt::new("gpg_no_signing_pw", "GnuPG without a signing password.")
-        .long("gpg-no-signing-pw")
-        .switch()
-        .rc(&["GPG_NO_SIGNING_PW"])
-        .refused(GPG),
-    Opt::new("gpg_recipient_key", "GnuPG recipient.")
-        .long("gpg-recipient-key")
-        .value("KEY")
-        .rc(&["GPG_RECIPIENT"])
-        .refused(GPG),
-    Opt::new("gpg_signer_key", "GnuPG signer.")
-        .long("gpg-signer-key")
-        .value("KEY")
-        .rc(&["GPG_SIGNER"])
-        .refused(GPG),
+        .rc(&["USE_GPG_AGENT"])
+        .refused(GPG_AGENT),
+    gpg_opt(
+        Opt::new("gpg_no_signing_pw", "The GPG signing key has no passphrase.")
+            .long("gpg-no-signing-pw")
+            .switch()
+            .rc(&["GPG_NO_SIGNING_PW"]),
+        |s, v| put(&mut s.gpg_no_signing_pw, parse_bool(v)?),
+    ),
+    gpg_opt(
+        Opt::new("gpg_recipient_key", "GPG: the server's key id, checked against --gpg-recipient-key-file.")
+            .long("gpg-recipient-key")
+            .value("KEY")
+            .rc(&["GPG_RECIPIENT"]),
+        |s, v| put(&mut s.gpg_recipient, v.trim().to_owned()),
+    ),
+    gpg_opt(
+        Opt::new("gpg_signer_key", "GPG: your key id, checked against --gpg-signer-key-file.")
+            .long("gpg-signer-key")
+            .value("KEY")
+            .rc(&["GPG_SIGNER"]),
+        |s, v| put(&mut s.gpg_signer, v.trim().to_owned()),
+    ),
+    gpg_opt(
+        Opt::new("gpg_recipient_key_file", "GPG: the server's public key (gpg --export --armor ID > FILE).")
+            .long("gpg-recipient-key-file")
+            .value("FILE")
+            .rc(&["GPG_RECIPIENT_KEY_FILE"]),
+        |s, v| put(&mut s.gpg_recipient_key_file, expand_home(v.trim())),
+    ),
+    gpg_opt(
+        Opt::new("gpg_signer_key_file", "GPG: your secret key (gpg --export-secret-keys --armor ID > FILE).")
+            .long("gpg-signer-key-file")
+            .value("FILE")
+            .rc(&["GPG_SIGNER_KEY_FILE"]),
+        |s, v| put(&mut s.gpg_signer_key_file, expand_home(v.trim())),
+    ),
     Opt::new("gpg_home_dir", "GnuPG home.")
         .long("gpg-home-dir")
         .value("DIR")
         .rc(&["GPG_HOMEDIR"])
-        .refused(GPG),
-    Opt::new("gpg_exe", "GnuPG binary.").long("gpg-exe").value("PATH").rc(&["GPG_EXE"]).refused(GPG),
-    Opt::new("gpg_signing_pw", "GnuPG signing password.")
-        .rc(&["GPG_SIGNING_PW", "GPG_SIGNING_PW_BASE64"])
-        .refused(GPG),
+        .refused(GPG_HOME),
+    Opt::new("gpg_exe", "GnuPG binary.").long("gpg-exe").value("PATH").rc(&["GPG_EXE"]).refused(GPG_EXE),
+    gpg_opt(
+        Opt::new("gpg_signing_pw", "The passphrase of the GPG signing key.").rc(&["GPG_SIGNING_PW"]),
+        |s, v| put(&mut s.gpg_signing_pw, KeySpec::Text(secret(v))),
+    ),
+    gpg_opt(
+        Opt::new("gpg_signing_pw_base64", "The passphrase of the GPG signing key, in base64.")
+            .rc(&["GPG_SIGNING_PW_BASE64"]),
+        |s, v| put(&mut s.gpg_signing_pw, KeySpec::Base64(secret(v.trim()))),
+    ),
     Opt::new("spoof_user", "Username to put in the packet.")
         .short('U')
         .long("spoof-user")
@@ -848,7 +902,7 @@ mod tests {
              SPA_SERVER_PROTO tcp\nKEY_BASE64 a2V5\nHMAC_KEY_BASE64 aG1hYw==\nUSE_HMAC Y\n\
              HMAC_DIGEST_TYPE SHA384\nDIGEST_TYPE sha3_512\nENCRYPTION_MODE CTR\nFW_TIMEOUT 45\n\
              TIME_OFFSET -2min\nSPOOF_USER alice\nNAT_ACCESS 10.0.0.5,22\nNAT_LOCAL N\nNAT_PORT 2222\n\
-             NAT_RAND_PORT n\nVERBOSE Y\nBOGUS 1\nUSE_GPG N\n",
+             NAT_RAND_PORT n\nVERBOSE Y\nBOGUS 1\nUSE_GPG_AGENT N\n",
             "s",
         );
         assert_eq!(s.destination.as_deref(), Some("gw.lan"));
@@ -868,7 +922,7 @@ mod tests {
         assert_eq!(s.verbose, Some(1));
         assert_eq!(w.len(), 2);
         assert_eq!(w[0], "rc:21: unknown variable BOGUS; ignored");
-        assert!(w[1].starts_with("rc:22: USE_GPG is not supported (GnuPG"), "{}", w[1]);
+        assert!(w[1].starts_with("rc:22: USE_GPG_AGENT is not supported (no GnuPG agent"), "{}", w[1]);
     }
 
     #[test]
@@ -936,7 +990,7 @@ mod tests {
     #[test]
     fn refused_options_name_the_reason() {
         for (args, needle) in [
-            (&["--gpg-recipient-key", "x"][..], "--gpg-recipient-key is not supported: GnuPG"),
+            (&["--gpg-home-dir", "x"][..], "--gpg-home-dir is not supported: no GnuPG keyring is read"),
             (&["-Q", "1.2.3.4"][..], "-Q/--spoof-source is not supported: it needs raw sockets"),
             (&["--spoof-src", "1.2.3.4"][..], "-Q/--spoof-source is not supported"),
             (&["-H", "proxy:8080"][..], "-H/--http-proxy is not supported: sending through an HTTP proxy"),

@@ -368,27 +368,35 @@ fn test_mode_refuses_what_a_send_refuses() {
 fn every_missing_fwknop_option_is_refused_with_its_reason() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    for (args, reason) in [
+    // With the `gpg` feature these are GPG mode's options (tests/client_gpg.rs); without it they
+    // are refused too.
+    let gpg_mode: &[(&[&str], &str)] = &[
         (&["-g"][..], "GnuPG"),
         (&["--gpg-encryption"], "GnuPG"),
         (&["--gpg-recipient-key", "ABCD"], "GnuPG"),
         (&["--gpg-signer-key", "ABCD"], "GnuPG"),
-        (&["--gpg-home-dir", "/x"], "GnuPG"),
-        (&["--gpg-exe", "/usr/bin/gpg"], "GnuPG"),
-        (&["--gpg-agent"], "GnuPG"),
         (&["--gpg-no-signing-pw"], "GnuPG"),
-        (&["-Q", "1.2.3.4"], "raw sockets"),
-        (&["--spoof-source", "1.2.3.4"], "raw sockets"),
-        (&["--spoof-src", "1.2.3.4"], "raw sockets"),
-        (&["--icmp-type", "8"], "raw sockets"),
-        (&["--icmp-code", "0"], "raw sockets"),
-        (&["-H", "proxy:3128"], "HTTP proxy"),
-        (&["--http-proxy", "proxy:3128"], "HTTP proxy"),
-        (&["-w", "/usr/bin/wget"], "wget"),
-        (&["--wget-cmd", "/usr/bin/wget"], "wget"),
-        (&["--use-wget-user-agent"], "wget"),
-        (&["--fault-injection-tag", "x"], "fwknop's own build"),
-    ] {
+    ];
+    let gpg_mode = if cfg!(feature = "gpg") { &[][..] } else { gpg_mode };
+    for &(args, reason) in gpg_mode.iter().chain(
+        [
+            (&["--gpg-home-dir", "/x"][..], "GnuPG"),
+            (&["--gpg-exe", "/usr/bin/gpg"], "GnuPG"),
+            (&["--gpg-agent"], "GnuPG"),
+            (&["-Q", "1.2.3.4"], "raw sockets"),
+            (&["--spoof-source", "1.2.3.4"], "raw sockets"),
+            (&["--spoof-src", "1.2.3.4"], "raw sockets"),
+            (&["--icmp-type", "8"], "raw sockets"),
+            (&["--icmp-code", "0"], "raw sockets"),
+            (&["-H", "proxy:3128"], "HTTP proxy"),
+            (&["--http-proxy", "proxy:3128"], "HTTP proxy"),
+            (&["-w", "/usr/bin/wget"], "wget"),
+            (&["--wget-cmd", "/usr/bin/wget"], "wget"),
+            (&["--use-wget-user-agent"], "wget"),
+            (&["--fault-injection-tag", "x"], "fwknop's own build"),
+        ]
+        .iter(),
+    ) {
         let mut all = args.to_vec();
         all.extend(["-A", "tcp/22", "-a", "1.2.3.4", "-T", "--key-rijndael", "k-0123456789abcdef"]);
         let o = spa(h, &all);
@@ -401,7 +409,8 @@ fn every_missing_fwknop_option_is_refused_with_its_reason() {
     }
     // The same variables in an rc file are warnings, not errors.
     let rc = h.join(".fwknoprc");
-    std::fs::write(&rc, "[default]\nUSE_GPG Y\nWGET_CMD /usr/bin/wget\nSPOOF_SOURCE_IP 1.2.3.4\n").unwrap();
+    std::fs::write(&rc, "[default]\nUSE_GPG_AGENT Y\nWGET_CMD /usr/bin/wget\nSPOOF_SOURCE_IP 1.2.3.4\n")
+        .unwrap();
     std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o =
         ok(spa(h, &["-A", "tcp/22", "-a", "1.2.3.4", "-T", "--key-rijndael", "k-0123456789abcdef"]), "spa");

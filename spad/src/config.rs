@@ -921,6 +921,80 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Reads a file that holds keys: a regular file, mode 0600 or stricter, owned by root or by the
+/// user spad runs as, at most `limit` bytes (read into memory that is wiped on drop). `what`
+/// names the contents in the errors, which do not name the file (the caller does).
+fn read_key_file(file: &Path, what: &str, limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    let m = f.metadata().map_err(|e| e.to_string())?;
+    if !m.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "holds {what} but its mode {:03o} lets group or others read or write it; run chmod 600 {}",
+            m.mode() & 0o777,
+            file.display()
+        ));
+    }
+    if m.uid() != 0 && m.uid() != euid() {
+        return Err(format!(
+            "holds {what} but is owned by uid {}, not by root or spad (uid {}); run chown root {}",
+            m.uid(),
+            euid(),
+            file.display()
+        ));
+    }
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, limit as u64 + 1), &mut raw)
+        .map_err(|e| e.to_string())?;
+    if raw.len() > limit {
+        return Err(format!("is over {limit} bytes; it is not a key file"));
+    }
+    Ok(raw)
+}
+
+/// Reads a GPG stanza's key files (`gpg_decrypt_key_file`, `gpg_remote_keys_file`) into the
+/// stanza, for the engine to parse. Errors name the stanza's file and the key's line.
+fn load_gpg_files(raw: &mut AccessStanza, index: usize, origin: &StanzaOrigin) -> Result<(), ConfigError> {
+    let name = raw.name.clone().unwrap_or_else(|| format!("stanza-{}", index + 1));
+    #[cfg(feature = "gpg")]
+    let limit = spa_engine::gpg::MAX_KEY_FILE_LEN;
+    #[cfg(not(feature = "gpg"))]
+    let limit = 0;
+    let read = |key: &'static str, file: &Path, what: &str| {
+        if cfg!(not(feature = "gpg")) {
+            return Err(origin.at(
+                Some(key),
+                format!(
+                    "access stanza {name}: {key} needs GPG support, which this spad lacks (cargo feature gpg)"
+                ),
+            ));
+        }
+        let bytes = read_key_file(file, what, limit).map_err(|m| {
+            origin.at(Some(key), format!("access stanza {name}: {key}: {}: {m}", file.display()))
+        })?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            origin.at(
+                Some(key),
+                format!(
+                    "access stanza {name}: {key}: {}: is not text; export the key with --armor",
+                    file.display()
+                ),
+            )
+        })
+    };
+    if let Some(file) = raw.gpg_decrypt_key_file.clone() {
+        let text = zeroize::Zeroizing::new(read("gpg_decrypt_key_file", &file, "a secret key")?);
+        raw.gpg_key_text.decrypt_key = Some(spa_engine::stanza::Secret::new(text.as_str()));
+    }
+    if let Some(file) = raw.gpg_remote_keys_file.clone() {
+        raw.gpg_key_text.remote_keys = Some(read("gpg_remote_keys_file", &file, "the signers' keys")?);
+    }
+    Ok(())
+}
+
 /// Reads `[server] key_file`: a private file (mode 0600 or stricter, owned by root or by the
 /// user spad runs as) holding one `x25519-secret:` key. Errors name the file and the line of
 /// `key_file`.
@@ -930,42 +1004,14 @@ fn load_server_key(
     server: &Server,
     spans: &Spans,
 ) -> Result<Option<ServerSecretKey>, ConfigError> {
-    use std::os::unix::fs::MetadataExt as _;
     let Some(file) = &server.key_file else { return Ok(None) };
     let err = |message: String| ConfigError {
         file: path.to_owned(),
         line: spans.server.get("key_file").map(|v| line_of(text, v.span().start)),
         message: format!("server.key_file: {}: {message}", file.display()),
     };
-    let f = std::fs::File::open(file).map_err(|e| err(e.to_string()))?;
-    let m = f.metadata().map_err(|e| err(e.to_string()))?;
-    if !m.is_file() {
-        return Err(err("is not a regular file".into()));
-    }
-    if m.mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "holds the server's secret key but its mode {:03o} lets group or others read or write it; \
-             run chmod 600 {}",
-            m.mode() & 0o777,
-            file.display()
-        )));
-    }
-    if m.uid() != 0 && m.uid() != euid() {
-        return Err(err(format!(
-            "holds the server's secret key but is owned by uid {}, not by root or spad (uid {}); \
-             run chown root {}",
-            m.uid(),
-            euid(),
-            file.display()
-        )));
-    }
-    let limit = spa_engine::modern::keys::MAX_KEY_FILE_LEN;
-    let mut raw = zeroize::Zeroizing::new(Vec::new());
-    std::io::Read::read_to_end(&mut std::io::Read::take(f, limit as u64 + 1), &mut raw)
-        .map_err(|e| err(e.to_string()))?;
-    if raw.len() > limit {
-        return Err(err(format!("is over {limit} bytes; it is not a key file")));
-    }
+    let raw = read_key_file(file, "the server's secret key", spa_engine::modern::keys::MAX_KEY_FILE_LEN)
+        .map_err(err)?;
     let text =
         std::str::from_utf8(&raw).map_err(|_| err("is not UTF-8 text; it is not a key file".into()))?;
     ServerSecretKey::from_file(text).map(Some).map_err(|e| err(error_chain(&e)))
@@ -1039,7 +1085,9 @@ fn check_keys(
     }
     let enc = if raw.key.is_some() { "key" } else { "key_base64" };
     let hmac = if raw.hmac_key.is_some() { "hmac_key" } else { "hmac_key_base64" };
-    for (key, len) in [(enc, Some(lengths.encryption)), (hmac, lengths.hmac)] {
+    // A GPG-only stanza has no Rijndael key to measure.
+    let rijndael = raw.key.is_some() || raw.key_base64.is_some();
+    for (key, len) in [(enc, rijndael.then_some(lengths.encryption)), (hmac, lengths.hmac)] {
         let Some(len) = len else { continue };
         let what = if key.ends_with("_base64") { "decodes to" } else { "is" };
         if len < MIN_KEY_LEN {
@@ -1215,6 +1263,9 @@ impl Config {
             enable_local_nat: raw.nat.enable_local_nat,
         };
         // Compile stanza by stanza so an error can point at the stanza's file and line.
+        for (i, s) in stanzas.iter_mut().enumerate() {
+            load_gpg_files(s, i, &origins[i])?;
+        }
         for (i, s) in stanzas.iter().enumerate() {
             let o = &origins[i];
             check_placeholders(s, i, o)?;
@@ -1841,6 +1892,58 @@ open_ports = ["tcp/22"]
             "{GOOD}{server}\n[[access]]\nname = \"pk\"\nsource = \"any\"\nformat = \"modern\"\n\
              users = [\"{user} alice\"]\nopen_ports = [\"tcp/22\"]\n"
         )
+    }
+
+    /// A GPG stanza's key files: read at load, held to the key-file rules, errors at the key's
+    /// line; without the `gpg` feature the stanza is refused with the reason.
+    #[test]
+    fn gpg_key_files_are_private_and_need_the_feature() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spa-engine/tests/data/gpg");
+        let server = write(
+            dir.path(),
+            "server.asc",
+            &std::fs::read_to_string(data.join("server-secret.asc")).unwrap(),
+        );
+        let users =
+            write(dir.path(), "users.asc", &std::fs::read_to_string(data.join("client-public.asc")).unwrap());
+        let text = format!(
+            "{GOOD}\n[[access]]\nname = \"g\"\nsource = \"any\"\nopen_ports = [\"tcp/22\"]\n\
+             hmac_key = \"gpg-stanza-hmac-key-0123456789abcdef\"\n\
+             gpg_decrypt_key_file = \"{}\"\ngpg_decrypt_pw = \"server-key-passphrase-0123456789\"\n\
+             gpg_remote_keys_file = \"{}\"\ngpg_remote_id = \"B83BAD3E\"\n",
+            server.display(),
+            users.display()
+        );
+        let key_line = text.lines().position(|l| l.starts_with("gpg_decrypt_key_file")).unwrap() + 1;
+        let p = write(dir.path(), "spad.toml", &text);
+        if cfg!(not(feature = "gpg")) {
+            let e = load_err(&p);
+            assert!(e.contains(&format!(":{key_line}: ")) && e.contains("cargo feature gpg"), "{e}");
+            return;
+        }
+        let c = Config::load(&p).unwrap();
+        assert!(c.verifier.stanzas().iter().any(|s| &**s.name() == "g" && s.has_gpg()));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_err(&p);
+        assert!(
+            e.starts_with(&format!("{}:{key_line}: access stanza g: gpg_decrypt_key_file: ", p.display()))
+                && e.contains("mode 644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let users_line = text.lines().position(|l| l.starts_with("gpg_remote_keys_file")).unwrap() + 1;
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = load_err(&p);
+        assert!(e.contains(&format!(":{users_line}: access stanza g: gpg_remote_keys_file: ")), "{e}");
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A wrong passphrase is an error, and never shown.
+        let wrong = text.replace("server-key-passphrase-0123456789", "not-the-passphrase-0123456789abc");
+        let p = write(dir.path(), "spad.toml", &wrong);
+        let e = load_err(&p);
+        assert!(e.contains("passphrase does not unlock") && !e.contains("not-the-passphrase"), "{e}");
     }
 
     #[test]

@@ -288,8 +288,11 @@ const NO_EQUIVALENT: &[(&str, &str)] = &[
     ("SYSLOG_FACILITY", "spad logs to stderr or the journal ($SPAD_LOG), decisions to [log] audit"),
     ("VERBOSE", "spad's log level is $SPAD_LOG"),
     ("LOCALE", "spad does not localise"),
-    ("GPG_HOME_DIR", "spad does not do GnuPG (Rijndael only)"),
-    ("GPG_EXE", "spad does not do GnuPG (Rijndael only)"),
+    (
+        "GPG_HOME_DIR",
+        "spad reads no GnuPG keyring: GPG stanzas take exported key files (gpg_decrypt_key_file, gpg_remote_keys_file)",
+    ),
+    ("GPG_EXE", "spad runs no gpg process (OpenPGP is built in)"),
     ("SUDO_EXE", "spad does not run commands through sudo"),
     ("CMD_EXEC_TIMEOUT", "spad kills a command after 5 seconds"),
     (
@@ -745,15 +748,14 @@ fn convert_stanza(s: &RawStanza, index: usize, d: &Daemon) -> Converted {
     for v in cmd_user {
         no(v, "spad runs no command through sudo; command messages stay off for this stanza".into());
     }
-    for v in &gpg {
-        no(v, "spad does not do GnuPG encryption (Rijndael keys only)".into());
+    if !gpg.is_empty() {
+        convert_gpg(&gpg, index, enc_key, hmac_key, &mut c);
     }
     if !enc_key && c.disabled.is_none() {
         c.disabled = Some(if gpg.is_empty() {
             "it has no KEY or KEY_BASE64".into()
         } else {
-            "it uses GnuPG only, which spad does not do; give its clients a Rijndael key (`spa keygen`)"
-                .into()
+            "it uses GnuPG without GPG_DECRYPT_ID, which fwknopd cannot use either".into()
         });
     }
     if !hmac_key && c.disabled.is_none() {
@@ -775,6 +777,78 @@ fn convert_stanza(s: &RawStanza, index: usize, d: &Daemon) -> Converted {
         });
     }
     c
+}
+
+/// A stanza's `GPG_*` variables (and `ENCRYPTION_MODE asymmetric`). spad reads GnuPG keys from
+/// exported files, not from a keyring, and the import does not run gpg: a GnuPG-only stanza is
+/// written with its `gpg_*` keys but left out (commented), with the export commands that make
+/// it loadable. A stanza that also has a Rijndael key keeps that and lists its GPG variables.
+fn convert_gpg(gpg: &[&Var], index: usize, enc_key: bool, hmac_key: bool, c: &mut Converted) {
+    let mut no = |v: &Var, why: &str| {
+        c.unmapped.push(Unmapped { var: v.name.clone(), at: v.at.clone(), why: why.into() })
+    };
+    let last = |name: &str| gpg.iter().rev().find(|v| v.name == name).map(|v| v.value.as_str());
+    let decrypt_id = last("GPG_DECRYPT_ID");
+    if enc_key || decrypt_id.is_none() {
+        let why = if enc_key {
+            "this stanza also takes GnuPG packets in fwknop; spad can too (gpg_* keys, with its gpg feature) \
+             once the keys are exported to files: add them by hand (README: fwknop's GPG mode)"
+        } else {
+            "GnuPG without GPG_DECRYPT_ID; fwknopd cannot use it either"
+        };
+        for v in gpg {
+            no(v, why);
+        }
+        return;
+    }
+    let id = decrypt_id.unwrap_or_default();
+    let n = index + 1;
+    let server_file = format!("/etc/spad/gpg/fwknop-{n}-server.asc");
+    let signers_file = format!("/etc/spad/gpg/fwknop-{n}-signers.asc");
+    let mut lines = vec![
+        format!("gpg_decrypt_key_file = {}", quote(&server_file)),
+        format!("gpg_decrypt_id = {}", quote(id)),
+    ];
+    let mut signers: Vec<String> = Vec::new();
+    for v in gpg {
+        let val = v.value.as_str();
+        let list = || -> Vec<String> {
+            val.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        };
+        match v.name.as_str() {
+            "GPG_DECRYPT_ID" | "GPG_HOME_DIR" | "ENCRYPTION_MODE" => {}
+            "GPG_DECRYPT_PW" => lines.push(format!("gpg_decrypt_pw = {}", quote(val))),
+            "GPG_ALLOW_NO_PW" if yes(val) => lines.push("gpg_allow_no_pw = true".into()),
+            "GPG_REQUIRE_SIG" => lines.push(format!("gpg_require_sig = {}", yes(val))),
+            "GPG_DISABLE_SIG" if yes(val) => lines.push("gpg_disable_sig = true".into()),
+            "GPG_REMOTE_ID" | "GPG_FINGERPRINT_ID" => {
+                signers.extend(list());
+                lines.push(format!("{} = {}", v.name.to_ascii_lowercase(), array(&list())));
+            }
+            "GPG_IGNORE_SIG_VERIFY_ERROR" if yes(val) => {
+                no(v, "spad never accepts a signature that does not verify with the signer's exported key");
+            }
+            "GPG_EXE" => no(v, "spad runs no gpg process (OpenPGP is built in)"),
+            "GPG_ALLOW_NO_PW" | "GPG_DISABLE_SIG" | "GPG_IGNORE_SIG_VERIFY_ERROR" => {}
+            _ => no(v, "is not an access.conf variable; fwknopd ignores unknown ones too"),
+        }
+    }
+    if !signers.is_empty() {
+        lines.push(format!("gpg_remote_keys_file = {}", quote(&signers_file)));
+    }
+    if !hmac_key {
+        lines.push("allow_no_hmac = true".into());
+    }
+    c.lines.extend(lines);
+    let home = last("GPG_HOME_DIR").map(|h| format!(" --homedir {h}")).unwrap_or_default();
+    let mut how = format!("`gpg{home} --export-secret-keys --armor {id} > {server_file}`");
+    if !signers.is_empty() {
+        let _ = write!(how, " and `gpg{home} --export --armor {} > {signers_file}`", signers.join(" "));
+    }
+    c.disabled = Some(format!(
+        "it uses GnuPG, whose keys spad reads from exported files: run {how}, chmod 600 them, and remove the \
+         # before the lines below (spad needs its gpg feature)"
+    ));
 }
 
 /// Reads the fwknop files and builds the spad files' texts.

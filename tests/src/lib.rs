@@ -358,3 +358,101 @@ mod tests {
         }
     }
 }
+
+/// A throw-away GnuPG home (a temporary directory) with RSA keys made by `gpg --batch
+/// --quick-gen-key`, for the tests of fwknop's GPG mode. Its `gpg-agent` is stopped on drop.
+pub struct Gnupg {
+    home: std::path::PathBuf,
+}
+
+/// One key made by [`Gnupg::rsa_key`].
+#[derive(Clone, Debug)]
+pub struct GpgKey {
+    /// The primary key's fingerprint (40 hex digits).
+    pub fingerprint: String,
+    /// fwknop's short id: the fingerprint's last 8 hex digits.
+    pub short_id: String,
+}
+
+impl Gnupg {
+    /// A new home under the system's temporary directory (short: GnuPG puts its agent's
+    /// socket there, and socket paths are limited to about 100 bytes).
+    pub fn new() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let home = std::env::temp_dir().join(format!("spa-gpg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        Self { home }
+    }
+
+    /// The home directory (`--gpg-home-dir`, `GPG_HOME_DIR`).
+    pub fn home(&self) -> &std::path::Path {
+        &self.home
+    }
+
+    /// `gpg --homedir HOME --batch --pinentry-mode loopback ARGS`, which must succeed.
+    pub fn gpg(&self, args: &[&str]) -> Output {
+        run(Command::new("gpg")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--batch", "--pinentry-mode", "loopback"])
+            .args(args)
+            .stdin(Stdio::null()))
+    }
+
+    /// An RSA-2048 key for `uid`: a primary key that certifies and signs, and an encryption
+    /// subkey, as GnuPG makes them by default, protected by `passphrase` (empty: none).
+    pub fn rsa_key(&self, uid: &str, passphrase: &str) -> GpgKey {
+        self.gpg(&["--passphrase", passphrase, "--quick-gen-key", uid, "rsa2048", "cert,sign", "never"]);
+        let out = self.gpg(&["--with-colons", "--list-keys", uid]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fingerprint = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_owned()))
+            .expect("fingerprint of the new key");
+        self.gpg(&["--passphrase", passphrase, "--quick-add-key", &fingerprint, "rsa2048", "encr", "never"]);
+        let short_id = fingerprint[fingerprint.len() - 8..].to_owned();
+        GpgKey { fingerprint, short_id }
+    }
+
+    /// `gpg --export --armor` of `keys` into `path` (mode 0600).
+    pub fn export_public(&self, keys: &[&GpgKey], path: &std::path::Path) {
+        let mut args = vec!["--armor", "--export"];
+        args.extend(keys.iter().map(|k| k.fingerprint.as_str()));
+        let out = self.gpg(&args);
+        write_private(path, &out.stdout);
+    }
+
+    /// `gpg --export-secret-keys --armor` of `key` into `path` (mode 0600).
+    pub fn export_secret(&self, key: &GpgKey, passphrase: &str, path: &std::path::Path) {
+        let out =
+            self.gpg(&["--passphrase", passphrase, "--armor", "--export-secret-keys", &key.fingerprint]);
+        write_private(path, &out.stdout);
+    }
+}
+
+impl Default for Gnupg {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Gnupg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// Writes `bytes` with mode 0600, whatever the umask.
+fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
