@@ -109,7 +109,7 @@ pub mod render;
 pub use config::{Config, Forward};
 pub use model::{Kind, Names, Record};
 
-use exec::Runner;
+use spa_backends::process::Tool;
 
 inventory::submit! {
     BackendDescriptor {
@@ -134,7 +134,7 @@ struct Watch {
 pub struct IpfwBackend {
     config: Config,
     names: Names,
-    runner: Runner,
+    runner: Tool,
     watch: Option<Watch>,
 }
 
@@ -148,7 +148,7 @@ impl IpfwBackend {
     /// recording fake; not reachable from the configuration.
     #[doc(hidden)]
     pub fn with_command_prefix(config: Config, prefix: Vec<String>) -> Self {
-        let runner = Runner::new(config.ipfw.clone(), prefix);
+        let runner = exec::ipfw(config.ipfw.clone(), prefix);
         let names = Names::new(&config.tables);
         Self { config, names, runner, watch: None }
     }

@@ -1,47 +1,15 @@
-//! Running pfctl through [`spa_backends::process`] (argv only, own process group, a hard time
-//! limit), with a fixed prefix for tests (the recording fake) and a count of every process
-//! started.
+//! How pfctl is run: through [`spa_backends::process::Tool`] (argv only, own process group, a
+//! hard time limit), with a fixed prefix for tests (the recording fake).
 
 use std::time::Duration;
 
-use spa_backends::BackendError;
-use spa_backends::process::{self, Environment, Invocation};
+use spa_backends::process::Tool;
 
 /// How long one pfctl run may take before it is killed (with its process group). Loading an
 /// anchor with many thousand table addresses takes well under a second.
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// Starts pfctl, optionally behind a fixed prefix, and counts the runs.
-#[derive(Debug)]
-pub(crate) struct Runner {
-    program: String,
-    prefix: Vec<String>,
-    execs: u64,
-}
-
-impl Runner {
-    /// A runner that starts `prefix... program args...`.
-    pub(crate) fn new(program: String, prefix: Vec<String>) -> Self {
-        Self { program, prefix, execs: 0 }
-    }
-
-    /// Processes started so far.
-    pub(crate) fn execs(&self) -> u64 {
-        self.execs
-    }
-
-    /// Runs pfctl with `args` and `stdin`; returns stdout, or an error with the start of
-    /// stderr.
-    pub(crate) fn run(&mut self, args: &[String], stdin: &str) -> Result<String, BackendError> {
-        self.execs += 1;
-        let inv = Invocation::new(self.program.clone(), LIMIT)
-            .label("pfctl")
-            .prefix(&self.prefix)
-            .args(args.iter().cloned())
-            // pfctl's messages and listings in one fixed language: we parse the listings.
-            .env(Environment::Inherit(vec![("LC_ALL".into(), "C".into())]))
-            .stdin(stdin)
-            .capture_stdout();
-        process::run(inv)?.success()?.stdout_text()
-    }
+/// pfctl, optionally behind a fixed prefix.
+pub(crate) fn pfctl(program: String, prefix: Vec<String>) -> Tool {
+    Tool::new(program, prefix, "pfctl", LIMIT)
 }

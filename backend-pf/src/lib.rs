@@ -107,8 +107,8 @@ pub mod render;
 pub use config::{Config, Forward, Syntax};
 pub use model::{Member, Table};
 
-use exec::Runner;
 use render::Contents;
+use spa_backends::process::Tool;
 
 inventory::submit! {
     BackendDescriptor {
@@ -132,7 +132,7 @@ struct Watch {
 #[derive(Debug)]
 pub struct PfBackend {
     config: Config,
-    runner: Runner,
+    runner: Tool,
     /// What each table holds, as far as this backend put it there (it is the anchor's only
     /// writer); `None` until `prepare`.
     contents: Option<Contents>,
@@ -149,7 +149,7 @@ impl PfBackend {
     /// recording fake; not reachable from the configuration.
     #[doc(hidden)]
     pub fn with_command_prefix(config: Config, prefix: Vec<String>) -> Self {
-        let runner = Runner::new(config.pfctl.clone(), prefix);
+        let runner = exec::pfctl(config.pfctl.clone(), prefix);
         Self { config, runner, contents: None, watch: None }
     }
 

@@ -624,3 +624,43 @@ mod tests {
         assert_eq!(summarize(b"caf\xc3\xa9 \xff"), "caf\u{e9} \u{fffd}");
     }
 }
+
+/// One firewall tool that a backend runs again and again (`pfctl`, `ipfw`): its program,
+/// an optional fixed prefix (a recording fake in tests), its time limit, and a count of the
+/// processes started, so each such backend does not write its own wrapper around [`run`].
+#[derive(Debug)]
+pub struct Tool {
+    program: String,
+    prefix: Vec<String>,
+    label: &'static str,
+    limit: Duration,
+    execs: u64,
+}
+
+impl Tool {
+    /// A tool that starts `prefix... program args...`, named `label` in errors, killed with
+    /// its process group after `limit`.
+    pub fn new(program: String, prefix: Vec<String>, label: &'static str, limit: Duration) -> Self {
+        Self { program, prefix, label, limit, execs: 0 }
+    }
+
+    /// Processes started so far.
+    pub fn execs(&self) -> u64 {
+        self.execs
+    }
+
+    /// Runs the tool with `args` and `stdin`; returns stdout, or an error with the start of
+    /// stderr. Messages and listings come in one fixed language (`LC_ALL=C`): callers parse
+    /// the listings.
+    pub fn run(&mut self, args: &[String], stdin: &str) -> Result<String, BackendError> {
+        self.execs += 1;
+        let inv = Invocation::new(self.program.clone(), self.limit)
+            .label(self.label)
+            .prefix(&self.prefix)
+            .args(args.iter().cloned())
+            .env(Environment::Inherit(vec![("LC_ALL".into(), "C".into())]))
+            .stdin(stdin)
+            .capture_stdout();
+        run(inv)?.success()?.stdout_text()
+    }
+}
