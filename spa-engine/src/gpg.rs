@@ -47,7 +47,7 @@ use pgp::composed::{
 use pgp::crypto::hash::HashAlgorithm;
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::packet::Signature;
-use pgp::types::{KeyDetails, Password};
+use pgp::types::{Fingerprint, KeyDetails, Password};
 use zeroize::Zeroizing;
 
 use crate::digest::{DigestType, HmacState};
@@ -73,6 +73,13 @@ fn key_error(what: &'static str) -> impl FnOnce(pgp::errors::Error) -> Error {
 /// Upper-case hex of a key id or fingerprint, as GnuPG prints them.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Whether `id` (normalized hex, see [`normalize_id`]) names a key with this primary
+/// fingerprint and these subkey fingerprints: a suffix of one of them, as GnuPG matches short
+/// and long key ids.
+fn names(id: &str, primary: Fingerprint, subkeys: impl Iterator<Item = Fingerprint>) -> bool {
+    std::iter::once(primary).chain(subkeys).any(|f| hex(f.as_bytes()).ends_with(id))
 }
 
 /// A key id or fingerprint as written in a configuration: hex, spaces allowed, `0x` allowed.
@@ -144,11 +151,13 @@ impl DecryptKey {
     }
 
     /// Whether `id` (normalized hex, see [`normalize_id`]) names this key or one of its
-    /// subkeys: a suffix of a fingerprint, as GnuPG matches short and long key ids.
+    /// subkeys (see [`names`]).
     pub fn has_id(&self, id: &str) -> bool {
-        std::iter::once(hex(self.key.primary_key.fingerprint().as_bytes()))
-            .chain(self.key.secret_subkeys.iter().map(|s| hex(s.key.fingerprint().as_bytes())))
-            .any(|f| f.ends_with(id))
+        names(
+            id,
+            self.key.primary_key.fingerprint(),
+            self.key.secret_subkeys.iter().map(|s| s.key.fingerprint()),
+        )
     }
 }
 
@@ -367,7 +376,7 @@ pub struct RecipientKey {
 
 impl fmt::Debug for RecipientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RecipientKey({})", hex(self.key.primary_key.fingerprint().as_bytes()))
+        write!(f, "RecipientKey({})", self.fingerprint())
     }
 }
 
@@ -390,9 +399,11 @@ impl RecipientKey {
 
     /// Whether `id` (normalized hex, see [`normalize_id`]) names this key or a subkey.
     pub fn has_id(&self, id: &str) -> bool {
-        std::iter::once(hex(self.key.primary_key.fingerprint().as_bytes()))
-            .chain(self.key.public_subkeys.iter().map(|s| hex(s.key.fingerprint().as_bytes())))
-            .any(|f| f.ends_with(id))
+        names(
+            id,
+            self.key.primary_key.fingerprint(),
+            self.key.public_subkeys.iter().map(|s| s.key.fingerprint()),
+        )
     }
 
     fn can_encrypt(&self) -> bool {
@@ -419,7 +430,7 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey({})", hex(self.key.primary_key.fingerprint().as_bytes()))
+        write!(f, "SigningKey({})", self.fingerprint())
     }
 }
 
@@ -442,9 +453,11 @@ impl SigningKey {
 
     /// Whether `id` (normalized hex, see [`normalize_id`]) names this key or a subkey.
     pub fn has_id(&self, id: &str) -> bool {
-        std::iter::once(hex(self.key.primary_key.fingerprint().as_bytes()))
-            .chain(self.key.secret_subkeys.iter().map(|s| hex(s.key.fingerprint().as_bytes())))
-            .any(|f| f.ends_with(id))
+        names(
+            id,
+            self.key.primary_key.fingerprint(),
+            self.key.secret_subkeys.iter().map(|s| s.key.fingerprint()),
+        )
     }
 
     /// The key GnuPG would sign with: the primary key when it can sign, else a signing subkey.
