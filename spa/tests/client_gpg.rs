@@ -17,67 +17,10 @@ use std::process::{Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spa_e2e::{Background, GatewayLab, Gnupg, GpgKey, Netns};
+use spa_e2e::{Fwknopd, GatewayLab, Gnupg, GpgKey, Netns};
 
 const SPA: &str = env!("CARGO_BIN_EXE_spa");
 const HMAC_KEY: &str = "spa-gpg-fwknopd-hmac-key-0123456789ab";
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// fwknopd in the gateway, sniffing the client-facing interface.
-struct Fwknopd {
-    _proc: Background,
-    dir: tempfile::TempDir,
-}
-
-impl Fwknopd {
-    fn start(gw: &Netns, access_conf: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        let conf = format!(
-            "PCAP_INTF c0;\nPCAP_FILTER udp port 62201;\nFWKNOP_RUN_DIR {d};\n\
-             FWKNOP_PID_FILE {d}/fwknopd.pid;\nDIGEST_FILE {d}/digest.cache;\n"
-        );
-        write_private(&dir.path().join("fwknopd.conf"), &conf);
-        write_private(&dir.path().join("access.conf"), access_conf);
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let mut cmd = gw.cmd("fwknopd");
-        cmd.args(["-f", "-v", "-c", &format!("{d}/fwknopd.conf"), "-a", &format!("{d}/access.conf")])
-            .args(["-d", &format!("{d}/digest.cache"), "-p", &format!("{d}/fwknopd.pid")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let proc = gw.spawn(&mut cmd);
-        let me = Self { _proc: proc, dir };
-        let start = Instant::now();
-        while !me.log().contains("Starting fwknopd main event loop") {
-            assert!(start.elapsed() < Duration::from_secs(20), "fwknopd did not start: {}", me.log());
-            thread::sleep(Duration::from_millis(100));
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.dir.path().join("log")).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits (safety limit 20 s) for a log line containing `needle`.
-    fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no {needle:?} in fwknopd's log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 fn rules(ns: &Netns) -> String {
     let o = ns.cmd("iptables").args(["-S", "FWKNOP_INPUT"]).output().unwrap();
@@ -131,7 +74,7 @@ fn fwknopd_accepts_spas_gpg_packets_from_listed_signers_only() {
         server = server.short_id,
         client = client.short_id,
     );
-    let d = Fwknopd::start(&lab.gw, &access);
+    let d = Fwknopd::start(&lab.gw, "PCAP_INTF c0;\nPCAP_FILTER udp port 62201;\n", &access);
     let src = format!("-s {}/32", GatewayLab::CLIENT4);
 
     // A key fwknopd knows (it is in its keyring) but does not list: refused, nothing opens.

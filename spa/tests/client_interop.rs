@@ -8,12 +8,11 @@
 //! Needs root (network namespaces); fails loudly without it.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use spa_e2e::{Background, GatewayLab, Netns, require_root};
+use spa_e2e::{Fwknopd, GatewayLab, Netns, require_root};
 
 const SPA: &str = env!("CARGO_BIN_EXE_spa");
 const HMAC_TYPES: [&str; 7] = ["md5", "sha1", "sha256", "sha384", "sha512", "sha3_256", "sha3_512"];
@@ -25,67 +24,17 @@ const OTHER_MODES: [&str; 4] = ["ecb", "cfb", "ofb", "ctr"];
 #[derive(Clone, Debug)]
 struct Keys(Vec<String>);
 
-/// fwknopd running in the gateway with its own config files in a tempdir.
-struct Fwknopd {
-    _proc: Background,
-    dir: tempfile::TempDir,
-}
-
-impl Fwknopd {
-    fn start(gw: &Netns, intf: &str, access_conf: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        let conf = format!(
-            "PCAP_INTF {intf};\n\
-             PCAP_FILTER udp port 62201 or tcp port 62201;\n\
-             ENABLE_TCP_SERVER Y;\n\
-             ENABLE_SPA_OVER_HTTP Y;\n\
-             ENABLE_IPT_FORWARDING Y;\n\
-             ENABLE_IPT_LOCAL_NAT Y;\n\
-             FWKNOP_RUN_DIR {d};\n\
-             FWKNOP_PID_FILE {d}/fwknopd.pid;\n\
-             DIGEST_FILE {d}/digest.cache;\n"
-        );
-        write_private(&dir.path().join("fwknopd.conf"), &conf);
-        write_private(&dir.path().join("access.conf"), access_conf);
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let mut cmd = gw.cmd("fwknopd");
-        cmd.args(["-f", "-v", "-c", &format!("{d}/fwknopd.conf"), "-a", &format!("{d}/access.conf")])
-            .args(["-d", &format!("{d}/digest.cache"), "-p", &format!("{d}/fwknopd.pid")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let proc = gw.spawn(&mut cmd);
-        let me = Self { _proc: proc, dir };
-        let start = Instant::now();
-        while !me.log().contains("Starting fwknopd main event loop") {
-            assert!(start.elapsed() < Duration::from_secs(20), "fwknopd did not start: {}", me.log());
-            thread::sleep(Duration::from_millis(100));
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.dir.path().join("log")).unwrap_or_default()).into_owned()
-    }
-
-    /// The interesting lines of fwknopd's log, for failure messages.
-    fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| {
-                l.contains("SPA") || l.contains("stanza") || l.contains("rror") || l.contains("Added")
-            })
-            .collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+/// fwknopd's settings for the lab: it sniffs UDP and TCP knocks (and SPA over HTTP) on `intf`,
+/// with forwarding and local NAT enabled.
+fn fwknopd_conf(intf: &str) -> String {
+    format!(
+        "PCAP_INTF {intf};\n\
+         PCAP_FILTER udp port 62201 or tcp port 62201;\n\
+         ENABLE_TCP_SERVER Y;\n\
+         ENABLE_SPA_OVER_HTTP Y;\n\
+         ENABLE_IPT_FORWARDING Y;\n\
+         ENABLE_IPT_LOCAL_NAT Y;\n"
+    )
 }
 
 /// `iptables -t <table> -S <chain>` inside `ns`.
@@ -195,7 +144,7 @@ fn fwknopd_accepts_every_digest_hmac_mode_and_message_type() {
     require_root();
     let lab = GatewayLab::new("cl");
     let cfg = config();
-    let d = Fwknopd::start(&lab.gw, "c0", &cfg.access_conf);
+    let d = Fwknopd::start(&lab.gw, &fwknopd_conf("c0"), &cfg.access_conf);
     let client = GatewayLab::CLIENT4;
     let src = format!("-s {client}/32");
     let sha256 = cfg.hmac.iter().find(|(t, _)| *t == "sha256").unwrap().1.clone();
@@ -354,7 +303,7 @@ fn fwknop_knocks_with_a_stanza_spa_saved() {
         "SOURCE ANY\nKEY_BASE64 {k}\nHMAC_KEY_BASE64 {h}\nHMAC_DIGEST_TYPE sha512\nENCRYPTION_MODE CTR\n\
          FW_ACCESS_TIMEOUT 900\n\n"
     );
-    let d = Fwknopd::start(&lab.gw, "c0", &conf);
+    let d = Fwknopd::start(&lab.gw, &fwknopd_conf("c0"), &conf);
     let home = tempfile::tempdir().unwrap();
     let client = GatewayLab::CLIENT4;
     // spa writes the stanza (sending nothing: -T) ...

@@ -451,8 +451,71 @@ impl Drop for Gnupg {
     }
 }
 
-/// Writes `bytes` with mode 0600, whatever the umask.
-fn write_private(path: &std::path::Path, bytes: &[u8]) {
+/// Writes `bytes` with mode 0600, whatever the umask (fwknop refuses looser key files).
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// The real `fwknopd` (Debian `fwknop-server`) in a namespace, with its config, access file,
+/// digest cache and log in a temporary directory of its own: the peer the client tests knock.
+pub struct Fwknopd {
+    _proc: Background,
+    dir: tempfile::TempDir,
+}
+
+impl Fwknopd {
+    /// Starts fwknopd in `ns` with `conf` (fwknopd.conf lines such as `PCAP_INTF c0;`; the
+    /// run directory, pid file and digest cache are added) and `access_conf`, and waits (safety
+    /// limit 20 s) until it sniffs.
+    pub fn start(ns: &Netns, conf: &str, access_conf: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let conf = format!(
+            "{conf}FWKNOP_RUN_DIR {d};\nFWKNOP_PID_FILE {d}/fwknopd.pid;\nDIGEST_FILE {d}/digest.cache;\n"
+        );
+        write_private(&dir.path().join("fwknopd.conf"), conf.as_bytes());
+        write_private(&dir.path().join("access.conf"), access_conf.as_bytes());
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let mut cmd = ns.cmd("fwknopd");
+        cmd.args(["-f", "-v", "-c", &format!("{d}/fwknopd.conf"), "-a", &format!("{d}/access.conf")])
+            .args(["-d", &format!("{d}/digest.cache"), "-p", &format!("{d}/fwknopd.pid")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let proc = ns.spawn(&mut cmd);
+        let me = Self { _proc: proc, dir };
+        me.wait_log("Starting fwknopd main event loop");
+        me
+    }
+
+    /// Everything fwknopd logged so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.path().join("log")).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits (safety limit 20 s) for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {needle:?} in fwknopd's log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The interesting lines of fwknopd's log (the last 30), for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("SPA") || l.contains("stanza") || l.contains("rror") || l.contains("Added")
+            })
+            .collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
 }
